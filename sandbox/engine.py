@@ -1,0 +1,534 @@
+"""The sandbox engine: hardened Docker containers with a clear lifecycle.
+
+create -> deploy -> execute (many) / stats -> cleanup, plus list and reap.
+Every container gets the hardened defaults below whatever the spec says, and
+every spec passes :func:`validate_spec` before the first Docker call.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import tarfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import docker
+import docker.errors
+import requests
+from docker.types import Mount as DockerMount
+
+from .errors import (
+    ContainerGone,
+    EngineUnavailable,
+    ImageMissing,
+    ResourceLimitExceeded,
+    SandboxError,
+    SandboxPolicyError,
+    SandboxTimeout,
+)
+from .output import BoundedBuffer, LineSplitter
+from .policy import SandboxPolicy, looks_secret, validate_spec
+from .procs import owner_token, owner_alive
+from .spec import (
+    HOME_TARGET,
+    LABEL_AGENT,
+    LABEL_CREATED,
+    LABEL_MANAGED,
+    LABEL_OWNER,
+    LABEL_RUN,
+    SANDBOX_UID,
+    WORKSPACE_TARGET,
+    SandboxSpec,
+)
+
+AGENT_DIR = "/agent"
+OnLine = Callable[[str, str], None]  # (stream name, line)
+
+# Run after every command: kill what the command left behind in its process
+# group, then print the cgroup's OOM-kill and pids-max event counters.
+_AFTER_EXEC = r"""
+import os, sys
+try:
+    os.killpg(int(open(sys.argv[1]).read()), 9)
+except Exception:
+    pass
+try:
+    os.unlink(sys.argv[1])
+except OSError:
+    pass
+for f in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control",
+          "/sys/fs/cgroup/pids.events", "/sys/fs/cgroup/pids/pids.events"):
+    try:
+        print("== " + f + "\n" + open(f).read())
+    except OSError:
+        pass
+"""
+
+
+@dataclass
+class Sandbox:
+    """A live sandbox: the container and the spec it was made from."""
+
+    id: str
+    name: str
+    spec: SandboxSpec
+    created_at: float = field(default_factory=time.time)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def role(self) -> str:
+        return self.spec.role
+
+    @property
+    def run_id(self) -> str:
+        return self.spec.run_id
+
+
+@dataclass
+class ExecResult:
+    """What one command did inside a sandbox."""
+
+    argv: list[str]
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration: float
+    truncated: bool = False
+
+
+@dataclass
+class SandboxStats:
+    """One sample of a sandbox's resource use."""
+
+    memory_bytes: int
+    memory_limit_bytes: int
+    cpu_percent: float
+    pids: int
+    pids_limit: int
+
+
+@dataclass
+class SandboxInfo:
+    """A managed container as ``list`` and ``reap`` see it."""
+
+    id: str
+    name: str
+    run_id: str
+    role: str
+    status: str
+    image: str
+    created: float
+    owner: str
+
+    @property
+    def age(self) -> float:
+        return max(0.0, time.time() - self.created)
+
+
+def _check_argv(argv: object) -> list[str]:
+    if not isinstance(argv, (list, tuple)) or not argv:
+        raise SandboxPolicyError("argv", "must be a non-empty list of strings")
+    for item in argv:
+        if not isinstance(item, str) or "\x00" in item:
+            raise SandboxPolicyError("argv", f"{item!r} is not a string without NUL bytes")
+    return list(argv)
+
+
+class SandboxEngine:
+    """Creates and drives hardened sandboxes on a Docker engine."""
+
+    def __init__(
+        self,
+        policy: SandboxPolicy | None = None,
+        client: docker.DockerClient | None = None,
+        output_limit: int = 256 * 1024,
+        kill_grace: float = 5.0,
+    ):
+        self.policy = policy or SandboxPolicy()
+        self._client = client
+        self.output_limit = output_limit
+        self.kill_grace = kill_grace
+
+    # -- connection -------------------------------------------------------
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+            try:
+                client = docker.from_env(timeout=120)
+                client.ping()
+            except Exception as exc:  # docker raises several unrelated types here
+                raise EngineUnavailable(
+                    f"no Docker engine answers at {where} (DOCKER_HOST); start one "
+                    f"(e.g. 'sudo systemctl start docker' or 'bash scripts/provision.sh'): {exc.__class__.__name__}"
+                ) from None
+            self._client = client
+        return self._client
+
+    def _container(self, sandbox: Sandbox | str):
+        cid = sandbox.id if isinstance(sandbox, Sandbox) else sandbox
+        try:
+            return self.client.containers.get(cid)
+        except docker.errors.NotFound:
+            raise ContainerGone(f"sandbox {cid[:12]} no longer exists") from None
+        except requests.exceptions.ConnectionError as exc:
+            raise EngineUnavailable(f"Docker engine unreachable: {exc}") from None
+
+    # -- create -----------------------------------------------------------
+    def create(self, spec: SandboxSpec) -> Sandbox:
+        """Validate ``spec``, then start a hardened container for it."""
+        validate_spec(spec, self.policy)
+        client = self.client
+        try:
+            client.images.get(spec.image)
+        except docker.errors.ImageNotFound:
+            raise ImageMissing(f"sandbox image {spec.image} is missing; build it with 'ultrawork sandbox build'") from None
+        name = f"ultrawork-{spec.run_id}-{spec.role}-{secrets.token_hex(3)}"[:120]
+        mounts = []
+        if spec.workspace is not None:
+            mounts.append(DockerMount(WORKSPACE_TARGET, str(spec.workspace.resolve()), type="bind",
+                                      read_only=spec.workspace_mode == "ro"))
+        for m in spec.mounts:
+            mounts.append(DockerMount(m.target, str(m.source.resolve()), type="bind", read_only=m.read_only))
+        labels = {
+            **spec.labels,
+            LABEL_MANAGED: "true",
+            LABEL_RUN: spec.run_id,
+            LABEL_AGENT: spec.role,
+            LABEL_OWNER: owner_token(),
+            LABEL_CREATED: str(int(time.time())),
+        }
+        memory = f"{spec.limits.memory_mb}m"
+        try:
+            container = client.containers.create(
+                spec.image,
+                command=["sleep", "infinity"],
+                name=name,
+                hostname=spec.role,
+                user=f"{SANDBOX_UID}:{SANDBOX_UID}",
+                working_dir=WORKSPACE_TARGET if spec.workspace is not None else HOME_TARGET,
+                environment={**spec.env, "HOME": HOME_TARGET},
+                labels=labels,
+                network_mode=spec.network,
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges:true"],
+                read_only=True,
+                tmpfs={
+                    "/tmp": "rw,nosuid,nodev,size=256m,mode=1777",
+                    HOME_TARGET: f"rw,nosuid,nodev,size=256m,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0755",
+                },
+                mounts=[*mounts, DockerMount(AGENT_DIR, None, type="volume")],
+                pids_limit=spec.limits.pids,
+                mem_limit=memory,
+                memswap_limit=memory,
+                nano_cpus=int(spec.limits.cpus * 1e9),
+                init=True,
+                detach=True,
+            )
+        except docker.errors.ImageNotFound:
+            raise ImageMissing(f"sandbox image {spec.image} is missing; build it with 'ultrawork sandbox build'") from None
+        except docker.errors.APIError as exc:
+            raise SandboxError(f"creating the sandbox failed: {exc.explanation or exc}") from None
+        sandbox = Sandbox(id=container.id, name=name, spec=spec)
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            self.cleanup(sandbox)
+            raise SandboxError(f"starting the sandbox failed: {exc.explanation or exc}") from None
+        return sandbox
+
+    # -- deploy -----------------------------------------------------------
+    def deploy(
+        self,
+        sandbox: Sandbox,
+        files: Mapping[str, bytes | str] | None = None,
+        directory: Path | None = None,
+        dest: str = AGENT_DIR,
+    ) -> list[str]:
+        """Copy ``files`` (relative path -> content) and/or a host ``directory`` into ``dest``."""
+        buf = io.BytesIO()
+        names: list[str] = []
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for rel, content in (files or {}).items():
+                rel_path = Path(rel)
+                if rel_path.is_absolute() or ".." in rel_path.parts or not rel_path.parts:
+                    raise SandboxPolicyError("files", f"{rel!r} must be a relative path inside {dest}")
+                data = content.encode() if isinstance(content, str) else content
+                info = tarfile.TarInfo(rel_path.as_posix())
+                info.size, info.mode, info.uid, info.gid, info.mtime = len(data), 0o755, SANDBOX_UID, SANDBOX_UID, time.time()
+                tar.addfile(info, io.BytesIO(data))
+                names.append(rel_path.as_posix())
+            if directory is not None:
+                directory = Path(directory)
+                if not directory.is_dir():
+                    raise SandboxPolicyError("directory", f"{directory} is not a directory")
+                for path in sorted(directory.rglob("*")):
+                    if path.is_symlink() or not (path.is_file() or path.is_dir()):
+                        continue
+                    rel = path.relative_to(directory).as_posix()
+                    info = tar.gettarinfo(str(path), arcname=rel)
+                    info.uid = info.gid = SANDBOX_UID
+                    info.uname = info.gname = ""
+                    if path.is_file():
+                        with open(path, "rb") as fh:
+                            tar.addfile(info, fh)
+                        names.append(rel)
+                    else:
+                        tar.addfile(info)
+        container = self._container(sandbox)
+        try:
+            ok = container.put_archive(dest, buf.getvalue())
+        except docker.errors.APIError as exc:
+            raise SandboxError(f"deploying to {dest} failed: {exc.explanation or exc}") from None
+        if not ok:
+            raise SandboxError(f"deploying to {dest} failed")
+        return names
+
+    # -- execute ----------------------------------------------------------
+    def execute(
+        self,
+        sandbox: Sandbox,
+        argv: list[str],
+        timeout: float | None = None,
+        workdir: str | None = None,
+        env: Mapping[str, str] | None = None,
+        on_line: OnLine | None = None,
+    ) -> ExecResult:
+        """Run ``argv`` (never a shell string) and return its exit code and bounded output.
+
+        Raises :class:`SandboxTimeout` when it runs past ``timeout`` (its whole
+        process group is killed), :class:`ResourceLimitExceeded` when the memory
+        or pids limit stopped it, and :class:`ContainerGone` if the container died.
+        """
+        argv = _check_argv(argv)
+        timeout = sandbox.spec.exec_timeout if timeout is None else float(timeout)
+        if not 0 < timeout <= self.policy.max_exec_timeout:
+            raise SandboxPolicyError("timeout", f"{timeout} is outside (0, {self.policy.max_exec_timeout}]")
+        for name in env or {}:
+            if looks_secret(name) and name not in sandbox.spec.allow_env:
+                raise SandboxPolicyError(f"env.{name}", "looks like a secret; secrets never enter a sandbox")
+        token = secrets.token_hex(8)
+        pidfile = f"/tmp/.ultrawork-exec-{token}"
+        wrapped = ["setsid", "-w", "sh", "-c", f'echo $$ > {pidfile}; exec "$@"', "sh", *argv]
+        api = self.client.api
+        container = self._container(sandbox)
+        try:
+            exec_id = api.exec_create(
+                container.id, wrapped, stdout=True, stderr=True, user=f"{SANDBOX_UID}:{SANDBOX_UID}",
+                workdir=workdir, environment=dict(env or {}),
+            )["Id"]
+            stream = api.exec_start(exec_id, stream=True, demux=True)
+        except docker.errors.NotFound:
+            raise ContainerGone(f"sandbox {sandbox.name} no longer exists") from None
+        except docker.errors.APIError as exc:
+            if "is not running" in str(exc) or exc.status_code == 409:
+                raise ContainerGone(f"sandbox {sandbox.name} is not running: {exc.explanation}") from None
+            raise SandboxError(f"exec failed: {exc.explanation or exc}") from None
+        except requests.exceptions.ConnectionError as exc:
+            raise EngineUnavailable(f"Docker engine unreachable: {exc}") from None
+
+        out, err = BoundedBuffer(self.output_limit), BoundedBuffer(self.output_limit)
+        splitters = {
+            "stdout": LineSplitter(lambda line: on_line("stdout", line)) if on_line else None,
+            "stderr": LineSplitter(lambda line: on_line("stderr", line)) if on_line else None,
+        }
+        failure: list[BaseException] = []
+
+        def pump() -> None:
+            try:
+                for chunk_out, chunk_err in stream:
+                    for name, chunk, buf in (("stdout", chunk_out, out), ("stderr", chunk_err, err)):
+                        if chunk:
+                            buf.write(chunk)
+                            if splitters[name]:
+                                splitters[name].feed(chunk)
+            except BaseException as exc:  # surfaced below; the stream dies with the container
+                failure.append(exc)
+            finally:
+                for splitter in splitters.values():
+                    if splitter:
+                        splitter.close()
+
+        started = time.monotonic()
+        reader = threading.Thread(target=pump, name=f"exec-{sandbox.name}", daemon=True)
+        reader.start()
+        reader.join(timeout)
+        timed_out = reader.is_alive()
+        if timed_out:
+            self._after_exec(container, pidfile)
+            reader.join(self.kill_grace)
+            if reader.is_alive():  # the group would not die: take the whole sandbox down
+                self.cleanup(sandbox)
+        duration = time.monotonic() - started
+        stdout, stderr = out.text(), err.text()
+        self._raise_if_limited(sandbox, container, pidfile, timed_out)
+        if timed_out:
+            raise SandboxTimeout(argv, timeout, stdout, stderr)
+        try:
+            exit_code = api.exec_inspect(exec_id).get("ExitCode")
+        except docker.errors.APIError:
+            exit_code = None
+        if exit_code is None or failure:
+            self._raise_if_gone(sandbox)
+            exit_code = -1 if exit_code is None else exit_code
+        if exit_code != 0:
+            self._raise_if_gone(sandbox)
+        return ExecResult(argv, exit_code, stdout, stderr, duration, out.truncated or err.truncated)
+
+    def _after_exec(self, container, pidfile: str) -> dict[str, int] | None:
+        """Kill the command's leftover process group; return the cgroup event counters.
+
+        None means the probe itself could not run (e.g. no pid left to start it).
+        """
+        try:
+            res = container.exec_run(["python3", "-c", _AFTER_EXEC, pidfile], user=f"{SANDBOX_UID}:{SANDBOX_UID}")
+        except docker.errors.APIError:
+            return None
+        if res.exit_code != 0:
+            return None
+        counters: dict[str, int] = {}
+        current = ""
+        for line in res.output.decode(errors="replace").splitlines():
+            if line.startswith("== "):
+                current = line[3:]
+                continue
+            key, _, value = line.partition(" ")
+            if not value.strip().isdigit():
+                continue
+            if key == "oom_kill" and "memory" in current:
+                counters["oom_kill"] = counters.get("oom_kill", 0) + int(value)
+            elif key == "max" and "pids" in current:
+                counters["pids_max"] = counters.get("pids_max", 0) + int(value)
+        return counters
+
+    def _raise_if_gone(self, sandbox: Sandbox) -> None:
+        container = self._container(sandbox)
+        state = container.attrs.get("State", {})
+        if state.get("OOMKilled"):
+            raise ResourceLimitExceeded("memory", f"sandbox {sandbox.name} was OOM-killed", 137)
+        if not state.get("Running"):
+            raise ContainerGone(f"sandbox {sandbox.name} stopped ({state.get('Status')}, exit {state.get('ExitCode')})")
+
+    def _raise_if_limited(self, sandbox: Sandbox, container, pidfile: str, timed_out: bool) -> None:
+        """Clean up after a command; turn an OOM kill or pids exhaustion into an error."""
+        try:
+            container.reload()
+        except docker.errors.NotFound:
+            if timed_out:
+                return
+            raise ContainerGone(f"sandbox {sandbox.name} was removed") from None
+        if container.attrs.get("State", {}).get("OOMKilled"):
+            raise ResourceLimitExceeded("memory", f"sandbox {sandbox.name} was OOM-killed", 137)
+        if container.status != "running":
+            return
+        limits = sandbox.spec.limits
+        now = self._after_exec(container, pidfile)
+        if now is None:  # cannot even start a probe: the pids limit is exhausted
+            container.kill()
+            raise ResourceLimitExceeded("pids", f"the {limits.pids}-process limit is exhausted; the sandbox was stopped")
+        before = dict(sandbox.counters)
+        sandbox.counters.update(now)
+        if now.get("oom_kill", 0) > before.get("oom_kill", 0):
+            raise ResourceLimitExceeded("memory", f"a process passed the {limits.memory_mb} MiB memory limit and was killed", 137)
+        if now.get("pids_max", 0) > before.get("pids_max", 0):
+            raise ResourceLimitExceeded("pids", f"the {limits.pids}-process limit was reached")
+
+    # -- observe ----------------------------------------------------------
+    def stats(self, sandbox: Sandbox) -> SandboxStats:
+        """Memory, CPU and process counts now (CPU since the previous sample)."""
+        container = self._container(sandbox)
+        try:
+            raw = container.stats(stream=False, one_shot=True)
+        except docker.errors.APIError as exc:
+            raise SandboxError(f"stats failed: {exc.explanation or exc}") from None
+        mem = raw.get("memory_stats", {})
+        usage = mem.get("usage", 0) - (mem.get("stats", {}) or {}).get("inactive_file", 0)
+        cpu = raw.get("cpu_stats", {})
+        total = cpu.get("cpu_usage", {}).get("total_usage", 0)
+        now = time.monotonic()
+        prev = sandbox.counters.get("_cpu_total"), sandbox.counters.get("_cpu_at")
+        percent = 0.0
+        if prev[0] is not None and now > prev[1] / 1e9:
+            percent = 100.0 * (total - prev[0]) / ((now - prev[1] / 1e9) * 1e9)
+        sandbox.counters["_cpu_total"], sandbox.counters["_cpu_at"] = total, int(now * 1e9)
+        pids = raw.get("pids_stats", {})
+        return SandboxStats(
+            memory_bytes=max(0, usage),
+            memory_limit_bytes=mem.get("limit") or sandbox.spec.limits.memory_mb * 2**20,
+            cpu_percent=max(0.0, percent),
+            pids=pids.get("current", 0),
+            pids_limit=pids.get("limit") or sandbox.spec.limits.pids,
+        )
+
+    def list(self, run_id: str | None = None, role: str | None = None) -> list[SandboxInfo]:
+        """Managed containers, optionally only one run's (or one role's)."""
+        labels = [f"{LABEL_MANAGED}=true"]
+        if run_id:
+            labels.append(f"{LABEL_RUN}={run_id}")
+        if role:
+            labels.append(f"{LABEL_AGENT}={role}")
+        try:
+            found = self.client.containers.list(all=True, filters={"label": labels}, ignore_removed=True)
+        except requests.exceptions.ConnectionError as exc:
+            raise EngineUnavailable(f"Docker engine unreachable: {exc}") from None
+        return [_info(c) for c in found]
+
+    # -- remove -----------------------------------------------------------
+    def cleanup(self, sandbox: Sandbox | str) -> bool:
+        """Remove the container and its anonymous volumes; True if something was removed."""
+        cid = sandbox.id if isinstance(sandbox, Sandbox) else sandbox
+        try:
+            self.client.api.remove_container(cid, v=True, force=True)
+            return True
+        except docker.errors.NotFound:
+            return False
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409 and "already in progress" in str(exc):
+                return False
+            raise SandboxError(f"removing sandbox {cid[:12]} failed: {exc.explanation or exc}") from None
+
+    def reap(
+        self,
+        all: bool = False,
+        older_than: float | None = None,
+        is_active: Callable[[str], bool] | None = None,
+    ) -> list[SandboxInfo]:
+        """Remove managed containers whose run is no longer active (or older than ``older_than`` s).
+
+        A run is active while the process that created its container lives
+        (and, when ``is_active`` is given, while it says the run is active).
+        """
+        removed = []
+        for info in self.list():
+            stale = all or (older_than is not None and info.age > older_than)
+            if not stale and not owner_alive(info.owner):
+                stale = is_active is None or not is_active(info.run_id)
+            if stale and self.cleanup(info.id):
+                removed.append(info)
+        return removed
+
+
+def _info(container) -> SandboxInfo:
+    labels = container.labels or {}
+    try:
+        created = float(labels.get(LABEL_CREATED, "0"))
+    except ValueError:
+        created = 0.0
+    return SandboxInfo(
+        id=container.id,
+        name=container.name,
+        run_id=labels.get(LABEL_RUN, ""),
+        role=labels.get(LABEL_AGENT, ""),
+        status=container.status,
+        image=(container.attrs.get("Config") or {}).get("Image", ""),
+        created=created,
+        owner=labels.get(LABEL_OWNER, ""),
+    )
+
+
+

@@ -1,0 +1,58 @@
+"""Typed errors of the sandbox engine.
+
+One class per error kind of the product's recovery table, so the retry policy
+in ``tasks/`` can decide by type: a ``SandboxError`` means "recreate the
+sandbox, then retry"; a ``SandboxPolicyError`` is never retried.
+"""
+
+from __future__ import annotations
+
+
+class UltraworkError(Exception):
+    """Base of every typed ultrawork error."""
+
+
+class SandboxError(UltraworkError):
+    """The engine is unreachable, an image is missing, or a container failed."""
+
+
+class EngineUnavailable(SandboxError):
+    """No Docker engine answered."""
+
+
+class ImageMissing(SandboxError):
+    """The sandbox image is not present on the engine."""
+
+
+class ContainerGone(SandboxError):
+    """The sandbox's container died or was removed from outside."""
+
+
+class SandboxPolicyError(UltraworkError):
+    """A sandbox spec broke the safety policy; raised before any Docker call."""
+
+    def __init__(self, field: str, problem: str):
+        self.field = field
+        self.problem = problem
+        super().__init__(f"sandbox policy rejects {field}: {problem}")
+
+
+class SandboxTimeout(UltraworkError):
+    """A command ran past its timeout and was killed."""
+
+    def __init__(self, argv: list[str], timeout: float, stdout: str = "", stderr: str = ""):
+        self.argv = argv
+        self.timeout = timeout
+        self.stdout = stdout
+        self.stderr = stderr
+        super().__init__(f"command {argv[:3]!r}... ran past its {timeout:g}s timeout and was killed")
+
+
+class ResourceLimitExceeded(UltraworkError):
+    """A command was stopped by a resource limit (OOM kill, pids exhausted)."""
+
+    def __init__(self, resource: str, detail: str, exit_code: int | None = None):
+        self.resource = resource
+        self.detail = detail
+        self.exit_code = exit_code
+        super().__init__(f"{resource} limit exceeded: {detail}")

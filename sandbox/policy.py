@@ -1,0 +1,153 @@
+"""The safety policy every sandbox spec must pass before any Docker call.
+
+Rejections raise :class:`SandboxPolicyError` naming the offending field, so a
+user editing a profile sees exactly what to change.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from .errors import SandboxPolicyError
+from .spec import LABEL_AGENT, LABEL_MANAGED, LABEL_RUN, SandboxSpec, ultrawork_home
+
+ROLE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
+
+SECRET_ENV_PATTERNS = ("*TOKEN*", "*SECRET*", "*PASSWORD*", "*PASSWD*", "*_KEY", "*CREDENTIAL*", "*API_KEY*")
+FORBIDDEN_SOURCES = ("/", "/proc", "/sys", "/etc", "/dev", "/boot", "/root", "/var/run", "/run")
+CREDENTIAL_PARTS = (
+    (".ssh",), (".aws",), (".gnupg",), (".docker",), (".kube",), (".azure",),
+    (".config", "gh"), (".config", "gcloud"), (".netrc",), (".git-credentials",), (".pypirc",),
+)
+FORBIDDEN_TARGET_PREFIXES = ("/proc", "/sys", "/dev", "/etc", "/usr", "/bin", "/sbin", "/lib")
+UNCONFINED_OPTS = ("seccomp=unconfined", "seccomp:unconfined", "apparmor=unconfined", "apparmor:unconfined")
+
+
+def _default_roots() -> list[Path]:
+    roots = [ultrawork_home() / "runs"]
+    extra = os.environ.get("ULTRAWORK_WORKSPACE_ROOTS", "")
+    roots += [Path(p) for p in extra.split(os.pathsep) if p]
+    return roots
+
+
+class SandboxPolicy(BaseModel):
+    """Caps and allowances an operator sets; specs must stay inside them."""
+
+    workspace_roots: list[Path] = Field(
+        default_factory=_default_roots,
+        description="Host directories strictly under which workspaces and mounts may live "
+        "($ULTRAWORK_HOME/runs plus $ULTRAWORK_WORKSPACE_ROOTS).",
+    )
+    max_memory_mb: int = Field(8192, description="Highest memory limit a spec may ask for (MiB).")
+    max_cpus: float = Field(float(os.cpu_count() or 1), description="Highest CPU quota a spec may ask for.")
+    max_pids: int = Field(4096, description="Highest pids limit a spec may ask for.")
+    max_exec_timeout: float = Field(6 * 3600.0, description="Longest command timeout a spec may ask for (s).")
+    allowed_networks: list[str] = Field(
+        default_factory=lambda: ["none", "bridge"], description="Network modes a spec may use."
+    )
+    allowed_secret_env: list[str] = Field(
+        default_factory=list, description="Secret-looking env names the operator allows everywhere."
+    )
+
+
+def looks_secret(name: str) -> bool:
+    """True for env names like ``GITHUB_TOKEN``, ``DB_PASSWORD``, ``AWS_SECRET_ACCESS_KEY``."""
+    upper = name.upper()
+    return any(fnmatch.fnmatchcase(upper, pattern) for pattern in SECRET_ENV_PATTERNS)
+
+
+def _check_source(field: str, source: Path, policy: SandboxPolicy) -> Path:
+    if not source.is_absolute():
+        raise SandboxPolicyError(field, f"{source} is not an absolute path")
+    if source.name == "docker.sock" or "docker.sock" in str(source):
+        raise SandboxPolicyError(field, f"{source} is the Docker socket")
+    resolved = source.resolve()
+    for candidate in {source, resolved}:
+        if candidate.name == "docker.sock":
+            raise SandboxPolicyError(field, f"{source} is the Docker socket")
+        if str(candidate) in FORBIDDEN_SOURCES:
+            raise SandboxPolicyError(field, f"{source} is a system directory ({candidate})")
+        if candidate == Path.home().resolve() or candidate == Path.home():
+            raise SandboxPolicyError(field, f"{source} is the home directory")
+        parts = candidate.parts
+        for cred in CREDENTIAL_PARTS:
+            n = len(cred)
+            if any(parts[i : i + n] == cred for i in range(len(parts) - n + 1)):
+                raise SandboxPolicyError(field, f"{source} is a credential folder ({'/'.join(cred)})")
+    roots = [r.resolve() for r in policy.workspace_roots]
+    if not any(resolved != r and resolved.is_relative_to(r) for r in roots):
+        shown = ", ".join(str(r) for r in roots)
+        raise SandboxPolicyError(field, f"{source} is outside the workspace roots ({shown})")
+    if not resolved.exists():
+        raise SandboxPolicyError(field, f"{source} does not exist")
+    return resolved
+
+
+def _check_target(field: str, target: str) -> None:
+    if not target.startswith("/") or target == "/" or ".." in target.split("/") or ":" in target:
+        raise SandboxPolicyError(field, f"{target!r} is not an allowed mount target")
+    if any(target == p or target.startswith(p + "/") for p in FORBIDDEN_TARGET_PREFIXES):
+        raise SandboxPolicyError(field, f"{target!r} would shadow a system directory")
+
+
+def validate_spec(spec: SandboxSpec, policy: SandboxPolicy | None = None) -> None:
+    """Raise :class:`SandboxPolicyError` for the first field of ``spec`` the policy refuses."""
+    policy = policy or SandboxPolicy()
+    if not ROLE_RE.match(spec.role):
+        raise SandboxPolicyError("role", f"{spec.role!r} must match {ROLE_RE.pattern}")
+    if not RUN_ID_RE.match(spec.run_id):
+        raise SandboxPolicyError("run_id", f"{spec.run_id!r} must match {RUN_ID_RE.pattern}")
+    if not IMAGE_RE.match(spec.image):
+        raise SandboxPolicyError("image", f"{spec.image!r} is not an image reference")
+    if spec.privileged:
+        raise SandboxPolicyError("privileged", "privileged containers are never allowed")
+    if spec.cap_add:
+        raise SandboxPolicyError("cap_add", f"adding capabilities {spec.cap_add} is not allowed")
+    for opt in spec.security_opt:
+        if opt.replace(" ", "").lower() in UNCONFINED_OPTS or "unconfined" in opt.lower():
+            raise SandboxPolicyError("security_opt", f"{opt!r} turns off confinement")
+        if "no-new-privileges" in opt and opt.rstrip().endswith(("false", "=0")):
+            raise SandboxPolicyError("security_opt", f"{opt!r} re-enables privilege escalation")
+    if spec.pid_mode:
+        raise SandboxPolicyError("pid_mode", f"sharing a pid namespace ({spec.pid_mode!r}) is not allowed")
+    if spec.ipc_mode:
+        raise SandboxPolicyError("ipc_mode", f"sharing an ipc namespace ({spec.ipc_mode!r}) is not allowed")
+    if spec.network == "host" or spec.network.startswith("container:"):
+        raise SandboxPolicyError("network", f"network mode {spec.network!r} shares a namespace")
+    if spec.network not in policy.allowed_networks:
+        raise SandboxPolicyError("network", f"{spec.network!r} is not one of {policy.allowed_networks}")
+    limits = spec.limits
+    if not 16 <= limits.memory_mb <= policy.max_memory_mb:
+        raise SandboxPolicyError("limits.memory_mb", f"{limits.memory_mb} is outside 16..{policy.max_memory_mb}")
+    if not 0 < limits.cpus <= policy.max_cpus:
+        raise SandboxPolicyError("limits.cpus", f"{limits.cpus} is outside (0, {policy.max_cpus}]")
+    if not 8 <= limits.pids <= policy.max_pids:
+        raise SandboxPolicyError("limits.pids", f"{limits.pids} is outside 8..{policy.max_pids}")
+    if not 0 < spec.exec_timeout <= policy.max_exec_timeout:
+        raise SandboxPolicyError("exec_timeout", f"{spec.exec_timeout} is outside (0, {policy.max_exec_timeout}]")
+    allowed = set(spec.allow_env) | set(policy.allowed_secret_env)
+    for name in spec.env:
+        if not ENV_NAME_RE.match(name):
+            raise SandboxPolicyError(f"env.{name}", "is not a valid variable name")
+        if looks_secret(name) and name not in allowed:
+            raise SandboxPolicyError(f"env.{name}", "looks like a secret; secrets never enter a sandbox")
+    for key in spec.labels:
+        if key in (LABEL_MANAGED, LABEL_RUN, LABEL_AGENT) or key.startswith("ultrawork."):
+            raise SandboxPolicyError(f"labels.{key}", "ultrawork.* labels are set by the engine")
+    if spec.workspace is not None:
+        _check_source("workspace", spec.workspace, policy)
+    targets = {"/workspace"} if spec.workspace is not None else set()
+    for i, mount in enumerate(spec.mounts):
+        _check_source(f"mounts[{i}].source", mount.source, policy)
+        _check_target(f"mounts[{i}].target", mount.target)
+        if mount.target in targets:
+            raise SandboxPolicyError(f"mounts[{i}].target", f"{mount.target} is mounted twice")
+        targets.add(mount.target)
