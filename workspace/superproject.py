@@ -1,0 +1,187 @@
+"""The run superproject: one git repository per run that records everything.
+
+``$ULTRAWORK_HOME/runs/<run-id>/`` (home defaults to ``~/.ultrawork``) holds
+``task.md``, ``run.json``, ``plans/<role>/Plan.md`` and one submodule per agent
+at ``agents/<role>`` -- a full clone of the target repository with its own
+``.git`` directory, so it works alone when mounted into a container and
+parallel agents share no index or config lock. Every stage is one commit,
+so the history is the run's event log and one commit pins every agent's
+result. Commits are serialised with a file lock because all agents share the
+superproject index. Host-private state (locks, hook state, isolation
+baselines) lives in ``.git/ultrawork/``, which no container ever sees.
+
+Stages (commit subjects): ``run created``; ``<role>: workspace created``;
+``<role>: plan created``; ``<role>: step <n> (exit <code>)`` (or ``step
+refused``); ``<role>: changes committed (<k> new commit(s))``;
+``<role>: finalized (<outcome>)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from workspace.agent import AgentWorkspace
+from workspace.clones import fetch_into_target
+from workspace.errors import GitError, WorkspaceError
+from workspace.gitcmd import Identity, git_out, run_git
+from workspace.hooks import (HookContext, HookPoint, HookRegistry, HookSpec, hooks_from_config,
+                             hooks_from_entry_points)
+from workspace.locks import file_lock
+from workspace.names import agent_branch, resolve_base_ref, validate_role, validate_run_id
+from workspace.repo_guard import TargetRepo, check_gitmodules, open_target_repo
+
+RUN_SCHEMA = 1
+
+
+def ultrawork_home() -> Path:
+    return Path(os.environ.get("ULTRAWORK_HOME") or "~/.ultrawork").expanduser().resolve()
+
+
+def run_path(run_id: str) -> Path:
+    return ultrawork_home() / "runs" / validate_run_id(run_id)
+
+
+class RunSuperproject:
+    """One run's superproject. Make it with `create`, reopen it (any process) with `open`."""
+
+    def __init__(self, run_id: str, path: Path, meta: Mapping[str, Any], hooks: Iterable[HookSpec] = ()) -> None:
+        self.run_id = run_id
+        self.path = path
+        self.meta = dict(meta)
+        self.target = TargetRepo(Path(meta["target_repo"]), Path(meta["target_git_dir"]), bool(meta["target_bare"]))
+        self.base_ref: str = meta["base_ref"]
+        self.base_sha: str = meta["base_sha"]
+        self.private_dir = path / ".git" / "ultrawork"
+        self.identity = Identity("ultrawork", f"host@{run_id}.ultrawork.invalid")
+        specs = hooks_from_config(meta.get("hooks", [])) + hooks_from_entry_points() + list(hooks)
+        self.hooks = HookRegistry(specs, max_consecutive_failures=int(meta.get("max_hook_failures", 3)),
+                                  state_path=self.private_dir / "hook-state.json")
+
+    @property
+    def task(self) -> str:
+        return (self.path / "task.md").read_text(encoding="utf-8")
+
+    # -- lifecycle ---------------------------------------------------------------------
+    @classmethod
+    def create(cls, run_id: str, repo: Path | str, task: str, base: str = "HEAD", *,
+               hooks: Sequence[HookSpec | Mapping[str, Any]] = (), max_hook_failures: int = 3) -> "RunSuperproject":
+        """Validate everything, then make the run directory and commit ``run created``."""
+        path = run_path(run_id)
+        target = open_target_repo(repo)
+        base_sha = resolve_base_ref(target.path, base)
+        check_gitmodules(target, base_sha)
+        if not isinstance(task, str) or not task.strip():
+            raise WorkspaceError("task must be a non-empty string")
+        configured = [dict(h) for h in hooks if isinstance(h, Mapping)]
+        in_memory = [h for h in hooks if isinstance(h, HookSpec)]
+        hooks_from_config(configured)  # fail on a bad hook target before creating anything
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            raise WorkspaceError(f"run {run_id!r} already exists at {path}") from None
+        meta = {"schema": RUN_SCHEMA, "run_id": run_id, "target_repo": str(target.path),
+                "target_git_dir": str(target.git_dir), "target_bare": target.bare, "base_ref": base,
+                "base_sha": base_sha, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "hooks": configured, "max_hook_failures": max_hook_failures}
+        try:
+            run_git(["init", "--quiet", "--template=", "--initial-branch=main"], cwd=path)
+            (path / "task.md").write_text(task if task.endswith("\n") else task + "\n", encoding="utf-8")
+            (path / "run.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            run = cls(run_id, path, meta, in_memory)
+            run.commit_stage("run created", [path / "task.md", path / "run.json"])
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        return run
+
+    @classmethod
+    def open(cls, run_id: str, *, hooks: Iterable[HookSpec] = ()) -> "RunSuperproject":
+        path = run_path(run_id)
+        try:
+            meta = json.loads((path / "run.json").read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError) as exc:
+            raise WorkspaceError(f"no run {run_id!r} under {path.parent}") from exc
+        return cls(run_id, path, meta, hooks)
+
+    # -- superproject git ---------------------------------------------------------------
+    def _git(self, args: Sequence[str], **kwargs: Any):
+        return run_git(args, cwd=self.path, identity=self.identity, **kwargs)
+
+    def commit_stage(self, message: str, paths: Iterable[Path]) -> str:
+        """Stage `paths` and commit one stage, holding the run's superproject lock."""
+        rel = [os.path.relpath(p, self.path) for p in paths]
+        with file_lock(self.private_dir / "superproject.lock"):
+            self._git(["add", "--all", "--", *rel])
+            self._git(["commit", "--quiet", "--allow-empty", "--no-verify", "--no-gpg-sign", "-m", message])
+            return git_out(["rev-parse", "HEAD"], cwd=self.path)
+
+    def register_submodule(self, ws: AgentWorkspace) -> None:
+        """Add the existing clone at ``agents/<role>`` as submodule `role`, branch recorded."""
+        rel = os.path.relpath(ws.path, self.path)
+        with file_lock(self.private_dir / "superproject.lock"):
+            self._git(["submodule", "add", "--quiet", "--name", ws.role, "-b", ws.branch,
+                       "--", str(self.target.path), rel], config=[("protocol.file.allow", "always")])
+            self._git(["commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m",
+                       f"{ws.role}: workspace created"])
+
+    def recorded_commit(self, role: str) -> str | None:
+        """The agent commit the superproject's HEAD pins for `role`."""
+        out = self._git(["ls-tree", "-z", "HEAD", "--", f"agents/{validate_role(role)}"]).stdout
+        fields = out.split("\t", 1)[0].split()
+        return fields[2] if len(fields) == 3 and fields[1] == "commit" else None
+
+    def history(self) -> list[str]:
+        """Commit subjects, oldest first: the run's event log."""
+        return self._git(["log", "--reverse", "--format=%s"]).stdout.splitlines()
+
+    def roles(self) -> list[str]:
+        result = self._git(["config", "--file", ".gitmodules", "--get-regexp", r"^submodule\..*\.path$"],
+                           check=False)
+        return sorted(line.split()[0][len("submodule."):-len(".path")] for line in result.stdout.splitlines())
+
+    # -- agents --------------------------------------------------------------------------
+    def add_agent(self, role: str, *, checklist: Sequence[str] = (), sandbox_spec: Mapping[str, Any] | None = None,
+                  branch: str | None = None) -> AgentWorkspace:
+        """Run the setup hooks: validate, clone on the branch, add the submodule, write Plan.md."""
+        validate_role(role)
+        ws = AgentWorkspace(self, role, branch if branch is not None else agent_branch(self.run_id, role))
+        if os.path.lexists(ws.plan_path.parent):
+            raise WorkspaceError(f"agent {role!r} already exists in run {self.run_id!r}")
+        ctx = HookContext(HookPoint.SETUP, ws, checklist=[str(c) for c in checklist], sandbox_spec=sandbox_spec)
+        try:
+            self.hooks.run(HookPoint.SETUP, ctx)
+        except BaseException:
+            if ctx.data.get("claimed"):
+                self._discard_partial_agent(ws)
+            raise
+        return ws
+
+    def _discard_partial_agent(self, ws: AgentWorkspace) -> None:
+        """Best-effort undo of a failed setup: remove what no superproject commit records."""
+        if self.recorded_commit(ws.role) is None:
+            shutil.rmtree(ws.path, ignore_errors=True)
+            shutil.rmtree(ws.state_dir, ignore_errors=True)
+        plan_rel = os.path.relpath(ws.plan_path, self.path)
+        if self._git(["cat-file", "-e", f"HEAD:{plan_rel}"], check=False).returncode != 0:
+            shutil.rmtree(ws.plan_path.parent, ignore_errors=True)
+
+    def agent(self, role: str) -> AgentWorkspace:
+        """Reopen an existing agent workspace (branch read from .gitmodules)."""
+        validate_role(role)
+        try:
+            branch = git_out(["config", "--file", ".gitmodules", "--get", f"submodule.{role}.branch"], cwd=self.path)
+        except GitError as exc:
+            raise WorkspaceError(f"no agent {role!r} in run {self.run_id!r}") from exc
+        return AgentWorkspace(self, role, branch)
+
+    def publish_branch(self, role: str) -> str:
+        """Make ``refs/heads/<agent branch>`` exist in the target repository; return its sha."""
+        ws = self.agent(role)
+        ws.prepare_host_git()
+        return fetch_into_target(self.target, ws.path, ws.branch)
