@@ -8,15 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 
-try:
-    from conftest_git import git, refs, run, target_repo, ultrawork_home  # noqa: F401
-except ImportError:
-    from tests.conftest_git import git, refs, run, target_repo, ultrawork_home  # noqa: F401
-
 from workspace import (BUILTIN_HOOKS, BranchNameError, CommandDeniedError, HookError, HookPoint, HookRegistry,
                        HookSpec, ResourceLimitError, ResourceThresholds, RunSuperproject, SafetyViolation,
                        StepRecord, denied_reason, hook, load_hook)
 from workspace.resources import ResourceMonitor
+
+pytest_plugins = ["conftest_git"]  # fixtures: ultrawork_home, target_repo, run
 
 STEP = StepRecord(["python", "work.py"], 0, 0.1)
 
@@ -143,11 +140,10 @@ def test_container_safety_enforcer_denies_commands_and_policy_failures(run):
 
 def test_resource_limit_monitor_stops_after_the_grace_period(run):
     ws = run.add_agent("explore")
-    ws.resource_monitor = ResourceMonitor(ResourceThresholds(grace_seconds=10))
     ws.before_step(["python", "big.py"])
     over = SimpleNamespace(memory_bytes=980, memory_limit_bytes=1000, pids=5, pids_limit=100, cpu_percent=50.0)
     calm = SimpleNamespace(memory_bytes=100, memory_limit_bytes=1000, pids=5, pids_limit=100, cpu_percent=50.0)
-    assert not ws.check_resources(over, now=0.0).stop
+    assert not ws.check_resources(over, now=0.0, thresholds=ResourceThresholds(grace_seconds=10)).stop
     assert not ws.check_resources(over, now=9.0).stop
     assert not ws.check_resources(calm, now=9.5).stop  # dropped below: the clock restarts
     assert not ws.check_resources(over, now=10.0).stop
@@ -173,3 +169,26 @@ def test_bad_hook_config_creates_no_run(ultrawork_home, target_repo):
         RunSuperproject.create("bad-hooks", target_repo, "task",
                                hooks=[{"target": "no_such_module_xyz:f", "point": "after_step"}])
     assert not (ultrawork_home / "runs" / "bad-hooks").exists()
+
+
+def test_hooks_from_the_entry_point_group(ultrawork_home, target_repo, tmp_path, monkeypatch):
+    (tmp_path / "uw_ep_hooks.py").write_text(textwrap.dedent("""
+        from workspace import hook
+
+        SEEN = []
+
+        @hook("finalize", name="announce")
+        def announce(ctx):
+            SEEN.append(ctx.final.outcome)
+    """))
+    dist = tmp_path / "uw_ep_hooks-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: uw-ep-hooks\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[ultrawork.hooks]\nannounce = uw_ep_hooks:announce\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = RunSuperproject.create("ep-run", target_repo, "task")
+    assert [h.name for h in run.hooks.hooks_for("finalize")] == ["plan-finalizer", "announce"]
+    ws = run.add_agent("oracle")
+    assert ws.finalize("failed", errors=["no progress"]).ran == ["plan-finalizer", "announce"]
+    assert sys.modules["uw_ep_hooks"].SEEN == ["failed"]
+    assert ws.plan.summary().outcome == "failed"

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-try:
-    from conftest_git import craft_index_with_path, git, run, target_repo, ultrawork_home  # noqa: F401
-except ImportError:
-    from tests.conftest_git import craft_index_with_path, git, run, target_repo, ultrawork_home  # noqa: F401
+from conftest_git import craft_index_with_path, git
 
 from workspace import StepRecord, WorkspaceEscapeError
 from workspace.repo_guard import read_regular_file
+
+pytest_plugins = ["conftest_git"]  # fixtures: ultrawork_home, target_repo, run
 
 STEP = StepRecord(["bash", "-c", "agent does things"], 0, 1.0, stdout="ok\n")
 
@@ -179,3 +178,16 @@ def test_repository_planted_in_the_plan_directory_is_reported_and_inert(run, tmp
     assert "plan directory holds a repository: plans/librarian/.git" in info.value.findings
     assert not canary.exists()
     assert git(run.path, "ls-files", "plans").splitlines() == ["plans/librarian/Plan.md"]
+
+
+@pytest.mark.timeout(60)
+def test_fifos_cannot_hang_host_side_git(run):
+    ws = run.add_agent("explore")
+    os.mkfifo(ws.path / ".gitignore")
+    (ws.path / "sub").mkdir()
+    os.mkfifo(ws.path / "sub" / ".gitattributes")
+    (ws.path / "sub" / "real.txt").write_text("kept\n")
+    assert len(ws.commit_changes()) == 1
+    assert git(ws.path, "ls-tree", "-r", "--name-only", "HEAD").splitlines() == [
+        "README.md", "src/app.py", "sub/real.txt"]
+    assert "special file .gitignore" in ws.plan.text()

@@ -6,14 +6,13 @@ import os
 
 import pytest
 
-try:
-    from conftest_git import git, refs, run, target_repo, ultrawork_home  # noqa: F401
-except ImportError:  # tests/ imported as a package
-    from tests.conftest_git import git, refs, run, target_repo, ultrawork_home  # noqa: F401
+from conftest_git import git, refs
 
 from workspace import (BranchNameError, GitError, RunSuperproject, WorkspaceError, agent_branch,
                        validate_branch_name, validate_role, validate_run_id)
 from workspace.names import resolve_base_ref, validate_agent_branch
+
+pytest_plugins = ["conftest_git"]  # fixtures: ultrawork_home, target_repo, run
 
 BAD_BRANCH_NAMES = ["a..b", "-x", "a;rm -rf ~", "x.lock", "a@{b}", "a b", "a\x07b", "", "a/", "a.", "/a",
                     "a//b", "a/.hidden", "x" * 201, "a~1", "a^", "a:b", "a?b", "a*b", "a[b", "a\\b", "@", "HEAD"]

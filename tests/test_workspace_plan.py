@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-try:
-    from conftest_git import git, run, target_repo, ultrawork_home  # noqa: F401
-except ImportError:
-    from tests.conftest_git import git, run, target_repo, ultrawork_home  # noqa: F401
+from conftest_git import git
 
 from workspace import PlanDocument, PlanHeader, StepRecord, WorkspaceError
 from workspace.plan import EXCERPT_BYTES, excerpt, render_sandbox_spec
+
+pytest_plugins = ["conftest_git"]  # fixtures: ultrawork_home, target_repo, run
 
 SPEC = {"image": "ultrawork-sandbox:1", "memory": "2g", "network": "none",
         "env": {"LANG": "C.UTF-8", "GITHUB_TOKEN": "ghp_secret1", "DB_PASSWORD": "hunter2", "API_KEY": "k-1"},

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-try:
-    from conftest_git import git, make_repo, refs, run, target_repo, ultrawork_home  # noqa: F401
-except ImportError:
-    from tests.conftest_git import git, make_repo, refs, run, target_repo, ultrawork_home  # noqa: F401
+from conftest_git import git, make_repo, refs
 
 from workspace import RunSuperproject, StepRecord, WorkspaceError
+
+pytest_plugins = ["conftest_git"]  # fixtures: ultrawork_home, target_repo, run
 
 
 def test_create_records_task_and_run_metadata(run, target_repo, ultrawork_home):
@@ -91,6 +90,33 @@ def test_twenty_agents_in_parallel(run):
     assert git(run.path, "status", "--porcelain") == ""
     assert git(run.path, "fsck", "--no-progress") == ""
     print(f"20 agents in {elapsed:.2f}s")
+
+
+def test_parallel_agents_full_lifecycle_keeps_one_consistent_history(run):
+    roles = [f"agent{i}" for i in range(6)]
+
+    def lifecycle(role):
+        ws = run.add_agent(role)
+        for n in range(2):
+            ws.before_step(["python", "work.py"])
+            (ws.path / f"{role}-{n}.txt").write_text(f"{role} {n}\n")
+            ws.record_step(StepRecord(["python", "work.py"], 0, 0.1))
+        ws.commit_changes()
+        ws.finalize("succeeded")
+        return ws
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        workspaces = list(pool.map(lifecycle, roles))
+    history = run.history()
+    assert len(history) == 1 + 6 * 6
+    for ws in workspaces:
+        own = [h for h in history if h.startswith(f"{ws.role}:")]
+        assert own == [f"{ws.role}: workspace created", f"{ws.role}: plan created", f"{ws.role}: step 1 (exit 0)",
+                       f"{ws.role}: step 2 (exit 0)", f"{ws.role}: changes committed (1 new commit(s))",
+                       f"{ws.role}: finalized (succeeded)"]
+        assert run.recorded_commit(ws.role) == git(ws.path, "rev-parse", "HEAD")
+        assert git(run.path, "show", f"HEAD:plans/{ws.role}/Plan.md") == ws.plan.text().rstrip("\n")
+        assert ws.plan.summary().steps == 2
+    assert git(run.path, "status", "--porcelain") == ""
 
 
 def test_not_a_git_repository(ultrawork_home, tmp_path, target_repo):
@@ -211,3 +237,24 @@ def test_bare_target_repository(ultrawork_home, tmp_path, target_repo):
 def test_paths_are_strings_or_paths(ultrawork_home, target_repo):
     run = RunSuperproject.create("str-path", str(target_repo), "task")
     assert isinstance(run.target.path, Path)
+
+
+def test_failed_submodule_commit_leaves_the_shared_index_clean(run, monkeypatch):
+    from workspace import GitError
+    run.add_agent("oracle")
+    original = type(run)._git
+
+    def failing(self, args, **kwargs):
+        if args[:1] == ["commit"] and "explore: workspace created" in args:
+            raise GitError(["git", *args], 1, "simulated failure")
+        return original(self, args, **kwargs)
+    monkeypatch.setattr(type(run), "_git", failing)
+    with pytest.raises(GitError, match="simulated"):
+        run.add_agent("explore")
+    monkeypatch.setattr(type(run), "_git", original)
+    assert git(run.path, "status", "--porcelain") == ""
+    assert run.roles() == ["oracle"]
+    assert not (run.path / "agents" / "explore").exists()
+    run.add_agent("explore")
+    assert run.roles() == ["explore", "oracle"]
+    assert git(run.path, "status", "--porcelain") == ""

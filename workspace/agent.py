@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from workspace import clones
@@ -133,8 +132,11 @@ class AgentWorkspace:
         (self.state_dir / "pre-step.json").write_text(json.dumps(snapshot))
         return report
 
-    def check_resources(self, stats: Any, *, now: float | None = None) -> ResourceVerdict:
+    def check_resources(self, stats: Any, *, now: float | None = None,
+                        thresholds: ResourceThresholds | None = None) -> ResourceVerdict:
         """Feed one stats snapshot; raises `ResourceLimitError` when the step must stop."""
+        if thresholds is not None:
+            self.resource_monitor.thresholds = thresholds
         ctx = HookContext(HookPoint.DURING_STEP, self, stats=stats, now=now)
         _, violation = self._run_point(ctx)
         if violation is not None:

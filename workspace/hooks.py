@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -227,7 +228,9 @@ class HookRegistry:
         with file_lock(self.state_path.with_name(self.state_path.name + ".lock")):
             state = self._load_state()
             entry = dict(update(state))
-            self.state_path.write_text(json.dumps(state, indent=1, sort_keys=True))
+            tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+            tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+            os.replace(tmp, self.state_path)  # readers never see a half-written file
         return entry
 
     def disabled_hooks(self) -> list[str]:

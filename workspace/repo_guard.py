@@ -6,8 +6,10 @@ Two kinds of repository reach the host:
   checked because submodule names/paths/URLs are a classic injection vector;
 * an *agent clone*: writable by the agent, so untrusted. Before host git runs
   in it, `sanitize_clone` puts its git metadata back to the host-written
-  baseline (config, hooks, info files, alternates, commondir) and refuses a
-  clone whose ``.git`` contains symlinks. Nothing here follows a symlink.
+  baseline (config, hooks, info files, alternates, commondir), deletes fifos,
+  sockets and device nodes (git never stores them; a fifo would hang host
+  git) and refuses a clone whose ``.git`` contains symlinks. Nothing here
+  follows a symlink.
 """
 
 from __future__ import annotations
@@ -180,6 +182,20 @@ def git_dir_symlinks(git_dir: Path) -> list[str]:
     return found
 
 
+def remove_special_files(root: Path) -> list[str]:
+    """Delete fifos, sockets and device nodes under `root`: git never stores them, and a
+    fifo named ``.gitignore`` (or ``.git/HEAD``) would block host git forever."""
+    removed = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            mode = os.lstat(full).st_mode
+            if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                os.unlink(full)
+                removed.append(os.path.relpath(full, root))
+    return removed
+
+
 def sanitize_clone(clone: Path, baseline_config: bytes) -> list[str]:
     """Reset an agent clone's git metadata to the host baseline; return what was reset.
 
@@ -195,7 +211,7 @@ def sanitize_clone(clone: Path, baseline_config: bytes) -> list[str]:
     if links:
         raise WorkspaceEscapeError(f"symlinks inside {clone.name}/.git; refusing host git there",
                                    findings=[f"symlink {p}" for p in links])
-    reset = []
+    reset = [f"special file {p}" for p in remove_special_files(clone)]
     if read_regular_file(git_dir / "config") != baseline_config:
         write_private_file(git_dir / "config", baseline_config)
         reset.append(".git/config")

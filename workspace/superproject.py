@@ -125,10 +125,23 @@ class RunSuperproject:
         """Add the existing clone at ``agents/<role>`` as submodule `role`, branch recorded."""
         rel = os.path.relpath(ws.path, self.path)
         with file_lock(self.private_dir / "superproject.lock"):
-            self._git(["submodule", "add", "--quiet", "--name", ws.role, "-b", ws.branch,
-                       "--", str(self.target.path), rel], config=[("protocol.file.allow", "always")])
-            self._git(["commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m",
-                       f"{ws.role}: workspace created"])
+            try:
+                self._git(["submodule", "add", "--quiet", "--name", ws.role, "-b", ws.branch,
+                           "--", str(self.target.path), rel], config=[("protocol.file.allow", "always")])
+                self._git(["commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m",
+                           f"{ws.role}: workspace created"])
+            except BaseException:
+                self._unstage_submodule(ws.role, rel)
+                raise
+
+    def _unstage_submodule(self, role: str, rel: str) -> None:
+        """Leave the shared index, .gitmodules and config as HEAD has them (lock held)."""
+        self._git(["reset", "--quiet", "HEAD", "--", rel, ".gitmodules"], check=False)
+        self._git(["config", "--remove-section", f"submodule.{role}"], check=False)
+        if self._git(["cat-file", "-e", "HEAD:.gitmodules"], check=False).returncode == 0:
+            self._git(["checkout", "--quiet", "HEAD", "--", ".gitmodules"], check=False)
+        else:
+            (self.path / ".gitmodules").unlink(missing_ok=True)
 
     def recorded_commit(self, role: str) -> str | None:
         """The agent commit the superproject's HEAD pins for `role`."""
