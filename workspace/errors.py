@@ -23,7 +23,20 @@ class GitError(UltraworkError):
         self.stderr = stderr
         self.stdout = stdout
         detail = stderr.strip().splitlines()[-1] if stderr.strip() else "no stderr"
-        super().__init__(f"git exited {returncode}: {' '.join(self.argv)}: {detail}")
+        super().__init__(f"git exited {returncode}: {' '.join(self.command)}: {detail}")
+
+    @property
+    def command(self) -> list[str]:
+        """The argv without the ``-c key=value`` hardening pairs, for readable messages."""
+        shown, skip = [], False
+        for arg in self.argv:
+            if skip:
+                skip = False
+            elif arg == "-c":
+                skip = True
+            else:
+                shown.append(arg)
+        return shown
 
 
 class WorkspaceError(UltraworkError):
