@@ -9,13 +9,14 @@ from .errors import (
     SandboxError,
     SandboxPolicyError,
     SandboxTimeout,
+    McpError,
     UltraworkError,
 )
 from .policy import SandboxPolicy, validate_spec
 from .spec import DEFAULT_IMAGE, Limits, Mount, SandboxSpec
 
 __all__ = [
-    "ContainerGone", "DEFAULT_IMAGE", "EngineUnavailable", "ExecResult", "ImageMissing", "Limits", "Mount",
+    "ContainerGone", "DEFAULT_IMAGE", "EngineUnavailable", "ExecResult", "ImageMissing", "Limits", "McpError", "Mount",
     "ResourceLimitExceeded", "Sandbox", "SandboxEngine", "SandboxError", "SandboxInfo", "SandboxPolicy",
     "SandboxPolicyError", "SandboxSpec", "SandboxStats", "SandboxTimeout", "UltraworkError", "validate_spec",
 ]

@@ -298,12 +298,14 @@ class SandboxEngine:
         workdir: str | None = None,
         env: Mapping[str, str] | None = None,
         on_line: OnLine | None = None,
+        should_stop: Callable[[], str | None] | None = None,
     ) -> ExecResult:
         """Run ``argv`` (never a shell string) and return its exit code and bounded output.
 
         Raises :class:`SandboxTimeout` when it runs past ``timeout`` (its whole
         process group is killed), :class:`ResourceLimitExceeded` when the memory
-        or pids limit stopped it, and :class:`ContainerGone` if the container died.
+        or pids limit stopped it (or ``should_stop``, polled twice a second, gave a
+        reason), and :class:`ContainerGone` if the container died.
         """
         argv = _check_argv(argv)
         timeout = sandbox.spec.exec_timeout if timeout is None else float(timeout)
@@ -357,7 +359,13 @@ class SandboxEngine:
         started = time.monotonic()
         reader = threading.Thread(target=pump, name=f"exec-{sandbox.name}", daemon=True)
         reader.start()
-        reader.join(timeout)
+        deadline = started + timeout
+        stopped: str | None = None
+        while reader.is_alive() and time.monotonic() < deadline:
+            reader.join(min(0.5, max(0.0, deadline - time.monotonic())))
+            stopped = should_stop() if should_stop and reader.is_alive() else None
+            if stopped:
+                break
         timed_out = reader.is_alive()
         if timed_out:
             self._after_exec(container, pidfile)
@@ -367,6 +375,8 @@ class SandboxEngine:
         duration = time.monotonic() - started
         stdout, stderr = out.text(), err.text()
         self._raise_if_limited(sandbox, container, pidfile, timed_out)
+        if stopped:
+            raise ResourceLimitExceeded("monitor", stopped)
         if timed_out:
             raise SandboxTimeout(argv, timeout, stdout, stderr)
         try:
@@ -439,6 +449,12 @@ class SandboxEngine:
             raise ResourceLimitExceeded("pids", f"the {limits.pids}-process limit was reached")
 
     # -- observe ----------------------------------------------------------
+    def is_running(self, sandbox: Sandbox) -> bool:
+        try:
+            return self._container(sandbox).status == "running"
+        except ContainerGone:
+            return False
+
     def stats(self, sandbox: Sandbox) -> SandboxStats:
         """Memory, CPU and process counts now (CPU since the previous sample)."""
         container = self._container(sandbox)

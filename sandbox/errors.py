@@ -7,9 +7,7 @@ sandbox, then retry"; a ``SandboxPolicyError`` is never retried.
 
 from __future__ import annotations
 
-
-class UltraworkError(Exception):
-    """Base of every typed ultrawork error."""
+from workspace.errors import UltraworkError
 
 
 class SandboxError(UltraworkError):
@@ -56,3 +54,7 @@ class ResourceLimitExceeded(UltraworkError):
         self.detail = detail
         self.exit_code = exit_code
         super().__init__(f"{resource} limit exceeded: {detail}")
+
+
+class McpError(UltraworkError):
+    """The MCP server over the sandboxes failed; recovery restarts it, then retries."""

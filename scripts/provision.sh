@@ -25,7 +25,9 @@ provision_python() {
   want="$(sha256sum "$UW_ROOT/pyproject.toml" | cut -d' ' -f1)"
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     say "installing ultrawork and its dependencies into $UW_VENV"
-    "$UW_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$UW_ROOT[dev]"
+    # pip warns about configured-but-absent local indexes on some machines; keep real errors
+    "$UW_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$UW_ROOT[dev]" 2>&1 \
+      | { grep -v "^WARNING: Location '" || true; } >&2
     echo "$want" > "$stamp"
   fi
 }

@@ -1,0 +1,85 @@
+"""One agent's subflow, in the order of the seed's state machine.
+
+branch -> submodule -> Plan.md -> sandbox -> deploy agent -> execute loop
+-> commit -> finalize Plan.md -> cleanup (always).
+
+A failing agent never raises into the orchestrator: it returns a Failed state
+that carries its :class:`AgentOutcome`, so its siblings go on and the review
+sees what happened.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow
+from prefect.states import Completed, Failed
+
+from agents.outcome import AgentOutcome
+from agents.profiles import BUILTIN_AGENT, AgentProfile
+from sandbox import Mount, SandboxSpec
+from tasks.logs import get_logger
+from tasks.sandboxes import SandboxHandle, cleanup_sandbox, grant_sandbox_access, run_step, start_sandbox
+from tasks.workspaces import commit_work, create_workspace, finalize_plan, publish_branch
+
+
+# git inside the sandbox reads the host-owned .git; trust it (command scope config, not a file).
+SANDBOX_GIT_ENV = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*"}
+
+
+def sandbox_spec(run_id: str, profile: AgentProfile, ws=None) -> SandboxSpec:
+    mounts = [Mount(source=ws.plan_path.parent, target="/plan", read_only=False)] if ws else []
+    return SandboxSpec(
+        image=profile.image, role=profile.role, run_id=run_id, workspace=ws.path if ws else None,
+        workspace_mode=profile.workspace_mode, mounts=mounts, network=profile.network,
+        limits=profile.limits, exec_timeout=profile.timeout, env=SANDBOX_GIT_ENV,
+    )
+
+
+def plan_excerpt(plan_text: str, limit: int = 1200) -> str:
+    """The agent's own findings if it wrote any, else the tail of Plan.md."""
+    start = plan_text.find("\n## Findings")
+    text = plan_text[start:] if start >= 0 else plan_text[-limit:]
+    end = text.find("<!-- ultrawork:", 1)
+    return (text[:end] if end > 0 else text).strip()[:limit]
+
+
+@flow(name="agent", flow_run_name="{profile.role}", validate_parameters=False)
+async def agent(run_id: str, profile: AgentProfile, prompt: str):
+    log = get_logger()
+    role, started = profile.role, time.time()
+    draft = sandbox_spec(run_id, profile).model_dump(mode="json", exclude={"workspace", "mounts"})
+    ws = await create_workspace(run_id, role, profile.checklist, draft)  # branch, submodule, Plan.md
+    grant_sandbox_access(ws.plan_path.parent)
+    if profile.workspace_mode == "rw":
+        grant_sandbox_access(ws.path)
+    handle = SandboxHandle(sandbox_spec(run_id, profile, ws),
+                           files={"prompt.md": prompt, "builtin_agent.py": BUILTIN_AGENT.read_text()})
+    errors: list[str] = []
+    steps = [profile.argv(run_id)]
+    try:
+        await start_sandbox(handle)                                      # sandbox + deploy agent
+        for argv in steps:                                              # execute loop
+            await run_step(handle, ws, argv, profile.timeout)
+    except Exception as exc:  # noqa: BLE001 - recorded, reviewed, never fatal to siblings
+        errors.append(f"{type(exc).__name__}: {exc}")
+        log.error("%s agent failed: %s", role, errors[-1])
+    finally:
+        await cleanup_sandbox(handle)                                   # always
+    status = "failed" if errors else "succeeded"
+    commits = await commit_work(ws)                                     # nothing an agent did is lost
+    await finalize_plan(ws, status, errors, handle.recoveries)
+    published = await publish_branch(run_id, role)
+    outcome = AgentOutcome(
+        role=role, status=status, branch=ws.branch, commits=commits, files_changed=published["files"],
+        insertions=published["insertions"], deletions=published["deletions"],
+        duration=time.time() - started, steps=len(steps),
+        retries=handle.attempts - len(steps) if not errors else max(0, handle.attempts - 1),
+        sandboxes_created=handle.created, errors=errors, recoveries=handle.recoveries,
+        plan_path=str(ws.plan_path), plan_summary=plan_excerpt(ws.plan.text()),
+        started_at=started, ended_at=time.time(),
+    )
+    log.info("%s agent %s: %d commit(s) on %s (%s)", role, status, len(commits), ws.branch, published["sha"][:12])
+    if errors:
+        return Failed(message=f"{role} agent failed: {errors[-1][:300]}", data=outcome)
+    return Completed(message=f"{role} agent succeeded", data=outcome)

@@ -1,0 +1,165 @@
+"""Sisyphus: the main flow. One task in, parallel agents, a human review, one integration branch out.
+
+classify -> write the run's plan -> fan out one agent subflow per role (concurrently)
+-> publish Plan.md artifacts and results -> pause for review -> merge the approved
+branches -> push and open a pull request (when GitHub is configured).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from datetime import datetime, timezone
+from typing import Literal
+
+from prefect import flow
+from prefect.context import get_run_context
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from pydantic import BaseModel, Field
+
+from agents.outcome import AgentOutcome
+from agents.profiles import AgentProfile, resolve_profiles
+from flows.agent import agent
+from flows.review import Verdict, review_form, verdicts
+from tasks.artifacts import Progress, publish_plan, publish_results
+from tasks.integration import integrate_branches, open_pull_request_task
+from tasks.logs import get_logger
+from tasks.workspaces import create_run
+from workspace.errors import WorkspaceError
+from workspace.github import github_target_from_env
+from workspace.gitcmd import run_git
+from workspace.names import resolve_base_ref, validate_run_id
+from workspace.repo_guard import open_target_repo
+from workspace.superproject import RunSuperproject
+
+
+class RunResult(BaseModel):
+    run_id: str
+    outcome: Literal["integrated", "conflict", "nothing-approved", "review-timed-out"]
+    message: str
+    target_repo: str
+    integration_branch: str | None = None
+    pull_request: str | None = None
+    agents: list[AgentOutcome] = Field(default_factory=list)
+    verdicts: list[Verdict] = Field(default_factory=list)
+    conflicts: list[str] = Field(default_factory=list)
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def check_request(task: str, repo: str, agents: list[str] | None, base: str,
+                  agent_commands: dict[str, list[str]] | None) -> dict[str, AgentProfile]:
+    """Every check that can fail on bad input, before anything is created."""
+    profiles = resolve_profiles(task, agents, agent_commands)
+    target = open_target_repo(repo)
+    base_sha = resolve_base_ref(target.path, base)
+    if not target.bare:
+        head = run_git(["rev-parse", "HEAD"], cwd=target.path).stdout.strip()
+        dirty = run_git(["status", "--porcelain", "--untracked-files=no"], cwd=target.path).stdout.strip()
+        if head == base_sha and dirty:
+            raise WorkspaceError(f"{target.path} has uncommitted changes to the base {base!r}; commit or stash them")
+    return profiles
+
+
+def prompt_for(task: str, profile: AgentProfile, run_id: str) -> str:
+    checklist = "\n".join(f"- [ ] {item}" for item in profile.checklist)
+    return (f"# Task\n\n{task.strip()}\n\n# Your role: {profile.role}\n\n"
+            f"Workspace: /workspace ({'read-only' if profile.workspace_mode == 'ro' else 'read-write'}). "
+            f"Write your findings to /plan/Plan.md.\n\n# Acceptance checklist\n\n{checklist}\n")
+
+
+def record_stage(run_id: str, name: str, data: dict, subject: str) -> None:
+    """Write ``<name>.json`` into the superproject and commit it as one stage."""
+    run = RunSuperproject.open(run_id)
+    path = run.path / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    run.commit_stage(subject, [path])
+
+
+async def _outcome(state) -> AgentOutcome:
+    result = await state.aresult(raise_on_failure=False) if hasattr(state, "aresult") else state.result(raise_on_failure=False)
+    if isinstance(result, AgentOutcome):
+        return result
+    raise RuntimeError(f"agent subflow ended without an outcome: {state.message}")
+
+
+@flow(name="sisyphus", log_prints=True, validate_parameters=True)
+async def sisyphus(
+    task: str,
+    repo: str,
+    agents: list[str] | None = None,
+    base: str = "HEAD",
+    run_id: str | None = None,
+    agent_commands: dict[str, list[str]] | None = None,
+    review_timeout: int = 24 * 3600,
+) -> RunResult:
+    log = get_logger()
+    run_id = validate_run_id(run_id or new_run_id())
+    profiles = check_request(task, repo, agents, base, agent_commands)   # bad input stops here
+    github = github_target_from_env()
+    flow_run = get_run_context().flow_run
+    await create_run(run_id, repo, task, base)
+    record_stage(run_id, "orchestration", {"flow_run_id": str(flow_run.id), "roles": list(profiles)},
+                 f"run plan: {', '.join(profiles)} (flow run {flow_run.name})")
+    log.info("run %s: %d agent(s) %s on %s", run_id, len(profiles), ", ".join(profiles), repo)
+
+    progress = Progress(len(profiles))
+    await progress.start(run_id)
+
+    async def one(profile: AgentProfile) -> AgentOutcome:
+        state = await agent(run_id, profile, prompt_for(task, profile, run_id), return_state=True)
+        outcome = await _outcome(state)
+        await publish_plan(run_id, profile.role, RunSuperproject.open(run_id).agent(profile.role).plan.text())
+        await progress.advance()
+        return outcome
+
+    outcomes = list(await asyncio.gather(*(one(p) for p in profiles.values())))   # concurrently
+    await publish_results(run_id, outcomes)
+
+    form = review_form(run_id, task, outcomes)
+    record_stage(run_id, "review", {"state": "requested", "roles": list(profiles)}, "review requested")
+    log.info("run %s paused for review: approve or reject each agent in the UI or with "
+             "'ultrawork review %s --approve ROLES --reject ROLES'", run_id, run_id)
+    target_repo = str(RunSuperproject.open(run_id).target.path)
+    try:
+        decision = await pause_flow_run(wait_for_input=form, timeout=review_timeout, poll_interval=1, key="review")
+    except FlowPauseTimeout:
+        branches = ", ".join(o.branch for o in outcomes)
+        record_stage(run_id, "review", {"state": "timed-out"}, "review timed out")
+        return RunResult(run_id=run_id, outcome="review-timed-out", target_repo=target_repo, agents=outcomes,
+                         message=f"no review within {review_timeout}s; every branch is kept in {target_repo}: {branches}")
+    decided = verdicts(decision, list(profiles))
+    approved = [v.role for v in decided if v.approved]
+    record_stage(run_id, "review", {"state": "decided", "verdicts": [v.model_dump() for v in decided]},
+                 f"review: approved {', '.join(approved) or 'none'}; "
+                 f"rejected {', '.join(v.role for v in decided if not v.approved) or 'none'}")
+
+    result = await integrate_branches(run_id, approved)
+    record_stage(run_id, "integration", {"outcome": result.outcome, "branch": result.branch, "head": result.head,
+                                         "merged": result.merged, "conflicts": result.conflicts},
+                 f"integration: {result.outcome}")
+    summary = RunResult(run_id=run_id, outcome="integrated", target_repo=target_repo, agents=outcomes,
+                        verdicts=decided, message="")
+    if result.outcome == "nothing-approved":
+        summary.outcome, summary.message = "nothing-approved", f"no agent approved; branches kept in {target_repo}"
+        return summary
+    if result.outcome == "conflict":
+        summary.outcome, summary.conflicts = "conflict", result.conflicts
+        summary.message = (f"merging {result.conflict_role} conflicts in {', '.join(result.conflicts)}; "
+                           f"nothing pushed, branches kept in {target_repo}")
+        return summary
+    summary.integration_branch = result.branch
+    summary.message = f"integration branch {result.branch} in {target_repo} ({', '.join(result.merged)})"
+    if github is not None:
+        body = "\n\n".join(f"## {o.role}\n\n{o.plan_summary}" for o in outcomes if o.role in approved)
+        pr = await open_pull_request_task(run_id, result, github, f"ultrawork: {task.strip().splitlines()[0][:80]}",
+                                          f"Run `{run_id}` merged {', '.join(result.merged)}.\n\n{body}")
+        record_stage(run_id, "pull_request", {"number": pr.number, "url": pr.url}, f"pull request #{pr.number}")
+        summary.pull_request = pr.url
+        summary.message += f"; pull request {pr.url}"
+    log.info("run %s: %s", run_id, summary.message)
+    return summary

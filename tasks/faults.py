@@ -1,0 +1,91 @@
+"""Fault injection for tests and ``bench/chaos.py``, switched on by environment only.
+
+``ULTRAWORK_FAULTS`` holds a JSON list of rules; each fires at a named point
+(``step``, ``git:<operation>``, ``stage:<name>``) for an optional role, a
+number of ``times``, and does one ``action``:
+
+- ``kill_container``: remove the agent's container from outside (SandboxError path)
+- ``agent_fail``: the step fails as if the agent exited 1 (AgentExecutionError)
+- ``git_error``: the git operation fails (GitError)
+- ``sandbox_error``: the engine reports a failure (SandboxError)
+- ``mcp_error``: the MCP server fails (McpError)
+- ``kill_process``: SIGKILL the orchestrating process
+
+Counts are kept in ``ULTRAWORK_FAULTS_STATE`` (a JSON file) when set, so a
+fault that killed a process does not fire again in the resumed one.
+With no ``ULTRAWORK_FAULTS`` every call is a no-op.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from agents.errors import AgentExecutionError
+from sandbox.errors import McpError, SandboxError
+from workspace.errors import GitError
+
+_MEMORY: dict[str, int] = {}
+
+
+def _rules() -> list[dict[str, Any]]:
+    raw = os.environ.get("ULTRAWORK_FAULTS")
+    return json.loads(raw) if raw else []
+
+
+def _take(index: int, times: int) -> bool:
+    """Count one firing of rule ``index``; False once it has fired ``times`` times."""
+    state_file = os.environ.get("ULTRAWORK_FAULTS_STATE")
+    key = str(index)
+    if not state_file:
+        if _MEMORY.get(key, 0) >= times:
+            return False
+        _MEMORY[key] = _MEMORY.get(key, 0) + 1
+        return True
+    path = Path(state_file)
+    path.touch(exist_ok=True)
+    with open(path, "r+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        text = fh.read()
+        state = json.loads(text) if text.strip() else {}
+        if state.get(key, 0) >= times:
+            return False
+        state[key] = state.get(key, 0) + 1
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps(state))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
+
+
+def fault(point: str, role: str | None = None, **context: Any) -> None:
+    """Fire the first matching rule for ``point`` (and ``role``), if any."""
+    for index, rule in enumerate(_rules()):
+        if rule.get("at") != point or (rule.get("role") and rule.get("role") != role):
+            continue
+        if not _take(index, int(rule.get("times", 1))):
+            continue
+        action = rule["action"]
+        message = f"injected fault at {point}" + (f" ({role})" if role else "")
+        if action == "kill_container":
+            from tasks.sandboxes import engine
+
+            engine().cleanup(context["sandbox"])
+        elif action == "agent_fail":
+            raise AgentExecutionError(role or "?", ["<injected>"], 1, message)
+        elif action == "git_error":
+            raise GitError(["git", point], 128, message)
+        elif action == "sandbox_error":
+            raise SandboxError(message)
+        elif action == "mcp_error":
+            raise McpError(message)
+        elif action == "kill_process":
+            os.kill(os.getpid(), signal.SIGKILL)
+        else:
+            raise ValueError(f"unknown fault action {action!r}")
+        return

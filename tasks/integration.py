@@ -1,0 +1,37 @@
+"""Prefect tasks for the end of a run: merge approved branches, push, pull request."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from workspace.errors import GitError
+from workspace.github import GitHubTarget, PullRequestRef
+from workspace.integration import AgentBranch, IntegrationResult, integrate, publish_pull_request
+from workspace.superproject import RunSuperproject
+
+from .faults import fault
+from .recovery import task_options
+
+
+@task(name="integrate", cache_policy=NO_CACHE, **task_options(GitError))
+async def integrate_branches(run_id: str, approved: list[str]) -> IntegrationResult:
+    """Merge the approved agents' branches into ``ultrawork/<run>/integration`` in the target repo."""
+    def merge() -> IntegrationResult:
+        fault("git:integrate")
+        run = RunSuperproject.open(run_id)
+        branches = [AgentBranch(role, run.agent(role).branch, run.target.path) for role in approved]
+        return integrate(run.target.path, run_id, run.base_sha, branches, when=run.meta["created_at"])
+    return await asyncio.to_thread(merge)
+
+
+@task(name="pull-request", cache_policy=NO_CACHE, **task_options(GitError))
+async def open_pull_request_task(run_id: str, result: IntegrationResult, github: GitHubTarget,
+                                 title: str, body: str) -> PullRequestRef:
+    """Push the integration branch with a lease and open (or find) its pull request."""
+    def publish() -> PullRequestRef:
+        fault("git:push")
+        return publish_pull_request(RunSuperproject.open(run_id).target.path, result, github, title, body)
+    return await asyncio.to_thread(publish)

@@ -1,0 +1,72 @@
+"""Prefect tasks over the run superproject and the agents' workspaces (git).
+
+Git operations retry with exponential backoff and jitter (``tasks.recovery``);
+bad input (``WorkspaceError``) is never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from workspace.errors import GitError
+from workspace.integration import shortstat
+from workspace.superproject import RunSuperproject
+
+from .faults import fault
+from .recovery import task_options
+
+GIT_RETRIES = task_options(GitError)
+
+
+@task(name="create-run", cache_policy=NO_CACHE, **GIT_RETRIES)
+async def create_run(run_id: str, repo: str, task_text: str, base: str, hooks: list[dict] | None = None) -> str:
+    """The run's superproject (idempotent: an existing run with this id is reopened)."""
+    def make() -> str:
+        fault("git:create-run")
+        try:
+            return str(RunSuperproject.open(run_id).path)
+        except Exception:  # noqa: BLE001 - not there yet
+            return str(RunSuperproject.create(run_id, repo, task_text, base, hooks=hooks or []).path)
+    return await asyncio.to_thread(make)
+
+
+@task(name="create-workspace", cache_policy=NO_CACHE, **GIT_RETRIES)
+async def create_workspace(run_id: str, role: str, checklist: list[str], spec: dict[str, Any]):
+    """Branch, clone, submodule and Plan.md for one agent (the setup hooks)."""
+    def make():
+        fault("git:create-workspace", role=role)
+        run = RunSuperproject.open(run_id)
+        if role in run.roles():
+            return run.agent(role)
+        return run.add_agent(role, checklist=checklist, sandbox_spec=spec)
+    return await asyncio.to_thread(make)
+
+
+@task(name="commit-work", cache_policy=NO_CACHE, **GIT_RETRIES)
+async def commit_work(ws) -> list[str]:
+    """Commit what the agent changed to its branch (host-side, hooks disabled)."""
+    def commit() -> list[str]:
+        fault("git:commit", role=ws.role)
+        return ws.commit_changes()
+    return await asyncio.to_thread(commit)
+
+
+@task(name="finalize-plan", cache_policy=NO_CACHE, **GIT_RETRIES)
+async def finalize_plan(ws, outcome: str, errors: list[str], recoveries: list[str]) -> None:
+    await asyncio.to_thread(ws.finalize, outcome, errors=errors, recoveries=recoveries)
+
+
+@task(name="publish-branch", cache_policy=NO_CACHE, **GIT_RETRIES)
+async def publish_branch(run_id: str, role: str) -> dict:
+    """Make the agent's branch exist in the target repository (kept after the run); measure it."""
+    def publish() -> dict:
+        fault("git:publish", role=role)
+        run = RunSuperproject.open(run_id)
+        sha = run.publish_branch(role)
+        files, insertions, deletions = shortstat(run.target.path, run.base_sha, sha)
+        return {"sha": sha, "files": files, "insertions": insertions, "deletions": deletions}
+    return await asyncio.to_thread(publish)

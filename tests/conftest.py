@@ -1,0 +1,92 @@
+"""Shared fixtures: a real Docker engine (never skipped when CI=true) and sandbox helpers."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def assert_hardened(attrs: dict) -> None:
+    """What every ultrawork container must look like when inspected."""
+    host = attrs["HostConfig"]
+    config = attrs["Config"]
+    assert host["CapDrop"] == ["ALL"], host["CapDrop"]
+    assert any(opt.startswith("no-new-privileges") for opt in host["SecurityOpt"] or []), host["SecurityOpt"]
+    assert not any("unconfined" in opt for opt in host["SecurityOpt"] or [])
+    assert host["ReadonlyRootfs"] is True
+    assert host["PidsLimit"] and host["PidsLimit"] > 0
+    assert host["Memory"] > 0 and host["MemorySwap"] == host["Memory"]
+    assert host["NanoCpus"] > 0
+    assert host["Privileged"] is False
+    assert host["Init"] is True
+    uid = config["User"].split(":")[0]
+    assert uid and uid not in ("0", "root"), config["User"]
+    assert host["NetworkMode"] in ("none",) or attrs.get("_network_allowed"), host["NetworkMode"]
+    labels = config["Labels"]
+    assert labels["ultrawork.managed"] == "true"
+    assert labels["ultrawork.run"] and labels["ultrawork.agent"]
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """The real Docker engine; a missing engine fails the run in CI and skips elsewhere."""
+    from sandbox import EngineUnavailable, SandboxEngine
+
+    try:
+        client = SandboxEngine().client
+    except EngineUnavailable as exc:
+        if IN_CI:
+            pytest.fail(f"CI=true and no Docker engine: {exc}")
+        pytest.skip(f"no Docker engine: {exc}")
+    from sandbox.spec import DEFAULT_IMAGE
+
+    try:
+        client.images.get(DEFAULT_IMAGE)
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"sandbox image {DEFAULT_IMAGE} missing (the test command builds it): {exc}")
+    return client
+
+
+@pytest.fixture
+def sandbox_root(tmp_path: Path) -> Path:
+    root = tmp_path / "roots"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def run_id() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def engine(docker_client, sandbox_root, run_id):
+    """A SandboxEngine whose every created container is inspected for the hardened defaults.
+
+    At teardown, no container of this test's run may remain.
+    """
+    from sandbox import SandboxEngine, SandboxPolicy
+
+    class CheckedEngine(SandboxEngine):
+        def create(self, spec):
+            sandbox = super().create(spec)
+            attrs = self.client.api.inspect_container(sandbox.id)
+            attrs["_network_allowed"] = spec.network != "none"
+            assert_hardened(attrs)
+            return sandbox
+
+    eng = CheckedEngine(SandboxPolicy(workspace_roots=[sandbox_root]), client=docker_client)
+    yield eng
+    leftovers = eng.list(run_id=run_id)
+    for info in leftovers:
+        eng.cleanup(info.id)
+    assert not leftovers, f"test left containers behind: {[i.name for i in leftovers]}"
+
+
+def managed_container_ids(client) -> set[str]:
+    return {c.id for c in client.containers.list(all=True, filters={"label": "ultrawork.managed=true"})}

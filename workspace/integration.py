@@ -1,0 +1,132 @@
+"""Merging approved agent branches into one integration branch, and pushing it.
+
+Everything happens host-side in a throwaway clone with hooks disabled (see
+``gitcmd``). Merge commits carry the run's timestamp, so integrating the same
+branches again gives the same commit: a retried integration is a no-op, not
+a second history.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .errors import GitError, UltraworkError
+from .gitcmd import Identity, git_out, run_git
+from .github import GitHubTarget, PullRequestRef, open_pull_request
+
+INTEGRATOR = Identity("ultrawork-integration", "integration@ultrawork.invalid")
+
+
+class PushRejected(UltraworkError):
+    """The remote branch moved under us; the push was refused by its lease and not forced."""
+
+
+@dataclass
+class AgentBranch:
+    role: str
+    branch: str
+    source: Path  # a repository that has the branch (the agent's clone or the target)
+
+
+@dataclass
+class IntegrationResult:
+    outcome: Literal["merged", "conflict", "nothing-approved"]
+    branch: str
+    repository: Path
+    merged: list[str] = field(default_factory=list)
+    conflict_role: str | None = None
+    conflicts: list[str] = field(default_factory=list)
+    head: str | None = None
+
+
+def shortstat(repo: Path, base: str, ref: str) -> tuple[int, int, int]:
+    """(files changed, insertions, deletions) between ``base`` and ``ref`` in ``repo``."""
+    out = git_out(["diff", "--shortstat", "--no-ext-diff", "--no-textconv", "--end-of-options", base, ref, "--"],
+                  cwd=repo)
+    numbers = {kind: int(n) for n, kind in re.findall(r"(\d+) (file|insertion|deletion)", out)}
+    return numbers.get("file", 0), numbers.get("insertion", 0), numbers.get("deletion", 0)
+
+
+def integration_branch(run_id: str) -> str:
+    return f"ultrawork/{run_id}/integration"
+
+
+def _dated(when: str) -> dict[str, str]:
+    return {"GIT_AUTHOR_DATE": when, "GIT_COMMITTER_DATE": when}
+
+
+def integrate(target: Path, run_id: str, base_commit: str, approved: list[AgentBranch], when: str) -> IntegrationResult:
+    """Merge ``approved`` branches (in order) onto ``base_commit`` and store the result in ``target``.
+
+    A conflict stops the merge: the conflicting files are listed and nothing is written to ``target``.
+    """
+    branch = integration_branch(run_id)
+    result = IntegrationResult("nothing-approved", branch, target)
+    if not approved:
+        return result
+    scratch = Path(tempfile.mkdtemp(prefix=f"ultrawork-integrate-{run_id}-"))
+    try:
+        run_git(["init", "--quiet", str(scratch)], cwd=scratch)
+        run_git(["fetch", "--quiet", "--no-tags", "--", str(target), base_commit], cwd=scratch)
+        run_git(["checkout", "--quiet", "-B", branch, base_commit], cwd=scratch)
+        for agent in approved:
+            run_git(["fetch", "--quiet", "--no-tags", "--", str(agent.source),
+                     f"refs/heads/{agent.branch}"], cwd=scratch)
+            merge = run_git(["merge", "--no-ff", "--no-edit", "-m",
+                             f"Merge {agent.role} agent work ({agent.branch})", "FETCH_HEAD"],
+                            cwd=scratch, identity=INTEGRATOR, env=_dated(when), check=False)
+            if merge.returncode != 0:
+                files = git_out(["diff", "--name-only", "--diff-filter=U"], cwd=scratch).split("\n")
+                result.outcome, result.conflict_role = "conflict", agent.role
+                result.conflicts = [f for f in files if f]
+                if not result.conflicts:
+                    raise GitError(merge.argv, merge.returncode, merge.stderr, merge.stdout)
+                return result
+            result.merged.append(agent.role)
+        head = git_out(["rev-parse", "HEAD"], cwd=scratch)
+        existing = run_git(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}"],
+                           cwd=target, check=False).stdout.strip()
+        if existing and existing != head:
+            raise PushRejected(f"{branch} already exists in {target} at {existing[:12]} with other commits; "
+                               "not overwriting it")
+        if not existing:
+            run_git(["push", "--quiet", "--", str(target), f"HEAD:refs/heads/{branch}"], cwd=scratch)
+        result.outcome, result.head = "merged", head
+        return result
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def push_with_lease(repo: Path, branch: str, sha: str, github: GitHubTarget) -> bool:
+    """Push ``sha`` to ``branch`` on the GitHub remote unless it is already there.
+
+    The lease says the branch must not exist yet; a branch that moved to some
+    other commit is reported with :class:`PushRejected`, never forced.
+    Returns True when something was pushed.
+    """
+    auth = github.git_auth_env()
+    remote = run_git(["ls-remote", "--", github.git_url, f"refs/heads/{branch}"], cwd=repo, env=auth).stdout.split()
+    if remote and remote[0] == sha:
+        return False
+    if remote:
+        raise PushRejected(f"{branch} on {github.repository} is at {remote[0][:12]}, not {sha[:12]}; not forcing")
+    pushed = run_git(["push", "--quiet", f"--force-with-lease=refs/heads/{branch}:", "--", github.git_url,
+                      f"{sha}:refs/heads/{branch}"], cwd=repo, env=auth, check=False)
+    if pushed.returncode != 0:
+        if "stale info" in pushed.stderr or "rejected" in pushed.stderr:
+            raise PushRejected(f"the push of {branch} to {github.repository} was rejected by its lease")
+        raise GitError(pushed.argv, pushed.returncode, pushed.stderr)
+    return True
+
+
+def publish_pull_request(repo: Path, result: IntegrationResult, github: GitHubTarget,
+                         title: str, body: str) -> PullRequestRef:
+    """Push the integration branch (idempotently) and open or find its pull request."""
+    assert result.outcome == "merged" and result.head
+    push_with_lease(repo, result.branch, result.head, github)
+    return open_pull_request(github, result.branch, title, body)
