@@ -113,6 +113,146 @@ def sandboxes_reap(
     out.print(f"{len(removed)} sandbox(es) removed")
 
 
+def start_run(repo: str, task: str, agents: Optional[list[str]], base: str, commands: dict[str, list[str]],
+              review_timeout: int, detach: bool, decide=None) -> None:
+    """Validate, make sure the shared server runs, then run (or launch) the Sisyphus flow."""
+    import asyncio
+    import os
+    import subprocess
+
+    from flows.request import check_request, new_run_id
+    from flows.server import ensure_server
+    from sandbox.spec import ultrawork_home
+
+    try:
+        check_request(task, repo, agents, base, commands)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
+    run_id = new_run_id()
+    params = {"task": task, "repo": str(repo), "agents": agents, "base": base, "run_id": run_id,
+              "agent_commands": commands or None, "review_timeout": review_timeout}
+    out.print(f"run [bold]{run_id}[/] on {repo}")
+    if detach:
+        logs = ultrawork_home() / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / f"{run_id}.log", "ab") as log:
+            subprocess.Popen([sys.executable, "-m", "flows.launch", json.dumps(params)], stdout=log,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                             env=os.environ.copy())
+        out.print(f"running in the background (log: {logs / (run_id + '.log')}); "
+                  f"follow it with 'ultrawork status {run_id}'")
+        return
+    # Prefect's console logs would tear the live display; they still reach the server and the UI.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    from flows.progress import RunDisplay, stdin_is_terminal
+    from flows.sisyphus import sisyphus
+
+    display = RunDisplay(run_id, out, interactive=stdin_is_terminal(), decide=decide)
+    display.start()
+    try:
+        result = asyncio.run(sisyphus(**params))
+    finally:
+        display.done.set()
+        display.join(5)
+    if display.error:
+        err.print(f"[yellow]progress display stopped: {display.error}[/]")
+    color = "green" if result.outcome == "integrated" else "yellow"
+    out.print(f"[{color}]{result.outcome}[/]: {result.message}")
+    for agent in result.agents:
+        out.print(f"  {agent.role:<10} {agent.status:<10} {agent.branch}  (Plan.md: {agent.plan_path})")
+
+
+@app.command("run")
+def run_command(
+    repo: Annotated[str, typer.Option(help="Path of the git repository to work on.")],
+    task: Annotated[str, typer.Option(help="What the agents should do (a patch or ultrawork-edit block may follow).")],
+    agents: Annotated[Optional[str], typer.Option(help="Comma-separated roles (default: chosen from the task).")] = None,
+    agent_command: Annotated[Optional[list[str]], typer.Option(
+        help='ROLE=\'["arg", ...]\': the command a role runs (a JSON list; repeatable).')] = None,
+    base: Annotated[str, typer.Option(help="Base ref the agents' branches start from.")] = "HEAD",
+    review_timeout: Annotated[int, typer.Option(help="Seconds to wait for the review.")] = 24 * 3600,
+    detach: Annotated[bool, typer.Option("--detach", help="Run in the background and return.")] = False,
+) -> None:
+    """Run agents on a task; prints the run id and a live per-agent display."""
+    from flows.request import parse_agent_commands
+
+    try:
+        commands = parse_agent_commands(agent_command or [])
+    except ValueError as exc:
+        fail(str(exc), 2)
+    roles = [r.strip() for r in agents.split(",") if r.strip()] if agents else None
+    start_run(repo, task, roles, base, commands, review_timeout, detach)
+
+
+@app.command("demo")
+def demo_command(
+    approve_all: Annotated[bool, typer.Option("--approve-all", help="Approve every agent without asking.")] = False,
+) -> None:
+    """Run four agents on a demo repository it creates (asks for the review in a terminal)."""
+    from flows.demo import DEMO_TASK, make_demo_repo
+    from flows.progress import stdin_is_terminal
+    from sandbox.spec import ultrawork_home
+
+    repo = make_demo_repo(ultrawork_home() / "demo")
+    out.print(f"demo repository: {repo}")
+    decide = None
+    if approve_all or not stdin_is_terminal():
+        decide = lambda status: ([a.role for a in status.agents], [], "approved by the demo")  # noqa: E731
+    start_run(str(repo), DEMO_TASK, None, "HEAD", {}, 3600, False, decide=decide)
+
+
+@app.command("status")
+def status_command(
+    run_id: Annotated[Optional[str], typer.Argument(help="A run id (default: list recent runs).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Where a run is: its Prefect state, each agent's stage, the review and the integration."""
+    from flows.runs import list_runs, run_status
+    from flows.server import ensure_server
+
+    ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
+    ids = [run_id] if run_id else list_runs()[:20]
+    statuses = [run_status(i) for i in ids]
+    if as_json:
+        data = [s.as_dict() for s in statuses]
+        print(json.dumps(data[0] if run_id else data, indent=2))
+        return
+    if not statuses:
+        out.print("no runs yet")
+        return
+    from flows.progress import render
+
+    for status in statuses:
+        out.print(render(status))
+        out.print(f"  state: {status.state}  ·  superproject: {status.path}")
+
+
+@app.command("review")
+def review_command(
+    run_id: Annotated[str, typer.Argument(help="The run to review.")],
+    approve: Annotated[Optional[str], typer.Option(help="Comma-separated roles to approve.")] = None,
+    reject: Annotated[Optional[str], typer.Option(help="Comma-separated roles to reject.")] = None,
+    approve_all: Annotated[bool, typer.Option("--approve-all")] = False,
+    reject_all: Annotated[bool, typer.Option("--reject-all")] = False,
+    comment: Annotated[str, typer.Option(help="A comment recorded with every decision.")] = "",
+) -> None:
+    """Approve or reject each agent of a run paused for review; the run then integrates."""
+    from flows.runs import run_status, submit_review
+    from flows.server import ensure_server
+
+    ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
+    roles = [a.role for a in run_status(run_id, with_state=False).agents]
+    split = lambda text: [r.strip() for r in (text or "").split(",") if r.strip()]  # noqa: E731
+    approved, rejected = split(approve), split(reject)
+    if approve_all:
+        approved = [r for r in roles if r not in rejected]
+    if reject_all:
+        rejected = [r for r in roles if r not in approved]
+    submit_review(run_id, approved, rejected, comment)
+    out.print(f"run {run_id} resumed: approved {', '.join(approved) or 'none'}; rejected {', '.join(rejected) or 'none'}")
+
+
 def main() -> None:
     """Console entry point: typed ultrawork errors become one-line messages."""
     from sandbox.errors import UltraworkError

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
-from datetime import datetime, timezone
 from typing import Literal
 
 from prefect import flow
@@ -20,18 +18,16 @@ from prefect.flow_runs import pause_flow_run
 from pydantic import BaseModel, Field
 
 from agents.outcome import AgentOutcome
-from agents.profiles import AgentProfile, resolve_profiles
+from agents.profiles import AgentProfile
 from flows.agent import agent
+from flows.request import check_request, new_run_id
 from flows.review import Verdict, review_form, verdicts
 from tasks.artifacts import Progress, publish_plan, publish_results
 from tasks.integration import integrate_branches, open_pull_request_task
 from tasks.logs import get_logger
 from tasks.workspaces import create_run
-from workspace.errors import WorkspaceError
 from workspace.github import github_target_from_env
-from workspace.gitcmd import run_git
-from workspace.names import resolve_base_ref, validate_run_id
-from workspace.repo_guard import open_target_repo
+from workspace.names import validate_run_id
 from workspace.superproject import RunSuperproject
 
 
@@ -45,24 +41,6 @@ class RunResult(BaseModel):
     agents: list[AgentOutcome] = Field(default_factory=list)
     verdicts: list[Verdict] = Field(default_factory=list)
     conflicts: list[str] = Field(default_factory=list)
-
-
-def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-
-
-def check_request(task: str, repo: str, agents: list[str] | None, base: str,
-                  agent_commands: dict[str, list[str]] | None) -> dict[str, AgentProfile]:
-    """Every check that can fail on bad input, before anything is created."""
-    profiles = resolve_profiles(task, agents, agent_commands)
-    target = open_target_repo(repo)
-    base_sha = resolve_base_ref(target.path, base)
-    if not target.bare:
-        head = run_git(["rev-parse", "HEAD"], cwd=target.path).stdout.strip()
-        dirty = run_git(["status", "--porcelain", "--untracked-files=no"], cwd=target.path).stdout.strip()
-        if head == base_sha and dirty:
-            raise WorkspaceError(f"{target.path} has uncommitted changes to the base {base!r}; commit or stash them")
-    return profiles
 
 
 def prompt_for(task: str, profile: AgentProfile, run_id: str) -> str:
