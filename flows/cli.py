@@ -253,6 +253,18 @@ def review_command(
     out.print(f"run {run_id} resumed: approved {', '.join(approved) or 'none'}; rejected {', '.join(rejected) or 'none'}")
 
 
+@app.command("mcp")
+def mcp(
+    run: Annotated[Optional[str], typer.Option(help="Bind to this run: its sandboxes are kept and each command "
+                                                    "is a step in the agent's Plan.md.")] = None,
+    role: Annotated[Optional[str], typer.Option(help="With --run: act as this agent of the run only.")] = None,
+) -> None:
+    """Serve the five sandbox tools over MCP on stdin/stdout (register it in OpenCode or Claude Code)."""
+    from sandbox.mcp_server import serve
+
+    serve(run_id=run, role=role)
+
+
 def main() -> None:
     """Console entry point: typed ultrawork errors become one-line messages."""
     from sandbox.errors import UltraworkError

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from agents.outcome import AgentOutcome
 from agents.profiles import AgentProfile
+from flows import gate
 from flows.agent import agent
 from flows.request import check_request, new_run_id
 from flows.review import Verdict, review_form, verdicts
@@ -74,13 +75,20 @@ async def sisyphus(
     run_id: str | None = None,
     agent_commands: dict[str, list[str]] | None = None,
     review_timeout: int = 24 * 3600,
+    hooks: list[dict] | None = None,
 ) -> RunResult:
+    """Run the agents a task needs on ``repo`` and integrate the work a reviewer approves.
+
+    ``agents`` overrides the classification; ``agent_commands`` maps a role to the
+    argument list it runs instead of the built-in offline agent; ``hooks`` adds
+    user hooks (``{"target": "pkg.mod:func", "point": "after_step"}``).
+    """
     log = get_logger()
     run_id = validate_run_id(run_id or new_run_id())
     profiles = check_request(task, repo, agents, base, agent_commands)   # bad input stops here
     github = github_target_from_env()
     flow_run = get_run_context().flow_run
-    await create_run(run_id, repo, task, base)
+    await create_run(run_id, repo, task, base, hooks)
     record_stage(run_id, "orchestration", {"flow_run_id": str(flow_run.id), "roles": list(profiles)},
                  f"run plan: {', '.join(profiles)} (flow run {flow_run.name})")
     log.info("run %s: %d agent(s) %s on %s", run_id, len(profiles), ", ".join(profiles), repo)
@@ -88,14 +96,24 @@ async def sisyphus(
     progress = Progress(len(profiles))
     await progress.start(run_id)
 
+    roles = list(profiles)
+
     async def one(profile: AgentProfile) -> AgentOutcome:
-        state = await agent(run_id, profile, prompt_for(task, profile, run_id), return_state=True)
+        index = roles.index(profile.role)
+        await gate.wait_started(run_id, roles[index - 1] if index else None)
+        try:
+            state = await agent(run_id, profile, prompt_for(task, profile, run_id), return_state=True)
+        finally:
+            gate.mark_started(run_id, profile.role)  # even if it never started: do not hold up the rest
         outcome = await _outcome(state)
         await publish_plan(run_id, profile.role, RunSuperproject.open(run_id).agent(profile.role).plan.text())
         await progress.advance()
         return outcome
 
-    outcomes = list(await asyncio.gather(*(one(p) for p in profiles.values())))   # concurrently
+    try:
+        outcomes = list(await asyncio.gather(*(one(p) for p in profiles.values())))   # concurrently
+    finally:
+        gate.forget(run_id)
     await publish_results(run_id, outcomes)
 
     form = review_form(run_id, task, outcomes)

@@ -43,6 +43,8 @@ from .spec import (
     LABEL_RUN,
     SANDBOX_UID,
     WORKSPACE_TARGET,
+    Limits,
+    Mount,
     SandboxSpec,
 )
 
@@ -460,8 +462,10 @@ class SandboxEngine:
         container = self._container(sandbox)
         try:
             raw = container.stats(stream=False, one_shot=True)
-        except docker.errors.APIError as exc:
-            raise SandboxError(f"stats failed: {exc.explanation or exc}") from None
+        except docker.errors.NotFound:
+            raise ContainerGone(f"sandbox {sandbox.name} no longer exists") from None
+        except (docker.errors.APIError, requests.exceptions.RequestException, ValueError) as exc:
+            raise SandboxError(f"stats of {sandbox.name} failed: {exc}") from None
         mem = raw.get("memory_stats", {})
         usage = mem.get("usage", 0) - (mem.get("stats", {}) or {}).get("inactive_file", 0)
         cpu = raw.get("cpu_stats", {})
@@ -493,6 +497,35 @@ class SandboxEngine:
         except requests.exceptions.ConnectionError as exc:
             raise EngineUnavailable(f"Docker engine unreachable: {exc}") from None
         return [_info(c) for c in found]
+
+    def attach(self, sandbox_id: str) -> Sandbox:
+        """A :class:`Sandbox` for a managed container another process created.
+
+        The spec is rebuilt from the container (labels, mounts, limits, network);
+        fields Docker does not keep (env, exec_timeout) take their defaults.
+        """
+        container = self._container(sandbox_id)
+        attrs, labels = container.attrs, container.labels or {}
+        if labels.get(LABEL_MANAGED) != "true":
+            raise ContainerGone(f"{sandbox_id[:12]} is not an ultrawork sandbox")
+        host = attrs.get("HostConfig") or {}
+        workspace, mode, mounts = None, "ro", []
+        for m in attrs.get("Mounts") or []:
+            if m.get("Type") != "bind":
+                continue
+            if m.get("Destination") == WORKSPACE_TARGET:
+                workspace, mode = Path(m["Source"]), "rw" if m.get("RW") else "ro"
+            else:
+                mounts.append(Mount(source=Path(m["Source"]), target=m["Destination"], read_only=not m.get("RW")))
+        spec = SandboxSpec(
+            image=(attrs.get("Config") or {}).get("Image", ""), role=labels.get(LABEL_AGENT, ""),
+            run_id=labels.get(LABEL_RUN, ""), workspace=workspace, workspace_mode=mode, mounts=mounts,
+            network=host.get("NetworkMode") or "none",
+            limits=Limits(memory_mb=(host.get("Memory") or 0) // 2**20, cpus=(host.get("NanoCpus") or 0) / 1e9,
+                          pids=host.get("PidsLimit") or 0),
+        )
+        return Sandbox(id=container.id, name=container.name, spec=spec,
+                       created_at=float(labels.get(LABEL_CREATED) or 0) or time.time())
 
     # -- remove -----------------------------------------------------------
     def cleanup(self, sandbox: Sandbox | str) -> bool:

@@ -22,6 +22,7 @@ from agents.errors import AgentExecutionError
 from sandbox import SandboxEngine, SandboxError, SandboxPolicy, SandboxSpec, validate_spec
 from sandbox.engine import ExecResult, Sandbox
 from sandbox.errors import ContainerGone
+from sandbox.spec import ultrawork_home
 from workspace.plan import StepRecord
 from workspace.errors import ResourceLimitError
 
@@ -30,15 +31,18 @@ from .logs import get_logger
 from .recovery import recovery_for, task_options
 
 _ENGINE: SandboxEngine | None = None
+_ENGINE_KEY: tuple[str, str] | None = None
 _ENGINE_LOCK = threading.Lock()
 
 
 def engine() -> SandboxEngine:
-    """One engine per process (it holds the Docker client)."""
-    global _ENGINE
+    """One engine per process (it holds the Docker client); its policy follows $ULTRAWORK_HOME."""
+    global _ENGINE, _ENGINE_KEY
+    key = (str(ultrawork_home()), os.environ.get("ULTRAWORK_WORKSPACE_ROOTS", ""))
     with _ENGINE_LOCK:
-        if _ENGINE is None:
-            _ENGINE = SandboxEngine(SandboxPolicy())
+        if _ENGINE is None or _ENGINE_KEY != key:
+            client = _ENGINE._client if _ENGINE is not None else None
+            _ENGINE, _ENGINE_KEY = SandboxEngine(SandboxPolicy(), client=client), key
         return _ENGINE
 
 

@@ -90,3 +90,28 @@ def engine(docker_client, sandbox_root, run_id):
 
 def managed_container_ids(client) -> set[str]:
     return {c.id for c in client.containers.list(all=True, filters={"label": "ultrawork.managed=true"})}
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """One Prefect test server for the whole session; yields its API URL."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        url = PREFECT_API_URL.value()
+        os.environ["PREFECT_API_URL"] = url
+        try:
+            yield url
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
+
+
+@pytest.fixture
+def uw_home(tmp_path, monkeypatch) -> Path:
+    """A private $ULTRAWORK_HOME for one test."""
+    home = tmp_path / "uwhome"
+    home.mkdir()
+    monkeypatch.setenv("ULTRAWORK_HOME", str(home))
+    return home

@@ -1,0 +1,78 @@
+"""Helpers to run the Sisyphus flow in-process and review it from a second thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+GIT_ENV = ["-c", "user.name=Test", "-c", "user.email=test@example.invalid"]
+
+
+def make_target_repo(path: Path, files: dict[str, str] | None = None) -> Path:
+    files = files or {
+        "README.md": "# widgets\n\nWidgets library. See docs/guide.md.\n",
+        "docs/guide.md": "# Guide\n\nCall make_widget().\n",
+        "widgets/core.py": "def make_widget(name):\n    # TODO: validate name\n    return {'name': name}\n",
+        "pyproject.toml": "[project]\nname = 'widgets'\ndependencies = ['attrs>=23']\n",
+    }
+    path.mkdir(parents=True)
+    for name, text in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    for argv in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "initial"]):
+        subprocess.run(["git", *GIT_ENV, *argv], cwd=path, check=True, capture_output=True)
+    return path
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def review_state(run_id: str) -> str | None:
+    from sandbox.spec import ultrawork_home
+
+    try:
+        return json.loads((ultrawork_home() / "runs" / run_id / "review.json").read_text()).get("state")
+    except (OSError, ValueError):
+        return None
+
+
+class Reviewer(threading.Thread):
+    """Waits for the run to ask for review, then calls ``act(run_id)``."""
+
+    def __init__(self, run_id: str, act: Callable[[str], None], timeout: float = 240):
+        super().__init__(daemon=True)
+        self.run_id, self.act, self.timeout = run_id, act, timeout
+        self.error: BaseException | None = None
+        self.paused_seen = False
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        try:
+            while review_state(self.run_id) != "requested":
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the run never asked for review")
+                time.sleep(0.2)
+            self.paused_seen = True
+            self.act(self.run_id)
+        except BaseException as exc:  # surfaced by the test
+            self.error = exc
+
+
+def run_sisyphus(params: dict, act: Callable[[str], None] | None = None):
+    """Run the flow in this process; ``act`` reviews it from another thread."""
+    from flows.sisyphus import sisyphus
+
+    reviewer = Reviewer(params["run_id"], act) if act else None
+    if reviewer:
+        reviewer.start()
+    result = asyncio.run(sisyphus(**params))
+    if reviewer:
+        reviewer.join(30)
+        assert reviewer.error is None, reviewer.error
+    return result

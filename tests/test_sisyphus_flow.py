@@ -1,0 +1,177 @@
+"""The Sisyphus flow end to end: real engine, real git, the session's Prefect server."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from flowkit import git, make_target_repo, run_sisyphus
+
+pytestmark = [pytest.mark.docker, pytest.mark.prefect]
+
+EDIT_TASK = """Fix the TODO in widgets/core.py, review the risk and update the docs.
+
+```ultrawork-edit
+[{"path": "widgets/core.py", "replace": ["    # TODO: validate name\\n", "    if not name:\\n        raise ValueError('name')\\n"]},
+ {"path": "docs/guide.md", "append": "make_widget('') raises ValueError.\\n"}]
+```
+"""
+
+
+def sleepy(role: str, seconds: float = 2.0) -> list[str]:
+    return ["sh", "-c", f"sleep {seconds} && exec python3 /agent/builtin_agent.py {role}"]
+
+
+def subflow_runs(flow_run_id: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId  # noqa: F401
+
+    with get_client(sync_client=True) as client:
+        parent_tasks = client.read_task_runs(task_run_filter=TaskRunFilter(
+            flow_run_id=TaskRunFilterFlowRunId(any_=[uuid.UUID(flow_run_id)])))
+        ids = [t.id for t in parent_tasks]
+        return client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_task_run_id={"any_": ids}))
+
+
+def orchestration(uw_home: Path, run_id: str) -> dict:
+    return json.loads((uw_home / "runs" / run_id / "orchestration.json").read_text())
+
+
+def test_four_agents_in_parallel_then_review_then_integration(prefect_api, uw_home, tmp_path, docker_client):
+    from flows.runs import submit_review
+    from tasks.sandboxes import engine
+
+    repo = make_target_repo(tmp_path / "widgets")
+    base = git(repo, "rev-parse", "HEAD")
+    run_id = f"t4-{uuid.uuid4().hex[:6]}"
+    roles = ["explore", "librarian", "oracle", "frontend"]
+    seen_paused = {}
+
+    def review(rid: str) -> None:
+        from flows.runs import flow_run_state, wait_for_review_form
+
+        fr = orchestration(uw_home, rid)["flow_run_id"]
+        wait_for_review_form(fr)
+        seen_paused["state"] = flow_run_state(fr)
+        seen_paused["containers"] = engine().list(run_id=rid)
+        submit_review(rid, approve=["explore", "frontend"], reject=["librarian", "oracle"], comment="ok")
+
+    result = run_sisyphus({"task": EDIT_TASK, "repo": str(repo), "agents": roles, "run_id": run_id,
+                           "agent_commands": {r: sleepy(r) for r in roles}}, review)
+
+    assert seen_paused["state"] == "Paused"
+    assert seen_paused["containers"] == [], "no sandbox outlives its agent"
+    assert result.outcome == "integrated", result.message
+    assert [o.status for o in result.agents] == ["succeeded"] * 4
+
+    # Four subflows whose start-to-end intervals all intersect.
+    runs = subflow_runs(orchestration(uw_home, run_id)["flow_run_id"])
+    assert sorted(r.name for r in runs) == sorted(roles)
+    assert max(r.start_time for r in runs) < min(r.end_time for r in runs), "agent subflows must overlap"
+
+    # Four branches, four Plan.md files, no container left.
+    for role in roles:
+        assert git(repo, "rev-parse", "--verify", f"refs/heads/ultrawork/{run_id}/{role}")
+        plan = (uw_home / "runs" / run_id / "plans" / role / "Plan.md").read_text()
+        assert f"Findings ({role}" in plan and "ultrawork:final" in plan
+    assert engine().list(run_id=run_id) == []
+
+    # The integration branch holds exactly the approved agents' commits.
+    integration = f"ultrawork/{run_id}/integration"
+    frontend_commits = git(repo, "rev-list", f"{base}..ultrawork/{run_id}/frontend").split()
+    assert len(frontend_commits) == 1
+    non_merge = git(repo, "rev-list", "--no-merges", f"{base}..{integration}").split()
+    assert non_merge == frontend_commits
+    assert "raise ValueError('name')" in git(repo, "show", f"{integration}:widgets/core.py")
+    assert [v.role for v in result.verdicts if v.approved] == ["explore", "frontend"]
+    history = (uw_home / "runs" / run_id / "review.json").read_text()
+    assert '"comment": "ok"' in history
+
+
+def test_read_only_role_cannot_write_and_the_failure_is_in_plan_md(prefect_api, uw_home, tmp_path, docker_client):
+    repo = make_target_repo(tmp_path / "widgets")
+    run_id = f"ro-{uuid.uuid4().hex[:6]}"
+    result = run_sisyphus({"task": "Map the code", "repo": str(repo), "agents": ["explore"], "run_id": run_id,
+                           "agent_commands": {"explore": ["sh", "-c", "echo hacked > /workspace/README.md"]},
+                           "review_timeout": 2})
+    explore = result.agents[0]
+    assert explore.status == "failed"
+    assert explore.retries == 1, "an agent execution error is retried once"
+    plan = Path(explore.plan_path).read_text()
+    assert "Read-only file system" in plan
+    assert "AgentExecutionError" in plan
+    assert (repo / "README.md").read_text().startswith("# widgets")
+    assert result.outcome == "review-timed-out"
+    assert f"ultrawork/{run_id}/explore" in result.message, "a timed-out review says where the branches are"
+
+
+def test_each_error_class_triggers_its_own_recovery(prefect_api, uw_home, tmp_path, docker_client, monkeypatch):
+    from flows.runs import submit_review
+
+    repo = make_target_repo(tmp_path / "widgets")
+    run_id = f"rc-{uuid.uuid4().hex[:6]}"
+    monkeypatch.setenv("ULTRAWORK_FAULTS_STATE", str(tmp_path / "faults.json"))
+    monkeypatch.setenv("ULTRAWORK_FAULTS", json.dumps([
+        {"at": "step", "role": "explore", "action": "agent_fail", "times": 1},
+        {"at": "step", "role": "oracle", "action": "kill_container", "times": 1},
+        {"at": "git:commit", "role": "librarian", "action": "git_error", "times": 2},
+    ]))
+    hooks = [{"target": "hooks_for_tests:always_fails", "point": "after_step", "name": "flaky-notifier"}]
+    roles = ["explore", "librarian", "oracle", "frontend"]
+    result = run_sisyphus({"task": EDIT_TASK, "repo": str(repo), "agents": roles, "run_id": run_id,
+                           "hooks": hooks},
+                          lambda rid: submit_review(rid, approve=roles, reject=[]))
+    by_role = {o.role: o for o in result.agents}
+    assert all(o.status == "succeeded" for o in result.agents), [o.errors for o in result.agents]
+    # agent execution error: the step was retried
+    assert by_role["explore"].retries == 1 and by_role["explore"].sandboxes_created == 1
+    # sandbox error: the sandbox was recreated, then the step retried
+    assert by_role["oracle"].sandboxes_created == 2 and by_role["oracle"].retries == 1
+    assert "recreate" in Path(by_role["oracle"].plan_path).read_text()
+    # git error: the commit task was retried (with backoff) until it worked
+    librarian_plan = Path(by_role["librarian"].plan_path).read_text()
+    assert "ultrawork:final" in librarian_plan
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        commits = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="commit-work")))
+    counts = sorted(t.run_count for t in commits if t.flow_run_id in {r.id for r in subflow_runs(
+        orchestration(uw_home, run_id)["flow_run_id"]) if r.name == "librarian"})
+    assert counts == [3], counts
+    # hook error: the failing user hook was disabled for the run after three failures, and the run went on
+    plans = "".join(Path(o.plan_path).read_text() for o in result.agents)
+    assert plans.count("injected hook failure") == 3
+    assert "flaky-notifier failed 3 times in a row and is disabled" in plans
+    assert result.outcome == "integrated"
+
+
+def test_bad_input_is_refused_before_anything_is_created(prefect_api, uw_home, tmp_path):
+    from agents.profiles import UnknownRoleError
+    from flows.sisyphus import sisyphus
+    from workspace.errors import WorkspaceError
+    import asyncio
+
+    repo = make_target_repo(tmp_path / "widgets")
+    (repo / "README.md").write_text("dirty\n")
+    clean = make_target_repo(tmp_path / "clean")
+    not_git = tmp_path / "plain"
+    not_git.mkdir()
+    cases = [
+        ({"task": "x", "repo": str(clean), "agents": ["wizard"]}, UnknownRoleError),
+        ({"task": "   ", "repo": str(clean)}, ValueError),
+        ({"task": "x", "repo": str(not_git)}, WorkspaceError),
+        ({"task": "x", "repo": str(repo)}, WorkspaceError),
+        ({"task": "x", "repo": str(clean), "base": "no-such-ref"}, WorkspaceError),
+        ({"task": "x", "repo": str(clean), "agent_commands": {"explore": ["", "x"]}}, ValueError),
+    ]
+    for params, error in cases:
+        with pytest.raises(error):
+            asyncio.run(sisyphus(**params, return_state=False))
+    assert not (uw_home / "runs").exists() or list((uw_home / "runs").iterdir()) == []
+    assert git(clean, "branch", "--list", "ultrawork/*") == ""
