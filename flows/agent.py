@@ -16,7 +16,6 @@ from prefect import flow
 from prefect.states import Completed, Failed
 
 from agents.outcome import AgentOutcome
-from flows import gate
 from agents.profiles import BUILTIN_AGENT, AgentProfile
 from sandbox import Mount, SandboxSpec
 from tasks.logs import get_logger
@@ -47,7 +46,6 @@ def plan_excerpt(plan_text: str, limit: int = 1200) -> str:
 
 @flow(name="agent", flow_run_name="{profile.role}", validate_parameters=False)
 async def agent(run_id: str, profile: AgentProfile, prompt: str):
-    gate.mark_started(run_id, profile.role)  # let the next sibling start (see flows/gate.py)
     log = get_logger()
     role, started = profile.role, time.time()
     draft = sandbox_spec(run_id, profile).model_dump(mode="json", exclude={"workspace", "mounts"})

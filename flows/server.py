@@ -2,8 +2,10 @@
 
 A run paused for review in one process is resumed by ``ultrawork review`` in
 another; both must talk to the same API. When ``PREFECT_API_URL`` is set it is
-used as it is. Otherwise a ``prefect server start`` on SQLite under
-``$ULTRAWORK_HOME/prefect`` is started on demand and reused while it answers.
+used as it is. Otherwise Prefect's server on SQLite under
+``$ULTRAWORK_HOME/prefect`` (``flows.prefect_server``: ``prefect server start``
+plus short retries on SQLite lock contention) is started on demand and reused
+while it answers.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def ensure_server(start_timeout: float = 90.0, say=lambda msg: None) -> str:
     env.pop("PREFECT_API_URL", None)
     say(f"starting the local Prefect server on 127.0.0.1:{port} (log: {home / 'server.log'})")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "flows.prefect_server", "--host", "127.0.0.1", "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
     )
     deadline = time.monotonic() + start_timeout

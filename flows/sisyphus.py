@@ -19,7 +19,6 @@ from pydantic import BaseModel, Field
 
 from agents.outcome import AgentOutcome
 from agents.profiles import AgentProfile
-from flows import gate
 from flows.agent import agent
 from flows.request import check_request, new_run_id
 from flows.review import Verdict, review_form, verdicts
@@ -96,24 +95,14 @@ async def sisyphus(
     progress = Progress(len(profiles))
     await progress.start(run_id)
 
-    roles = list(profiles)
-
     async def one(profile: AgentProfile) -> AgentOutcome:
-        index = roles.index(profile.role)
-        await gate.wait_started(run_id, roles[index - 1] if index else None)
-        try:
-            state = await agent(run_id, profile, prompt_for(task, profile, run_id), return_state=True)
-        finally:
-            gate.mark_started(run_id, profile.role)  # even if it never started: do not hold up the rest
+        state = await agent(run_id, profile, prompt_for(task, profile, run_id), return_state=True)
         outcome = await _outcome(state)
         await publish_plan(run_id, profile.role, RunSuperproject.open(run_id).agent(profile.role).plan.text())
         await progress.advance()
         return outcome
 
-    try:
-        outcomes = list(await asyncio.gather(*(one(p) for p in profiles.values())))   # concurrently
-    finally:
-        gate.forget(run_id)
+    outcomes = list(await asyncio.gather(*(one(p) for p in profiles.values())))   # concurrently
     await publish_results(run_id, outcomes)
 
     form = review_form(run_id, task, outcomes)

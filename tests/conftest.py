@@ -94,18 +94,31 @@ def managed_container_ids(client) -> set[str]:
 
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory):
-    """One Prefect test server for the whole session; yields its API URL."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
+    """One real Prefect server (SQLite) for the whole session, started the way ``ultrawork`` starts it."""
+    from flows.server import ensure_server, stop_server
 
-    with prefect_test_harness(server_startup_timeout=120):
-        url = PREFECT_API_URL.value()
-        os.environ["PREFECT_API_URL"] = url
-        try:
+    home = tmp_path_factory.mktemp("prefect-server")
+    saved = {k: os.environ.get(k) for k in ("ULTRAWORK_HOME", "PREFECT_API_URL")}
+    os.environ["ULTRAWORK_HOME"] = str(home)
+    os.environ.pop("PREFECT_API_URL", None)
+    url = ensure_server(start_timeout=180)  # exports PREFECT_API_URL for subprocesses
+    if saved["ULTRAWORK_HOME"] is None:
+        os.environ.pop("ULTRAWORK_HOME")
+    else:
+        os.environ["ULTRAWORK_HOME"] = saved["ULTRAWORK_HOME"]
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
             yield url
-        finally:
-            os.environ.pop("PREFECT_API_URL", None)
+    finally:
+        os.environ["ULTRAWORK_HOME"] = str(home)
+        stop_server()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture

@@ -1,0 +1,150 @@
+"""Fan-out overhead: ultrawork versus the same work in plain Python threads.
+
+Four agents whose command sleeps WORKLOAD seconds in the sandbox. Measured side
+by side in one invocation:
+
+- ultrawork: the Sisyphus flow on a Prefect server, from start until the run
+  pauses for review (then it is rejected so it ends);
+- baseline: four threads doing the same branch, clone, Plan.md, hardened
+  ``docker run`` and exec, without Prefect.
+
+Prints JSON: both wall times, their ratio, and per-stage timings.
+Usage: python bench/fanout.py [--workload 5] [--agents 4]
+(uses $PREFECT_API_URL, else starts ultrawork's local Prefect server in a temporary home).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+ROLES = ["explore", "librarian", "oracle", "frontend"]
+
+
+def make_repo(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "README.md").write_text("# bench\n")
+    (path / "app.py").write_text("print('hi')\n")
+    for argv in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "init"]):
+        subprocess.run(["git", "-c", "user.name=b", "-c", "user.email=b@b.invalid", *argv], cwd=path, check=True)
+    return path
+
+
+def baseline(repo: Path, workdir: Path, workload: float, agents: int) -> dict:
+    """The same per-agent work in threads: branch + clone, Plan.md, hardened container, exec, cleanup."""
+    from sandbox import Limits, Mount, SandboxEngine, SandboxPolicy, SandboxSpec
+
+    engine = SandboxEngine(SandboxPolicy(workspace_roots=[workdir]))
+    stages: dict[str, list[float]] = {"clone": [], "sandbox": [], "exec": [], "cleanup": []}
+    lock = threading.Lock()
+
+    def one(role: str) -> None:
+        t0 = time.monotonic()
+        clone = workdir / role
+        subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(repo), str(clone)], check=True)
+        subprocess.run(["git", "checkout", "-q", "-b", f"bench/{role}"], cwd=clone, check=True)
+        plan = workdir / "plans" / role
+        plan.mkdir(parents=True)
+        (plan / "Plan.md").write_text(f"# Plan: {role}\n")
+        t1 = time.monotonic()
+        sb = engine.create(SandboxSpec(role=role, run_id="bench-baseline", workspace=clone, limits=Limits(),
+                                       mounts=[Mount(source=plan, target="/plan", read_only=False)]))
+        t2 = time.monotonic()
+        engine.execute(sb, ["sh", "-c", f"sleep {workload}"])
+        t3 = time.monotonic()
+        engine.cleanup(sb)
+        t4 = time.monotonic()
+        with lock:
+            for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                stages[key].append(value)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=one, args=(ROLES[i % 4] + (str(i) if i >= 4 else ""),)) for i in range(agents)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"wall_seconds": time.monotonic() - started,
+            "stages_max_seconds": {k: round(max(v), 3) for k, v in stages.items()}}
+
+
+def ultrawork(repo: Path, workload: float, agents: int) -> dict:
+    from flows.runs import submit_review
+    from flows.sisyphus import sisyphus
+
+    roles = ROLES[:agents]
+    run_id = f"bench-{int(time.time())}"
+    marks: dict[str, float] = {}
+    home = Path(os.environ["ULTRAWORK_HOME"])
+
+    def watch() -> None:
+        review = home / "runs" / run_id / "review.json"
+        while not review.exists() or "requested" not in review.read_text():
+            time.sleep(0.05)
+        marks["paused"] = time.monotonic()
+        submit_review(run_id, approve=[], reject=roles)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    marks["start"] = time.monotonic()
+    result = asyncio.run(sisyphus("benchmark the fan-out", str(repo), agents=roles, run_id=run_id,
+                                  agent_commands={r: ["sh", "-c", f"sleep {workload}"] for r in roles}))
+    marks["end"] = time.monotonic()
+    watcher.join(10)
+    starts = [o.started_at for o in result.agents]
+    ends = [o.ended_at for o in result.agents]
+    t0 = marks["start"]
+    wall0 = time.time() - (time.monotonic() - t0)
+    return {
+        "wall_seconds": marks["paused"] - t0,
+        "stages_seconds": {
+            "until_first_agent_started": round(min(starts) - wall0, 3),
+            "agent_start_spread": round(max(starts) - min(starts), 3),
+            "agents_span": round(max(ends) - min(starts), 3),
+            "after_agents_until_review_pause": round(marks["paused"] - t0 - (max(ends) - wall0), 3),
+            "review_to_end": round(marks["end"] - marks["paused"], 3),
+        },
+        "agent_durations": {o.role: round(o.duration, 3) for o in result.agents},
+        "outcome": result.outcome,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", type=float, default=5.0, help="seconds each agent sleeps")
+    parser.add_argument("--agents", type=int, default=4, choices=range(1, 5))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    work = Path(tempfile.mkdtemp(prefix="ultrawork-bench-"))
+    os.environ["ULTRAWORK_HOME"] = str(work / "home")
+    from flows.server import ensure_server, stop_server
+
+    own_server = not os.environ.get("PREFECT_API_URL")
+    try:
+        ensure_server()
+        repo = make_repo(work / "repo")
+        uw = ultrawork(repo, args.workload, args.agents)
+        raw = baseline(repo, work / "baseline", args.workload, args.agents)
+    finally:
+        if own_server:
+            stop_server()
+        shutil.rmtree(work, ignore_errors=True)
+    report = {"workload_seconds": args.workload, "agents": args.agents, "ultrawork": uw, "baseline": raw,
+              "ratio": round(uw["wall_seconds"] / raw["wall_seconds"], 3), "target_ratio": 1.25}
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

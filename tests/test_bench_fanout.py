@@ -1,0 +1,26 @@
+"""bench/fanout.py runs in the suite with a short workload; its ratio is reported, not asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.docker, pytest.mark.prefect]
+
+
+def test_fanout_benchmark_runs_and_reports(prefect_api, docker_client, monkeypatch, capsys):
+    path = Path(__file__).resolve().parents[1] / "bench" / "fanout.py"
+    spec = importlib.util.spec_from_file_location("bench_fanout", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setenv("ULTRAWORK_HOME", "/nonexistent")  # restored after; the bench uses its own
+    report = bench.main(["--workload", "1", "--agents", "4"])
+    with capsys.disabled():
+        print(f"\nfanout: ultrawork {report['ultrawork']['wall_seconds']:.2f}s, "
+              f"baseline {report['baseline']['wall_seconds']:.2f}s, ratio {report['ratio']}")
+    assert report["ultrawork"]["outcome"] == "nothing-approved"
+    assert report["baseline"]["wall_seconds"] >= 1.0
+    assert report["ultrawork"]["wall_seconds"] >= 1.0
+    assert set(report["ultrawork"]["agent_durations"]) == {"explore", "librarian", "oracle", "frontend"}
