@@ -19,7 +19,8 @@ from agents.outcome import AgentOutcome
 from agents.profiles import BUILTIN_AGENT, AgentProfile
 from sandbox import Mount, SandboxSpec
 from tasks.logs import get_logger
-from tasks.sandboxes import SandboxHandle, cleanup_sandbox, grant_sandbox_access, run_step, start_sandbox
+from sandbox.access import grant_sandbox_access
+from tasks.sandboxes import SandboxHandle, cleanup_sandbox, run_step, start_sandbox
 from tasks.workspaces import commit_work, create_workspace, finalize_plan, publish_branch
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
-from pathlib import Path
 from typing import Callable
 
 from prefect import task
@@ -20,11 +18,9 @@ from prefect.cache_policies import NO_CACHE
 
 from agents.errors import AgentExecutionError
 from sandbox import SandboxEngine, SandboxError, SandboxPolicy, SandboxSpec, validate_spec
-from sandbox.engine import ExecResult, Sandbox
-from sandbox.errors import ContainerGone
+from sandbox.engine import Sandbox
+from sandbox.steps import guarded_execute
 from sandbox.spec import ultrawork_home
-from workspace.plan import StepRecord
-from workspace.errors import ResourceLimitError
 
 from .faults import fault
 from .logs import get_logger
@@ -44,28 +40,6 @@ def engine() -> SandboxEngine:
             client = _ENGINE._client if _ENGINE is not None else None
             _ENGINE, _ENGINE_KEY = SandboxEngine(SandboxPolicy(), client=client), key
         return _ENGINE
-
-
-def grant_sandbox_access(path: Path) -> None:
-    """Let the sandbox user (uid/gid 1000) write under ``path`` -- but never its ``.git``.
-
-    Files keep their host owner (so host git sees no "dubious ownership"); as
-    root we hand the group to gid 1000 and make it group-writable, otherwise we
-    make it writable for others. ``.git`` stays the host's: the agent edits the
-    work tree, and the host alone commits.
-    """
-    todo = [path]
-    while todo:
-        p = todo.pop()
-        if p.is_symlink():
-            continue
-        if os.geteuid() == 0:
-            os.chown(p, -1, 1000)
-            os.chmod(p, p.stat().st_mode | 0o060 | (0o010 if p.is_dir() else 0))
-        else:
-            os.chmod(p, p.stat().st_mode | 0o006 | (0o001 if p.is_dir() else 0))
-        if p.is_dir():
-            todo += [c for c in p.iterdir() if c.name != ".git"]
 
 
 class SandboxHandle:
@@ -116,21 +90,11 @@ async def start_sandbox(handle: SandboxHandle) -> str:
     return sandbox.name
 
 
-def _monitor(handle: SandboxHandle, ws, stop: threading.Event, reason: list[str]) -> None:
-    """resource-limit-monitor: feed stats to the safety hook until the step ends."""
-    while not stop.wait(1.0):
-        try:
-            ws.check_resources(engine().stats(handle.sandbox))
-        except ResourceLimitError as exc:
-            reason.append(str(exc))
-            return
-        except SandboxError:
-            return
-
-
 @task(name="run-step", cache_policy=NO_CACHE, **task_options(AgentExecutionError, SandboxError))
 async def run_step(handle: SandboxHandle, ws, argv: list[str], timeout: float) -> dict:
-    """One step of the execute loop: safety hooks before, monitor during, isolation + Plan.md after."""
+    """One step of the execute loop (``sandbox.steps.guarded_execute``: safety hooks before,
+    resource monitor during, isolation checker and Plan.md after); failures go to Plan.md
+    with the recovery the table gives them."""
     log = get_logger()
     role = handle.spec.role
     handle.attempts += 1
@@ -141,39 +105,25 @@ async def run_step(handle: SandboxHandle, ws, argv: list[str], timeout: float) -
         log.warning("%s: %s", role, text)
 
     sandbox = await asyncio.to_thread(handle.ensure, note)
-    eng = engine()
-    await asyncio.to_thread(ws.before_step, argv, policy_check=lambda: validate_spec(handle.spec, eng.policy))
-    stop, reason = threading.Event(), []
-    monitor = threading.Thread(target=_monitor, args=(handle, ws, stop, reason), daemon=True)
-    monitor.start()
 
     def on_line(stream: str, line: str) -> None:
         log.info("[%s %s] %s", role, stream, line[:500])
 
-    started = time.monotonic()
     try:
-        fault("step", role=role, sandbox=sandbox)
-        result: ExecResult = await asyncio.to_thread(
-            eng.execute, sandbox, argv, timeout, None, None, on_line, lambda: reason[0] if reason else None)
-    except BaseException as exc:
-        if isinstance(exc, (SandboxError, ContainerGone)):
+        result = await asyncio.to_thread(
+            guarded_execute, engine(), sandbox, argv, ws=ws, timeout=timeout, on_line=on_line,
+            before_execute=lambda: fault("step", role=role, sandbox=sandbox))
+        if result.exit_code != 0:
+            raise AgentExecutionError(role, argv, result.exit_code, result.stderr)
+    except Exception as exc:
+        if isinstance(exc, SandboxError):
             handle.broken = True
         row = recovery_for(exc)
         action = row.action if row and row.retries else "no retry"
-        await asyncio.to_thread(ws.record_step, StepRecord(argv, -1, time.monotonic() - started, "", str(exc)))
         ws.plan.append_note(f"step failed: {type(exc).__name__}: {exc} (recovery: {action})", kind="error")
         if row and row.retries:
             handle.recoveries.append(f"{type(exc).__name__}: {row.action}")
         raise
-    finally:
-        stop.set()
-    await asyncio.to_thread(ws.record_step, StepRecord(argv, result.exit_code, result.duration,
-                                                       result.stdout, result.stderr))
-    if result.exit_code != 0:
-        error = AgentExecutionError(role, argv, result.exit_code, result.stderr)
-        ws.plan.append_note(f"step failed: {error} (recovery: retry the step)", kind="error")
-        handle.recoveries.append(f"AgentExecutionError: retry the step")
-        raise error
     return {"exit_code": result.exit_code, "duration": result.duration, "truncated": result.truncated}
 
 
