@@ -17,24 +17,10 @@ from prefect.states import Completed, Failed
 
 from agents.outcome import AgentOutcome
 from agents.profiles import BUILTIN_AGENT, AgentProfile
-from sandbox import Mount, SandboxSpec
+from sandbox.access import agent_sandbox_spec
 from tasks.logs import get_logger
-from sandbox.access import grant_sandbox_access
 from tasks.sandboxes import SandboxHandle, cleanup_sandbox, run_step, start_sandbox
 from tasks.workspaces import commit_work, create_workspace, finalize_plan, publish_branch
-
-
-# git inside the sandbox reads the host-owned .git; trust it (command scope config, not a file).
-SANDBOX_GIT_ENV = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*"}
-
-
-def sandbox_spec(run_id: str, profile: AgentProfile, ws=None) -> SandboxSpec:
-    mounts = [Mount(source=ws.plan_path.parent, target="/plan", read_only=False)] if ws else []
-    return SandboxSpec(
-        image=profile.image, role=profile.role, run_id=run_id, workspace=ws.path if ws else None,
-        workspace_mode=profile.workspace_mode, mounts=mounts, network=profile.network,
-        limits=profile.limits, exec_timeout=profile.timeout, env=SANDBOX_GIT_ENV,
-    )
 
 
 def plan_excerpt(plan_text: str, limit: int = 1200) -> str:
@@ -49,13 +35,12 @@ def plan_excerpt(plan_text: str, limit: int = 1200) -> str:
 async def agent(run_id: str, profile: AgentProfile, prompt: str):
     log = get_logger()
     role, started = profile.role, time.time()
-    draft = sandbox_spec(run_id, profile).model_dump(mode="json", exclude={"workspace", "mounts"})
+    draft = {"image": profile.image, "workspace_mode": profile.workspace_mode, "network": profile.network,
+             "limits": profile.limits.model_dump(), "exec_timeout": profile.timeout}
     ws = await create_workspace(run_id, role, profile.checklist, draft)  # branch, submodule, Plan.md
-    grant_sandbox_access(ws.plan_path.parent)
-    if profile.workspace_mode == "rw":
-        grant_sandbox_access(ws.path)
-    handle = SandboxHandle(sandbox_spec(run_id, profile, ws),
-                           files={"prompt.md": prompt, "builtin_agent.py": BUILTIN_AGENT.read_text()})
+    spec = agent_sandbox_spec(ws, image=profile.image, workspace_mode=profile.workspace_mode,
+                              network=profile.network, limits=profile.limits, exec_timeout=profile.timeout)
+    handle = SandboxHandle(spec, files={"prompt.md": prompt, "builtin_agent.py": BUILTIN_AGENT.read_text()})
     errors: list[str] = []
     steps = [profile.argv(run_id)]
     try:

@@ -29,6 +29,7 @@ from workspace.superproject import RunSuperproject
 
 from .engine import AGENT_DIR, Sandbox, SandboxEngine
 from .errors import McpError, SandboxError, SandboxPolicyError
+from .access import agent_sandbox_spec
 from .policy import RUN_ID_RE, SandboxPolicy, _check_source, validate_spec  # _check_source: the mount-source rule
 from .spec import DEFAULT_IMAGE, Limits, SandboxSpec
 from .steps import guarded_execute
@@ -147,8 +148,12 @@ class McpSession:
         if workspace is None and ws is not None:
             workspace = str(ws.path)
         path = self._host_path("workspace", workspace, ws) if workspace is not None else None
-        spec = SandboxSpec(image=image, role=role, run_id=self.run_id, workspace=path,
-                           workspace_mode=workspace_mode, limits=limits or Limits(), network=network)
+        if ws is not None:  # the same sandbox an agent of the run gets from the flows
+            spec = agent_sandbox_spec(ws, image=image, workspace_mode=workspace_mode, network=network,
+                                      limits=limits or Limits(), exec_timeout=600.0, workspace=path)
+        else:
+            spec = SandboxSpec(image=image, role=role, run_id=self.run_id, workspace=path,
+                               workspace_mode=workspace_mode, limits=limits or Limits(), network=network)
         validate_spec(spec, self.engine.policy)
         with self._lock:
             self._creating += 1
