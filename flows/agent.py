@@ -38,13 +38,19 @@ async def agent(run_id: str, profile: AgentProfile, prompt: str):
     draft = {"image": profile.image, "workspace_mode": profile.workspace_mode, "network": profile.network,
              "limits": profile.limits.model_dump(), "exec_timeout": profile.timeout}
     ws = await create_workspace(run_id, role, profile.checklist, draft)  # branch, submodule, Plan.md
+    steps = [profile.argv(run_id)]
+    if any(s.startswith("changes committed") for s in ws.stages()):     # resumed: the work is in
+        log.info("%s: work was committed by an earlier attempt; finalizing it", role)
+        steps, commits = [], [c.sha for c in ws.commits()]
+    else:                                                                # (resumed: drop a partial attempt)
+        ws.reset_worktree()
     spec = agent_sandbox_spec(ws, image=profile.image, workspace_mode=profile.workspace_mode,
                               network=profile.network, limits=profile.limits, exec_timeout=profile.timeout)
     handle = SandboxHandle(spec, files={"prompt.md": prompt, "builtin_agent.py": BUILTIN_AGENT.read_text()})
     errors: list[str] = []
-    steps = [profile.argv(run_id)]
     try:
-        await start_sandbox(handle)                                      # sandbox + deploy agent
+        if steps:
+            await start_sandbox(handle)                                  # sandbox + deploy agent
         for argv in steps:                                              # execute loop
             await run_step(handle, ws, argv, profile.timeout)
     except Exception as exc:  # noqa: BLE001 - recorded, reviewed, never fatal to siblings
@@ -53,14 +59,15 @@ async def agent(run_id: str, profile: AgentProfile, prompt: str):
     finally:
         await cleanup_sandbox(handle)                                   # always
     status = "failed" if errors else "succeeded"
-    commits = await commit_work(ws)                                     # nothing an agent did is lost
+    if steps:
+        commits = await commit_work(ws)                                 # nothing an agent did is lost
     await finalize_plan(ws, status, errors, handle.recoveries)
     published = await publish_branch(run_id, role)
     outcome = AgentOutcome(
         role=role, status=status, branch=ws.branch, commits=commits, files_changed=published["files"],
         insertions=published["insertions"], deletions=published["deletions"],
         duration=time.time() - started, steps=len(steps),
-        retries=handle.attempts - len(steps) if not errors else max(0, handle.attempts - 1),
+        retries=max(0, handle.attempts - len(steps)),
         sandboxes_created=handle.created, errors=errors, recoveries=handle.recoveries,
         plan_path=str(ws.plan_path), plan_summary=plan_excerpt(ws.plan.text()),
         started_at=started, ended_at=time.time(),

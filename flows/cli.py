@@ -116,13 +116,8 @@ def sandboxes_reap(
 def start_run(repo: str, task: str, agents: Optional[list[str]], base: str, commands: dict[str, list[str]],
               review_timeout: int, detach: bool, decide=None) -> None:
     """Validate, make sure the shared server runs, then run (or launch) the Sisyphus flow."""
-    import asyncio
-    import os
-    import subprocess
-
     from flows.request import check_request, new_run_id
     from flows.server import ensure_server
-    from sandbox.spec import ultrawork_home
 
     try:
         check_request(task, repo, agents, base, commands)
@@ -133,6 +128,18 @@ def start_run(repo: str, task: str, agents: Optional[list[str]], base: str, comm
     params = {"task": task, "repo": str(repo), "agents": agents, "base": base, "run_id": run_id,
               "agent_commands": commands or None, "review_timeout": review_timeout}
     out.print(f"run [bold]{run_id}[/] on {repo}")
+    drive(params, detach, decide)
+
+
+def drive(params: dict, detach: bool, decide=None) -> None:
+    """Run the Sisyphus flow here with a live display, or launch it in the background."""
+    import asyncio
+    import os
+    import subprocess
+
+    from sandbox.spec import ultrawork_home
+
+    run_id = params["run_id"]
     if detach:
         logs = ultrawork_home() / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -200,6 +207,21 @@ def demo_command(
     if approve_all or not stdin_is_terminal():
         decide = lambda status: ([a.role for a in status.agents], [], "approved by the demo")  # noqa: E731
     start_run(str(repo), DEMO_TASK, None, "HEAD", {}, 3600, False, decide=decide)
+
+
+@app.command("resume")
+def resume_command(
+    run_id: Annotated[str, typer.Argument(help="A run that crashed or failed.")],
+    detach: Annotated[bool, typer.Option("--detach", help="Run in the background and return.")] = False,
+) -> None:
+    """Continue a crashed or failed run from its last completed stage (finished agents are not rerun)."""
+    from flows.runs import prepare_resume
+    from flows.server import ensure_server
+
+    ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
+    params = prepare_resume(run_id)
+    out.print(f"resuming run [bold]{run_id}[/]")
+    drive(params, detach)
 
 
 @app.command("status")

@@ -6,11 +6,15 @@ server answers 503 and its client then waits 2 s, 4 s, ... before retrying,
 which is what made parallel agent subflows start seconds apart. Here every
 503 without a ``Retry-After`` gets a short one (0.1-0.4 s), which the Prefect
 client honours: the same retry, without the long back-off.
+
+The UI is served at ``/`` (and the newer one at ``/v2``) and is told that the
+API lives on this host and port, not on Prefect's default 4200.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 
 
@@ -40,6 +44,11 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4200)
     args = parser.parse_args()
+    # The UI asks /ui-settings where the API is; Prefect's default is port 4200, not ours.
+    # Settings are read when prefect is imported, so they go into the environment first.
+    os.environ["PREFECT_SERVER_API_HOST"], os.environ["PREFECT_SERVER_API_PORT"] = args.host, str(args.port)
+    if not (os.environ.get("PREFECT_UI_API_URL") or os.environ.get("PREFECT_SERVER_UI_API_URL")):
+        os.environ["PREFECT_SERVER_UI_API_URL"] = f"http://{args.host}:{args.port}/api"
     import uvicorn
     from prefect.server.api.server import create_app
 

@@ -12,14 +12,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sandbox.procs import owner_alive
 from workspace.errors import UltraworkError, WorkspaceError
+from workspace.ledger import RunFinished, RunLedger, RunNotFound, RunStillActive
 from workspace.superproject import RunSuperproject, ultrawork_home
 
 STAGES = ("queued", "workspace created", "plan created", "step", "changes committed", "finalized")
-
-
-class RunNotFound(UltraworkError):
-    """No run with that id under $ULTRAWORK_HOME/runs."""
 
 
 class ReviewRejected(UltraworkError):
@@ -108,7 +106,45 @@ def run_status(run_id: str, with_state: bool = True) -> RunStatus:
     )
     if with_state:
         status.state = flow_run_state(status.flow_run_id)
+        owner = orchestration.get("owner")
+        if status.state in ("Running", "Paused", "Pending") and owner and not owner_alive(owner):
+            status.state = "Crashed"  # its process is gone: `ultrawork resume` continues it
     return status
+
+
+FINAL_STATES = ("Completed", "Failed", "Cancelled", "Crashed", "Cancelling")
+
+
+def prepare_resume(run_id: str) -> dict:
+    """Check a run can be resumed and return its parameters; changes nothing when it cannot.
+
+    Raises RunNotFound, RunFinished, RunStillActive or RunInconsistent.
+    """
+    ledger = RunLedger.open(run_id)
+    why = ledger.finished()
+    if why:
+        raise RunFinished(f"run {run_id} is finished ({why}); nothing to resume")
+    ledger.check_consistent()
+    orchestration = ledger.orchestration
+    owner = orchestration.get("owner")
+    state = flow_run_state(orchestration.get("flow_run_id"))
+    if owner and owner_alive(owner) and state not in FINAL_STATES:
+        raise RunStillActive(f"run {run_id} is still driven by process {owner.split(':')[1]} (state {state})")
+    params = dict(orchestration["params"])
+    mark_crashed(orchestration.get("flow_run_id"), state)
+    return {**params, "run_id": run_id, "resume": True}
+
+
+def mark_crashed(flow_run_id: str | None, state: str | None) -> None:
+    """Tell Prefect that a run whose process died is over, so the UI does not show it running."""
+    if not flow_run_id or state in FINAL_STATES:
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(uuid.UUID(flow_run_id), Crashed(message="its process is gone; resumed by "
+                                                                          "`ultrawork resume`"), force=True)
 
 
 def list_runs() -> list[str]:

@@ -8,7 +8,6 @@ branches -> push and open a pull request (when GitHub is configured).
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Literal
 
 from prefect import flow
@@ -22,11 +21,15 @@ from agents.profiles import AgentProfile
 from flows.agent import agent
 from flows.request import check_request, new_run_id
 from flows.review import Verdict, review_form, verdicts
+from sandbox.procs import owner_token
 from tasks.artifacts import Progress, publish_plan, publish_results
 from tasks.integration import integrate_branches, open_pull_request_task
+from tasks.faults import fault
 from tasks.logs import get_logger
+from tasks.reaper import reap_stale_work, release_run_clones
 from tasks.workspaces import create_run
 from workspace.github import github_target_from_env
+from workspace.ledger import RunLedger
 from workspace.names import validate_run_id
 from workspace.superproject import RunSuperproject
 
@@ -50,14 +53,6 @@ def prompt_for(task: str, profile: AgentProfile, run_id: str) -> str:
             f"Write your findings to /plan/Plan.md.\n\n# Acceptance checklist\n\n{checklist}\n")
 
 
-def record_stage(run_id: str, name: str, data: dict, subject: str) -> None:
-    """Write ``<name>.json`` into the superproject and commit it as one stage."""
-    run = RunSuperproject.open(run_id)
-    path = run.path / f"{name}.json"
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    run.commit_stage(subject, [path])
-
-
 async def _outcome(state) -> AgentOutcome:
     result = await state.aresult(raise_on_failure=False) if hasattr(state, "aresult") else state.result(raise_on_failure=False)
     if isinstance(result, AgentOutcome):
@@ -75,76 +70,109 @@ async def sisyphus(
     agent_commands: dict[str, list[str]] | None = None,
     review_timeout: int = 24 * 3600,
     hooks: list[dict] | None = None,
+    resume: bool = False,
 ) -> RunResult:
     """Run the agents a task needs on ``repo`` and integrate the work a reviewer approves.
 
     ``agents`` overrides the classification; ``agent_commands`` maps a role to the
     argument list it runs instead of the built-in offline agent; ``hooks`` adds
-    user hooks (``{"target": "pkg.mod:func", "point": "after_step"}``).
+    user hooks (``{"target": "pkg.mod:func", "point": "after_step"}``). With ``resume``
+    an existing run continues from its last completed stage (see ``workspace.ledger``).
     """
     log = get_logger()
     run_id = validate_run_id(run_id or new_run_id())
     profiles = check_request(task, repo, agents, base, agent_commands)   # bad input stops here
     github = github_target_from_env()
     flow_run = get_run_context().flow_run
-    await create_run(run_id, repo, task, base, hooks)
-    record_stage(run_id, "orchestration", {"flow_run_id": str(flow_run.id), "roles": list(profiles)},
-                 f"run plan: {', '.join(profiles)} (flow run {flow_run.name})")
-    log.info("run %s: %d agent(s) %s on %s", run_id, len(profiles), ", ".join(profiles), repo)
+    reaped = await reap_stale_work()                                      # what dead runs left behind
+    if not resume:
+        await create_run(run_id, repo, task, base, hooks)
+    ledger = RunLedger.open(run_id)
+    flow_runs = ledger.orchestration.get("flow_runs", []) + [str(flow_run.id)]
+    params = {"task": task, "repo": repo, "agents": list(profiles), "base": base,
+              "agent_commands": agent_commands, "review_timeout": review_timeout, "hooks": hooks}
+    ledger.record("orchestration", {"flow_run_id": str(flow_run.id), "flow_runs": flow_runs,
+                                    "roles": list(profiles), "owner": owner_token(), "github": github is not None,
+                                    "params": params},
+                  f"{'run resumed' if resume else 'run plan'}: {', '.join(profiles)} (flow run {flow_run.name})")
+    log.info("run %s: %d agent(s) %s on %s%s", run_id, len(profiles), ", ".join(profiles), repo,
+             f" (resumed; cleaned up {len(reaped)} leftover(s))" if resume else "")
 
     progress = Progress(len(profiles))
     await progress.start(run_id)
 
     async def one(profile: AgentProfile) -> AgentOutcome:
-        state = await agent(run_id, profile, prompt_for(task, profile, run_id), return_state=True)
-        outcome = await _outcome(state)
+        done = ledger.outcome(profile.role)
+        if done is not None:                                   # finished before: not run again
+            log.info("%s finished in an earlier attempt (%s); not running it again", profile.role, done["status"])
+            outcome = AgentOutcome.model_validate(done)
+        else:
+            state = await agent(run_id, profile, prompt_for(task, profile, run_id), return_state=True)
+            outcome = await _outcome(state)
+            ledger.record(f"outcomes/{profile.role}", outcome.model_dump(mode="json"),
+                          f"{profile.role}: outcome recorded ({outcome.status})")
+            fault("stage:agent-finished", role=profile.role)
         await publish_plan(run_id, profile.role, RunSuperproject.open(run_id).agent(profile.role).plan.text())
         await progress.advance()
         return outcome
 
     outcomes = list(await asyncio.gather(*(one(p) for p in profiles.values())))   # concurrently
     await publish_results(run_id, outcomes)
+    target_repo = str(ledger.run.target.path)
 
-    form = review_form(run_id, task, outcomes)
-    record_stage(run_id, "review", {"state": "requested", "roles": list(profiles)}, "review requested")
-    log.info("run %s paused for review: approve or reject each agent in the UI or with "
-             "'ultrawork review %s --approve ROLES --reject ROLES'", run_id, run_id)
-    target_repo = str(RunSuperproject.open(run_id).target.path)
-    try:
-        decision = await pause_flow_run(wait_for_input=form, timeout=review_timeout, poll_interval=1, key="review")
-    except FlowPauseTimeout:
-        branches = ", ".join(o.branch for o in outcomes)
-        record_stage(run_id, "review", {"state": "timed-out"}, "review timed out")
-        return RunResult(run_id=run_id, outcome="review-timed-out", target_repo=target_repo, agents=outcomes,
-                         message=f"no review within {review_timeout}s; every branch is kept in {target_repo}: {branches}")
-    decided = verdicts(decision, list(profiles))
+    async def finish(summary: RunResult) -> RunResult:
+        """The run is over: its branches and Plan.md files stay, its full clones go."""
+        await release_run_clones(run_id)
+        log.info("run %s: %s", run_id, summary.message)
+        return summary
+
+    review = ledger.read("review")
+    if review.get("state") == "decided":                       # decided before the crash
+        decided = [Verdict.model_validate(v) for v in review["verdicts"]]
+    else:
+        form = review_form(run_id, task, outcomes)
+        ledger.record("review", {"state": "requested", "roles": list(profiles)}, "review requested")
+        log.info("run %s paused for review: approve or reject each agent in the UI or with "
+                 "'ultrawork review %s --approve ROLES --reject ROLES'", run_id, run_id)
+        try:
+            decision = await pause_flow_run(wait_for_input=form, timeout=review_timeout, poll_interval=1,
+                                            key="review")
+        except FlowPauseTimeout:
+            branches = ", ".join(o.branch for o in outcomes)
+            ledger.record("review", {"state": "timed-out"}, "review timed out")
+            return await finish(RunResult(
+                run_id=run_id, outcome="review-timed-out", target_repo=target_repo, agents=outcomes,
+                message=f"no review within {review_timeout}s; every branch is kept in {target_repo}: {branches}"))
+        decided = verdicts(decision, list(profiles))
+        ledger.record("review", {"state": "decided", "verdicts": [v.model_dump() for v in decided]},
+                      f"review: approved {', '.join(v.role for v in decided if v.approved) or 'none'}; "
+                      f"rejected {', '.join(v.role for v in decided if not v.approved) or 'none'}")
     approved = [v.role for v in decided if v.approved]
-    record_stage(run_id, "review", {"state": "decided", "verdicts": [v.model_dump() for v in decided]},
-                 f"review: approved {', '.join(approved) or 'none'}; "
-                 f"rejected {', '.join(v.role for v in decided if not v.approved) or 'none'}")
 
-    result = await integrate_branches(run_id, approved)
-    record_stage(run_id, "integration", {"outcome": result.outcome, "branch": result.branch, "head": result.head,
-                                         "merged": result.merged, "conflicts": result.conflicts},
-                 f"integration: {result.outcome}")
+    result = await integrate_branches(run_id, approved)          # idempotent: same merge, same commit
+    if not ledger.read("integration"):
+        ledger.record("integration", {"outcome": result.outcome, "branch": result.branch, "head": result.head,
+                                      "merged": result.merged, "conflicts": result.conflicts},
+                      f"integration: {result.outcome}")
     summary = RunResult(run_id=run_id, outcome="integrated", target_repo=target_repo, agents=outcomes,
                         verdicts=decided, message="")
     if result.outcome == "nothing-approved":
         summary.outcome, summary.message = "nothing-approved", f"no agent approved; branches kept in {target_repo}"
-        return summary
+        return await finish(summary)
     if result.outcome == "conflict":
         summary.outcome, summary.conflicts = "conflict", result.conflicts
         summary.message = (f"merging {result.conflict_role} conflicts in {', '.join(result.conflicts)}; "
                            f"nothing pushed, branches kept in {target_repo}")
-        return summary
+        return await finish(summary)
     summary.integration_branch = result.branch
     summary.message = f"integration branch {result.branch} in {target_repo} ({', '.join(result.merged)})"
     if github is not None:
         body = "\n\n".join(f"## {o.role}\n\n{o.plan_summary}" for o in outcomes if o.role in approved)
         pr = await open_pull_request_task(run_id, result, github, f"ultrawork: {task.strip().splitlines()[0][:80]}",
                                           f"Run `{run_id}` merged {', '.join(result.merged)}.\n\n{body}")
-        record_stage(run_id, "pull_request", {"number": pr.number, "url": pr.url}, f"pull request #{pr.number}")
+        fault("stage:pull-request-opened")
+        ledger.record("pull_request", {"number": pr.number, "url": pr.url, "created": pr.created},
+                      f"pull request #{pr.number}")
         summary.pull_request = pr.url
         summary.message += f"; pull request {pr.url}"
-    log.info("run %s: %s", run_id, summary.message)
-    return summary
+    return await finish(summary)

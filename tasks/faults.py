@@ -10,6 +10,10 @@ number of ``times``, and does one ``action``:
 - ``sandbox_error``: the engine reports a failure (SandboxError)
 - ``mcp_error``: the MCP server fails (McpError)
 - ``kill_process``: SIGKILL the orchestrating process
+- ``engine_pause``: stop (SIGSTOP) the local Docker engine for ``seconds``, then continue it
+
+A rule fires on its matching calls number ``after + 1`` to ``after + times``
+(``after`` defaults to 0), so "after two agents finished" is ``"after": 1``.
 
 Counts are kept in ``ULTRAWORK_FAULTS_STATE`` (a JSON file) when set, so a
 fault that killed a process does not fire again in the resumed one.
@@ -37,30 +41,26 @@ def _rules() -> list[dict[str, Any]]:
     return json.loads(raw) if raw else []
 
 
-def _take(index: int, times: int) -> bool:
-    """Count one firing of rule ``index``; False once it has fired ``times`` times."""
+def _take(index: int, times: int, after: int = 0) -> bool:
+    """Count one matching call of rule ``index``; True when this call is one that fires."""
     state_file = os.environ.get("ULTRAWORK_FAULTS_STATE")
     key = str(index)
     if not state_file:
-        if _MEMORY.get(key, 0) >= times:
-            return False
-        _MEMORY[key] = _MEMORY.get(key, 0) + 1
-        return True
+        _MEMORY[key] = count = _MEMORY.get(key, 0) + 1
+        return after < count <= after + times
     path = Path(state_file)
     path.touch(exist_ok=True)
     with open(path, "r+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         text = fh.read()
         state = json.loads(text) if text.strip() else {}
-        if state.get(key, 0) >= times:
-            return False
-        state[key] = state.get(key, 0) + 1
+        state[key] = count = state.get(key, 0) + 1
         fh.seek(0)
         fh.truncate()
         fh.write(json.dumps(state))
         fh.flush()
         os.fsync(fh.fileno())
-    return True
+    return after < count <= after + times
 
 
 def fault(point: str, role: str | None = None, **context: Any) -> None:
@@ -68,7 +68,7 @@ def fault(point: str, role: str | None = None, **context: Any) -> None:
     for index, rule in enumerate(_rules()):
         if rule.get("at") != point or (rule.get("role") and rule.get("role") != role):
             continue
-        if not _take(index, int(rule.get("times", 1))):
+        if not _take(index, int(rule.get("times", 1)), int(rule.get("after", 0))):
             continue
         action = rule["action"]
         message = f"injected fault at {point}" + (f" ({role})" if role else "")
@@ -86,6 +86,30 @@ def fault(point: str, role: str | None = None, **context: Any) -> None:
             raise McpError(message)
         elif action == "kill_process":
             os.kill(os.getpid(), signal.SIGKILL)
+        elif action == "engine_pause":
+            pause_engine(float(rule.get("seconds", 10)))
         else:
             raise ValueError(f"unknown fault action {action!r}")
         return
+
+
+def pause_engine(seconds: float) -> None:
+    """SIGSTOP the local dockerd for ``seconds`` (a timer sends SIGCONT); needs the same host and root."""
+    import subprocess
+    import threading
+
+    pids = [int(p) for p in subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True,
+                                           text=True).stdout.split()]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+
+    def resume() -> None:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+    timer = threading.Timer(seconds, resume)
+    timer.daemon = False  # the engine must come back even if the caller finishes first
+    timer.start()

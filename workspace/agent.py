@@ -173,6 +173,16 @@ class AgentWorkspace:
         self.prepare_host_git()
         return clones.diffstat(self.path, self.run.base_sha, self.branch)
 
+    def reset_worktree(self) -> None:
+        """Start the agent again from its branch head (a resumed run redoes an unfinished agent)."""
+        self.prepare_host_git()
+        clones.reset_worktree(self.path, self.branch)
+
+    def stages(self) -> list[str]:
+        """This agent's superproject stages so far (``workspace created``, ``step 1 (exit 0)``...)."""
+        prefix = f"{self.role}: "
+        return [s[len(prefix):] for s in self.run.history() if s.startswith(prefix)]
+
     def commit_changes(self, message: str | None = None) -> list[str]:
         """Commit whatever the agent left in its clone; return the branch's commits new to the run record."""
         self.prepare_host_git()

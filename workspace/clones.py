@@ -111,3 +111,10 @@ def fetch_into_target(target: TargetRepo, clone: Path, branch: str) -> str:
              "--", str(clone), f"+{ref}:{ref}"], cwd=target.path, safe_directory=clone,
             config=[("transfer.fsckObjects", "true"), ("fetch.fsckObjects", "true")])
     return git_out(["rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=target.path)
+
+
+def reset_worktree(clone: Path, branch: str) -> None:
+    """Put the work tree back to the branch head (what a killed attempt left is dropped)."""
+    attach_head(clone, branch)
+    _clone_git(clone, ["reset", "--hard", "--quiet", f"refs/heads/{branch}"])
+    _clone_git(clone, ["clean", "-ffdxq"])

@@ -21,12 +21,14 @@ which resets an agent clone's git metadata before host git touches it.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from workspace.errors import GitError
+from workspace.locks import clear_stale_git_lock
 
 GIT = "git"
 
@@ -126,18 +128,39 @@ def run_git(args: Sequence[str], *, cwd: Path, identity: Identity | None = None,
             "GIT_AUTHOR_NAME": identity.name, "GIT_AUTHOR_EMAIL": identity.email,
             "GIT_COMMITTER_NAME": identity.name, "GIT_COMMITTER_EMAIL": identity.email,
         })
-    try:
-        proc = subprocess.run(
-            argv, cwd=str(cwd), env=hardened_env(extra_env), input=input,
-            capture_output=True, text=True, errors="replace", timeout=timeout,
-            stdin=None if input is not None else subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise GitError(argv, -1, str(exc)) from exc
+    def once() -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(
+                argv, cwd=str(cwd), env=hardened_env(extra_env), input=input,
+                capture_output=True, text=True, errors="replace", timeout=timeout,
+                stdin=None if input is not None else subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise GitError(argv, -1, str(exc)) from exc
+
+    proc = once()
+    lock = _blocking_lock(proc)
+    if lock is not None:  # a stale lock of a killed git is cleared, a live one waited for; then once more
+        try:
+            clear_stale_git_lock(lock)
+        except TimeoutError as exc:
+            raise GitError(argv, proc.returncode, f"{proc.stderr}\n{exc}", proc.stdout) from None
+        proc = once()
     result = GitResult(argv, proc.returncode, proc.stdout, proc.stderr)
     if check and proc.returncode != 0:
         raise GitError(argv, proc.returncode, proc.stderr, proc.stdout)
     return result
+
+
+_LOCK_MESSAGE = re.compile(r"Unable to create '([^']+\.lock)': File exists")
+
+
+def _blocking_lock(proc: subprocess.CompletedProcess) -> Path | None:
+    """The ``*.lock`` file a failed git command reported as already existing, if any."""
+    if proc.returncode == 0:
+        return None
+    match = _LOCK_MESSAGE.search(proc.stderr or "")
+    return Path(match.group(1)) if match else None
 
 
 def git_out(args: Sequence[str], *, cwd: Path, **kwargs) -> str:

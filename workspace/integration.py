@@ -69,7 +69,7 @@ def integrate(target: Path, run_id: str, base_commit: str, approved: list[AgentB
     result = IntegrationResult("nothing-approved", branch, target)
     if not approved:
         return result
-    scratch = Path(tempfile.mkdtemp(prefix=f"ultrawork-integrate-{run_id}-"))
+    scratch = Path(tempfile.mkdtemp(prefix=f"ultrawork-integrate-{run_id}-"))  # see sandbox.reaper
     try:
         run_git(["init", "--quiet", str(scratch)], cwd=scratch)
         run_git(["fetch", "--quiet", "--no-tags", "--", str(target), base_commit], cwd=scratch)

@@ -1,0 +1,86 @@
+"""The reaper: remove what runs that are no longer active left behind.
+
+Runs at the start of every run and on ``ultrawork sandboxes reap``:
+
+- containers whose creating process is gone and whose run is not active;
+- agent clones (``runs/<id>/agents/<role>``) of runs that have finished;
+- temporary integration checkouts of runs that are not active.
+
+Branches (in the target repository), Plan.md files and the superproject
+history are kept: they are the run's record.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workspace.ledger import RunLedger
+from workspace.superproject import ultrawork_home
+
+from .engine import SandboxEngine, SandboxInfo
+from .procs import owner_alive
+
+CHECKOUT_PREFIX = "ultrawork-integrate-"
+
+
+@dataclass
+class ReapReport:
+    containers: list[SandboxInfo] = field(default_factory=list)
+    clones: list[Path] = field(default_factory=list)
+    checkouts: list[Path] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return len(self.containers) + len(self.clones) + len(self.checkouts)
+
+
+def run_owner(run_id: str) -> str | None:
+    try:
+        data = json.loads((ultrawork_home() / "runs" / run_id / "orchestration.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("owner")
+
+
+def run_is_active(run_id: str) -> bool:
+    """A run is active while the process that drives it lives."""
+    owner = run_owner(run_id)
+    return bool(owner) and owner_alive(owner)
+
+
+def release_clones(run_dir: Path) -> list[Path]:
+    """Empty ``agents/<role>`` (full clones of the target); the submodule entries stay."""
+    removed = []
+    agents = run_dir / "agents"
+    for clone in sorted(agents.iterdir()) if agents.is_dir() else []:
+        if clone.is_dir() and not clone.is_symlink() and any(clone.iterdir()):
+            shutil.rmtree(clone)
+            clone.mkdir()
+            removed.append(clone)
+    return removed
+
+
+def reap(engine: SandboxEngine | None, all: bool = False, older_than: float | None = None) -> ReapReport:
+    report = ReapReport()
+    if engine is not None:
+        report.containers = engine.reap(all=all, older_than=older_than, is_active=run_is_active)
+    runs = ultrawork_home() / "runs"
+    for run_dir in sorted(runs.iterdir()) if runs.is_dir() else []:
+        if not (run_dir / "run.json").exists() or run_is_active(run_dir.name):
+            continue
+        try:
+            finished = RunLedger.open(run_dir.name).finished()
+        except Exception:  # noqa: BLE001 - an unreadable run is left for a human
+            continue
+        if finished:
+            report.clones += release_clones(run_dir)
+    for checkout in Path(tempfile.gettempdir()).glob(f"{CHECKOUT_PREFIX}*"):
+        run_id = checkout.name[len(CHECKOUT_PREFIX):].rsplit("-", 1)[0]
+        if checkout.is_dir() and not run_is_active(run_id):
+            shutil.rmtree(checkout, ignore_errors=True)
+            report.checkouts.append(checkout)
+    return report

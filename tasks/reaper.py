@@ -1,0 +1,30 @@
+"""The reaper as a Prefect task: the first thing every run does."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from sandbox.reaper import reap, release_clones
+from workspace.superproject import RunSuperproject
+
+from .logs import get_logger
+from .sandboxes import engine
+
+
+@task(name="reap-stale-work", cache_policy=NO_CACHE)
+async def reap_stale_work() -> list[str]:
+    """Remove containers, clones and checkouts that runs no longer active left behind."""
+    report = await asyncio.to_thread(reap, engine())
+    removed = [c.name for c in report.containers] + [str(p) for p in report.clones + report.checkouts]
+    if removed:
+        get_logger().info("reaped %d leftover(s) of inactive runs: %s", len(removed), ", ".join(removed))
+    return removed
+
+
+@task(name="release-clones", cache_policy=NO_CACHE)
+async def release_run_clones(run_id: str) -> int:
+    """A finished run keeps its branches and Plan.md files; its full clones go."""
+    return len(await asyncio.to_thread(release_clones, RunSuperproject.open(run_id).path))
