@@ -105,12 +105,20 @@ def sandboxes_reap(
     all_: Annotated[bool, typer.Option("--all", help="Remove every managed sandbox, live runs included.")] = False,
     older_than: Annotated[Optional[str], typer.Option(help="Also remove sandboxes older than this (e.g. 2h).")] = None,
 ) -> None:
-    """Remove sandboxes whose run is no longer active (or older than --older-than)."""
+    """Remove what inactive runs left: sandboxes, clones of finished runs, temporary checkouts.
+
+    Branches and Plan.md files are kept.
+    """
+    from sandbox.reaper import reap
+
     age = parse_duration(older_than) if older_than else None
-    removed = _engine().reap(all=all_, older_than=age)
-    for info in removed:
-        out.print(f"removed {info.name} (run {info.run_id}, agent {info.role})")
-    out.print(f"{len(removed)} sandbox(es) removed")
+    report = reap(_engine(), all=all_, older_than=age)
+    for info in report.containers:
+        out.print(f"removed sandbox {info.name} (run {info.run_id}, agent {info.role})")
+    for path in report.clones + report.checkouts:
+        out.print(f"removed {path}")
+    out.print(f"{len(report.containers)} sandbox(es), {len(report.clones)} clone(s), "
+              f"{len(report.checkouts)} checkout(s) removed")
 
 
 def start_run(repo: str, task: str, agents: Optional[list[str]], base: str, commands: dict[str, list[str]],

@@ -440,8 +440,18 @@ class SandboxEngine:
             return
         limits = sandbox.spec.limits
         now = self._after_exec(container, pidfile)
-        if now is None:  # cannot even start a probe: the pids limit is exhausted
-            container.kill()
+        if now is None:  # no probe could start: the container is going, or its pids are exhausted
+            try:
+                container.reload()
+                running = container.status == "running"
+            except docker.errors.NotFound:
+                running = False
+            if not running:
+                raise ContainerGone(f"sandbox {sandbox.name} stopped or was removed during the command")
+            try:
+                container.kill()
+            except docker.errors.APIError:
+                raise ContainerGone(f"sandbox {sandbox.name} stopped during the command") from None
             raise ResourceLimitExceeded("pids", f"the {limits.pids}-process limit is exhausted; the sandbox was stopped")
         before = dict(sandbox.counters)
         sandbox.counters.update(now)
