@@ -76,8 +76,8 @@ def agent_stages(run: RunSuperproject, roles: list[str], history: list[str]) -> 
         if rest.startswith("step"):
             agent.steps += 1
             agent.stage = f"step {agent.steps}"
-        elif rest.startswith("finalized"):
-            agent.stage, agent.outcome = "finalized", rest[len("finalized ("):-1]
+        elif rest.startswith(("finalized", "outcome recorded")):
+            agent.stage, agent.outcome = "finalized", rest[rest.index("(") + 1:-1]
         else:
             agent.stage = rest.split(" (")[0]
     return list(agents.values())

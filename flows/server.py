@@ -91,6 +91,11 @@ def stop_server() -> bool:
     try:
         pid = json.loads(state.read_text())["pid"]
         os.killpg(pid, 15)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            os.killpg(pid, 0)  # raises once the whole group is gone
+            time.sleep(0.2)
+        os.killpg(pid, 9)
     except (ValueError, KeyError, ProcessLookupError, PermissionError):
         pass
     state.unlink(missing_ok=True)
