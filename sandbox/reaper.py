@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workspace.ledger import RunLedger
+from workspace.ledger import RunInconsistent, run_finished
 from workspace.superproject import ultrawork_home
 
 from .engine import SandboxEngine, SandboxInfo
@@ -70,11 +70,14 @@ def reap(engine: SandboxEngine | None, all: bool = False, older_than: float | No
         report.containers = engine.reap(all=all, older_than=older_than, is_active=run_is_active)
     runs = ultrawork_home() / "runs"
     for run_dir in sorted(runs.iterdir()) if runs.is_dir() else []:
-        if not (run_dir / "run.json").exists() or run_is_active(run_dir.name):
+        agents = run_dir / "agents"
+        if not agents.is_dir() or not any(any(c.iterdir()) for c in agents.iterdir() if c.is_dir()):
+            continue  # nothing to release (the common case once a run is done)
+        if run_is_active(run_dir.name):
             continue
         try:
-            finished = RunLedger.open(run_dir.name).finished()
-        except Exception:  # noqa: BLE001 - an unreadable run is left for a human
+            finished = run_finished(run_dir)
+        except RunInconsistent:  # an unreadable run is left for a human
             continue
         if finished:
             report.clones += release_clones(run_dir)

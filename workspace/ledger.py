@@ -11,6 +11,7 @@ rerun of the same run reads them and skips what is done; the side effects
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from workspace.errors import UltraworkError, WorkspaceError
@@ -48,16 +49,7 @@ class RunLedger:
 
     # -- reading -------------------------------------------------------------------------
     def read(self, name: str) -> dict[str, Any]:
-        path = self.path / f"{name}.json"
-        if not path.exists():
-            return {}
-        try:
-            data = json.loads(path.read_text())
-        except ValueError as exc:
-            raise RunInconsistent(f"{path} is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise RunInconsistent(f"{path} does not hold a JSON object")
-        return data
+        return _read_json(self.path / f"{name}.json")
 
     @property
     def orchestration(self) -> dict[str, Any]:
@@ -69,17 +61,7 @@ class RunLedger:
 
     def finished(self) -> str | None:
         """Why the run is over (None while there is work left)."""
-        review = self.read("review")
-        if review.get("state") == "timed-out":
-            return "its review timed out"
-        integration = self.read("integration")
-        if not integration:
-            return None
-        if integration.get("outcome") != "merged":
-            return f"its integration ended: {integration.get('outcome')}"
-        if self.orchestration.get("github") and not self.read("pull_request"):
-            return None
-        return "it was integrated" + (" and its pull request opened" if self.read("pull_request") else "")
+        return run_finished(self.path)
 
     # -- writing -------------------------------------------------------------------------
     def record(self, name: str, data: dict[str, Any], subject: str) -> None:
@@ -125,3 +107,30 @@ class RunLedger:
         if problems:
             raise RunInconsistent(f"run {self.run.run_id} is inconsistent: " + "; ".join(problems))
 
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        raise RunInconsistent(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RunInconsistent(f"{path} does not hold a JSON object")
+    return data
+
+
+def run_finished(run_dir: Path) -> str | None:
+    """Why the run in ``run_dir`` is over, from its stage files alone (cheap: no git, no hooks)."""
+    if _read_json(run_dir / "review.json").get("state") == "timed-out":
+        return "its review timed out"
+    integration = _read_json(run_dir / "integration.json")
+    if not integration:
+        return None
+    if integration.get("outcome") != "merged":
+        return f"its integration ended: {integration.get('outcome')}"
+    pull_request = _read_json(run_dir / "pull_request.json")
+    if _read_json(run_dir / "orchestration.json").get("github") and not pull_request:
+        return None
+    return "it was integrated" + (" and its pull request opened" if pull_request else "")
