@@ -16,11 +16,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows.cli_backlog import issues_app, sweep_command
+
 app = typer.Typer(help="Parallel AI coding agents in hardened sandboxes, orchestrated by Prefect.", no_args_is_help=True)
 sandbox_app = typer.Typer(help="The sandbox image.", no_args_is_help=True)
 sandboxes_app = typer.Typer(help="Sandboxes (containers) managed by ultrawork.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(sandboxes_app, name="sandboxes")
+app.add_typer(issues_app, name="issues")
+app.command("sweep")(sweep_command)
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)

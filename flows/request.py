@@ -18,9 +18,10 @@ def new_run_id() -> str:
 
 
 def check_request(task: str, repo: str, agents: list[str] | None, base: str,
-                  agent_commands: dict[str, list[str]] | None) -> dict[str, AgentProfile]:
-    """Every check that can fail on bad input, before anything is created."""
-    profiles = resolve_profiles(task, agents, agent_commands)
+                  agent_commands: dict[str, list[str]] | None,
+                  profiles: dict[str, AgentProfile] | None = None) -> dict[str, AgentProfile]:
+    """Every check that can fail on bad input, before anything is created (``profiles``: the configured ones)."""
+    profiles = resolve_profiles(task, agents, agent_commands, profiles)
     target = open_target_repo(repo)
     base_sha = resolve_base_ref(target.path, base)
     if not target.bare:

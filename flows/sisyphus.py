@@ -14,6 +14,7 @@ from prefect import flow
 from prefect.context import get_run_context
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
+from prefect.states import Completed
 from pydantic import BaseModel, Field
 
 from agents.outcome import AgentOutcome
@@ -23,12 +24,12 @@ from flows.request import check_request, new_run_id
 from flows.review import Verdict, review_form, verdicts
 from sandbox.procs import owner_token
 from tasks.artifacts import Progress, publish_plan, publish_results
+from tasks.config import load_config, use_config
 from tasks.integration import integrate_branches, open_pull_request_task
 from tasks.faults import fault
 from tasks.logs import get_logger
 from tasks.reaper import reap_stale_work, release_run_clones
 from tasks.workspaces import create_run
-from workspace.github import github_target_from_env
 from workspace.ledger import RunLedger
 from workspace.names import validate_run_id
 from workspace.superproject import RunSuperproject
@@ -78,11 +79,24 @@ async def sisyphus(
     argument list it runs instead of the built-in offline agent; ``hooks`` adds
     user hooks (``{"target": "pkg.mod:func", "point": "after_step"}``). With ``resume``
     an existing run continues from its last completed stage (see ``workspace.ledger``).
+
+    Args:
+        task: What the agents should do; a ```diff or ```ultrawork-edit block may follow.
+        repo: Path of the git repository to work on, on the machine that runs the flow.
+        agents: Roles to run (explore, librarian, oracle, frontend); default: chosen from the task.
+        base: Base ref the agents' branches start from.
+        run_id: The run's id (default: a new one); names its branches and its record.
+        agent_commands: Role -> argument list the role runs instead of the built-in offline agent.
+        review_timeout: Seconds to wait for the human review before the run ends without merging.
+        hooks: User hooks, e.g. {"target": "pkg.mod:func", "point": "after_step"}.
+        resume: Continue the existing run ``run_id`` from its last completed stage.
     """
     log = get_logger()
     run_id = validate_run_id(run_id or new_run_id())
-    profiles = check_request(task, repo, agents, base, agent_commands)   # bad input stops here
-    github = github_target_from_env()
+    config = await load_config()                         # the saved blocks, or the defaults
+    use_config(config)                                   # this run's sandbox caps
+    profiles = check_request(task, repo, agents, base, agent_commands, profiles=config.profiles)  # bad input stops here
+    github = config.github
     flow_run = get_run_context().flow_run
     reaped = await reap_stale_work()                                      # what dead runs left behind
     if not resume:
@@ -120,11 +134,15 @@ async def sisyphus(
     await publish_results(run_id, outcomes)
     target_repo = str(ledger.run.target.path)
 
-    async def finish(summary: RunResult) -> RunResult:
-        """The run is over: its branches and Plan.md files stay, its full clones go."""
+    async def finish(summary: RunResult):
+        """The run is over: its branches and Plan.md files stay, its full clones go.
+        The Completed message starts with the outcome (what a backlog sweep reads); after an
+        expired pause Prefect fails the run whatever it returns, so that result stays a plain value."""
         await release_run_clones(run_id)
         log.info("run %s: %s", run_id, summary.message)
-        return summary
+        if summary.outcome == "review-timed-out":
+            return summary
+        return Completed(message=f"{summary.outcome}: {summary.message}"[:1000], data=summary)
 
     review = ledger.read("review")
     if review.get("state") == "decided":                       # decided before the crash

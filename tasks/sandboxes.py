@@ -17,28 +17,31 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from agents.errors import AgentExecutionError
-from sandbox import SandboxEngine, SandboxError, SandboxPolicy, SandboxSpec, validate_spec
+from sandbox import SandboxEngine, SandboxError, SandboxSpec, validate_spec
 from sandbox.engine import Sandbox
 from sandbox.steps import guarded_execute
 from sandbox.spec import ultrawork_home
 
+from .config import active_policy
 from .faults import fault
 from .logs import get_logger
 from .recovery import recovery_for, task_options
 
 _ENGINE: SandboxEngine | None = None
-_ENGINE_KEY: tuple[str, str] | None = None
+_ENGINE_KEY: tuple[str, ...] | None = None
 _ENGINE_LOCK = threading.Lock()
 
 
 def engine() -> SandboxEngine:
-    """One engine per process (it holds the Docker client); its policy follows $ULTRAWORK_HOME."""
+    """One engine per process (it holds the Docker client); its policy follows $ULTRAWORK_HOME
+    and the caps of the run's sandbox settings (``tasks.config.active_policy``)."""
     global _ENGINE, _ENGINE_KEY
-    key = (str(ultrawork_home()), os.environ.get("ULTRAWORK_WORKSPACE_ROOTS", ""))
+    policy = active_policy()
+    key = (str(ultrawork_home()), os.environ.get("ULTRAWORK_WORKSPACE_ROOTS", ""), policy.model_dump_json())
     with _ENGINE_LOCK:
         if _ENGINE is None or _ENGINE_KEY != key:
             client = _ENGINE._client if _ENGINE is not None else None
-            _ENGINE, _ENGINE_KEY = SandboxEngine(SandboxPolicy(), client=client), key
+            _ENGINE, _ENGINE_KEY = SandboxEngine(policy, client=client), key
         return _ENGINE
 
 
