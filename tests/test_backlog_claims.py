@@ -71,6 +71,14 @@ def test_two_sweeps_at_once_claim_every_eligible_issue_exactly_once(tmp_path):
             assert claims == []
 
 
+def test_a_limit_claims_that_many_in_order(tmp_path):
+    eligible = make_backlog(tmp_path)
+    backlog = FileBacklog(tmp_path)
+    claims, skips = claim_eligible(backlog, backlog.scan()[0], actor="sweep", limit=3)
+    assert [c.issue.id for c in claims] == sorted(eligible)[:3] and skips == []
+    assert [c.from_state for c in claims] == ["backlog"] * 3
+
+
 def test_concurrent_event_comments_on_github_keep_exactly_one(tmp_path):
     with GitHubStub() as stub:
         stub.labels.add("ultrawork")
