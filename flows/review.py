@@ -1,21 +1,30 @@
 """The human review: the form shown in the Prefect UI and what its answer means.
 
-One approve/reject choice (required: no default, so a form left blank is
-rejected by the server and the run stays paused) and one optional comment per
-agent that ran, under a markdown summary of every agent's outcome.
+One approve/reject choice (required: no default, so a form left incomplete is
+refused and the run stays paused) and one optional comment per agent that ran,
+under a markdown summary: a table of every agent's outcome, then each agent's
+Plan.md summary (collapsed where long).
+
+Both Prefect UIs show this form. The newer one (``/v2``, where the server's
+address leads) shows the summary above the fields; the older one (``/runs/...``
+links) squeezes it out when the fields fill the dialog, so each decision
+field's own description repeats that agent's numbers in one sentence.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from prefect.input import RunInput
 from pydantic import BaseModel, Field, create_model
 
 from agents.outcome import AgentOutcome
+from workspace.integration import integration_branch
 
 Choice = Literal["approve", "reject"]
-SUMMARY_LIMIT = 1500
+SUMMARY_LIMIT = 1500      # characters of one agent's Plan.md summary in the form
+SHORT_SUMMARY = 400       # summaries up to this long (and a few lines) are shown open
 
 
 class ReviewDecision(RunInput):
@@ -28,33 +37,91 @@ class Verdict(BaseModel):
     comment: str = ""
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m {secs:02d}s"
+
+
+def _text(value: str) -> str:
+    """Plain text safe inside markdown: no raw HTML, no table breaks."""
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|")
+
+
+def agent_facts(o: AgentOutcome) -> str:
+    """One sentence a reviewer reads next to the decision."""
+    retries = "no retries" if o.retries == 0 else _count(o.retries, "retry", "retries")
+    facts = (f"{o.status.capitalize()}: {_count(o.files_changed, 'file', 'files')} changed "
+             f"(+{o.insertions} / -{o.deletions} lines) in {_duration(o.duration)}, {retries}; branch {o.branch}.")
+    if o.status != "succeeded":
+        facts += " Its errors are in its Plan.md; approving merges whatever it committed."
+    return facts
+
+
 def _row(o: AgentOutcome) -> str:
-    icon = "✅" if o.status == "succeeded" else "❌"
-    return (f"| **{o.role}** | {icon} {o.status} | {o.files_changed} | +{o.insertions} / -{o.deletions} "
-            f"| {o.duration:.1f}s | {o.retries} | `{o.branch}` |")
+    outcome = o.status if o.status == "succeeded" else f"**{o.status}**"
+    return (f"| **{o.role}** | {outcome} | {o.files_changed} | +{o.insertions} / -{o.deletions} "
+            f"| {_duration(o.duration)} | {o.retries} |")
+
+
+def _demote_headings(markdown: str, by: int = 3) -> str:
+    """Plan.md headings become sub-headings of the form's own (outside code fences)."""
+    out, fenced = [], False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            match = re.match(r"(#{1,6})(\s.*)", line)
+            if match:
+                line = "#" * min(6, len(match.group(1)) + by) + match.group(2)
+        out.append(line)
+    return "\n".join(out)
+
+
+def _summary(o: AgentOutcome) -> str:
+    text = o.plan_summary.strip() or "_Plan.md has no summary._"
+    if len(text) > SUMMARY_LIMIT:
+        text = text[:SUMMARY_LIMIT].rstrip()
+        if sum(1 for line in text.splitlines() if line.lstrip().startswith("```")) % 2:
+            text += "\n```"                                 # never leave a code block open
+        text += "\n\n… (shortened; the whole Plan.md is an artifact of this run)"
+    text = _demote_headings(text)
+    if o.errors:
+        text += "\n\n**Errors:**\n\n" + "\n".join(f"- {_text(e[:300])}" for e in o.errors)
+    return text
 
 
 def review_description(run_id: str, task: str, outcomes: list[AgentOutcome]) -> str:
     """The markdown shown above the approval form."""
-    first_line = task.strip().splitlines()[0][:200] if task.strip() else ""
+    first_line = task.strip().splitlines()[0][:200] if task.strip() else "(no task text)"
     lines = [
-        f"## Review run `{run_id}`",
-        f"**Task:** {first_line}",
+        f"### Review run `{run_id}`",
         "",
-        "Approve the agents whose work should be merged into the integration branch; reject the rest.",
+        f"**Task:** {_text(first_line)}",
         "",
-        "| Agent | Outcome | Files changed | Lines | Duration | Retries | Branch |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"Decide for every agent: **approve** merges its branch (`ultrawork/{run_id}/<agent>`) into "
+        f"`{integration_branch(run_id)}`, **reject** leaves it out. Every branch is kept either way.",
+        "",
+        "| Agent | Outcome | Files changed | Lines +/- | Duration | Retries |",
+        "| --- | --- | --- | --- | --- | --- |",
         *[_row(o) for o in outcomes],
+        "",
+        "#### What each agent reported (Plan.md)",
         "",
     ]
     for o in outcomes:
-        summary = o.plan_summary.strip() or "_Plan.md has no summary._"
-        if o.errors:
-            summary += "\n\n**Errors:**\n" + "\n".join(f"- {e[:300]}" for e in o.errors)
-        if len(summary) > SUMMARY_LIMIT:
-            summary = summary[:SUMMARY_LIMIT] + "\n\n… (truncated; the full Plan.md is an artifact of this run)"
-        lines += [f"<details><summary><b>{o.role}</b>: Plan.md summary</summary>", "", summary, "", "</details>", ""]
+        summary = _summary(o)
+        title = f"<b>{o.role}</b> ({o.status})"
+        if len(summary) <= SHORT_SUMMARY and summary.count("\n") < 8:
+            lines += [f"**{o.role}** ({o.status})", "", summary, ""]
+        else:
+            lines += [f"<details><summary>{title}: {_count(summary.count(chr(10)) + 1, 'line', 'lines')}"
+                      "</summary>", "", summary, "", "</details>", ""]
     return "\n".join(lines)
 
 
@@ -63,12 +130,10 @@ def review_form(run_id: str, task: str, outcomes: list[AgentOutcome]) -> type[Re
     fields: dict = {}
     for o in outcomes:
         name = o.role.capitalize()
-        fields[o.role] = (Choice, Field(
-            title=f"{name}: approve or reject",
-            description=f"{name} {o.status}; {o.files_changed} file(s) changed on {o.branch}.",
-        ))
-        fields[f"{o.role}_comment"] = (str, Field("", title=f"{name}: comment (optional)",
-                                                  description=f"Why you approve or reject {name}'s work."))
+        fields[o.role] = (Choice, Field(title=f"{name}: approve or reject", description=agent_facts(o)))
+        fields[f"{o.role}_comment"] = (str, Field(
+            "", title=f"{name}: comment",
+            description=f"Why you approve or reject {name}'s work; kept in the run's record."))
     model = create_model("ReviewDecision", __base__=ReviewDecision, **fields)
     model._description = review_description(run_id, task, outcomes)
     return model

@@ -3,7 +3,10 @@
 #   1. a Python virtual environment (.venv) with the project installed;
 #   2. a running Docker engine (installed from Debian's packages and started
 #      in the background when none answers and we are root on Debian);
-#   3. the sandbox image (built offline when no registry is reachable).
+#   3. the sandbox image (built offline when no registry is reachable);
+#   4. Chromium for the browser test (Debian's package, installed when
+#      /usr/bin/chromium is missing and we are root on Debian; never a
+#      browser download: Playwright drives this one).
 # Source it (`. scripts/provision.sh`) or run it; it prints what it does.
 set -euo pipefail
 
@@ -66,10 +69,22 @@ provision_image() {
   "$UW_VENV/bin/ultrawork" sandbox build --if-missing
 }
 
+provision_browser() {
+  if [ -x /usr/bin/chromium ]; then return 0; fi
+  if [ "$(id -u)" != 0 ] || [ ! -f /etc/debian_version ]; then
+    say "no /usr/bin/chromium: the browser test skips (fails with CI=true); install Debian's chromium package"
+    return 0
+  fi
+  say "installing chromium from Debian's packages"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 apt-get install -y -qq chromium >/dev/null
+}
+
 provision_all() {
   provision_python
   provision_docker
   provision_image
+  provision_browser
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

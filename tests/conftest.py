@@ -128,3 +128,34 @@ def uw_home(tmp_path, monkeypatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("ULTRAWORK_HOME", str(home))
     return home
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def browser():
+    """Debian's Chromium driven by Playwright (never a downloaded browser).
+
+    Missing Chromium or Playwright fails the run when CI=true and skips elsewhere;
+    the test command installs both. Closed, with its processes, at teardown.
+    """
+    problem = None
+    if not os.access(CHROMIUM, os.X_OK):
+        problem = f"{CHROMIUM} is missing (scripts/provision.sh installs Debian's chromium)"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        problem = f"playwright is not installed ({exc}); install the dev extra"
+    if problem:
+        if IN_CI:
+            pytest.fail(f"CI=true and no browser: {problem}")
+        pytest.skip(problem)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import subprocess
 import threading
@@ -76,3 +77,45 @@ def run_sisyphus(params: dict, act: Callable[[str], None] | None = None):
         reviewer.join(30)
         assert reviewer.error is None, reviewer.error
     return result
+
+
+class FlowThread(threading.Thread):
+    """Runs the Sisyphus flow in a background thread (with this thread's Prefect settings)
+    while the test drives the review from the main thread, e.g. through a browser."""
+
+    def __init__(self, params: dict):
+        super().__init__(daemon=True, name=f"sisyphus-{params.get('run_id')}")
+        self.params = params
+        self.context = contextvars.copy_context()
+        self.result = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from flows.sisyphus import sisyphus
+
+        try:
+            self.result = self.context.run(asyncio.run, sisyphus(**self.params))
+        except BaseException as exc:  # surfaced by wait()
+            self.error = exc
+
+    def wait(self, timeout: float = 240):
+        self.join(timeout)
+        assert not self.is_alive(), f"the flow did not finish within {timeout:.0f}s"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def wait_for_review(self, timeout: float = 240) -> str:
+        """The flow run id, once the run is paused and its form is stored."""
+        from flows.runs import run_status, wait_for_review_form
+
+        deadline = time.monotonic() + timeout
+        while review_state(self.params["run_id"]) != "requested":
+            if not self.is_alive():
+                raise AssertionError(f"the flow ended before asking for review: {self.error or self.result}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the run never asked for review")
+            time.sleep(0.2)
+        flow_run_id = run_status(self.params["run_id"], with_state=False).flow_run_id
+        wait_for_review_form(flow_run_id, max(5.0, deadline - time.monotonic()))
+        return flow_run_id

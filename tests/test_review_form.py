@@ -1,0 +1,84 @@
+"""The review form as data (what the UI renders from it) and the UI the local server serves."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+
+from agents.outcome import AgentOutcome
+from flows.review import review_form, review_input, verdicts
+
+
+def outcome(role: str, **kw) -> AgentOutcome:
+    return AgentOutcome(role=role, status=kw.pop("status", "succeeded"), branch=f"ultrawork/r1/{role}", **kw)
+
+
+OUTCOMES = [
+    outcome("explore", duration=2.34, plan_summary="## Findings\n\nRepository map: 4 files."),
+    outcome("librarian", status="failed", retries=2, duration=75, errors=["AgentCommandError: exit 1 <stderr>"],
+            plan_summary="## Findings\n\n```text\n" + "x\n" * 2000),
+    outcome("oracle", plan_summary=""),
+    outcome("frontend", files_changed=2, insertions=3, deletions=1, duration=2.7,
+            plan_summary="## Findings\n\n- edited `widgets/core.py`"),
+]
+
+
+def test_the_form_has_one_required_choice_and_one_optional_comment_per_agent_with_titles_for_people():
+    form = review_form("r1", "Fix the TODO | <b>now</b>\nsecond line", OUTCOMES)
+    schema = form.model_json_schema()
+    assert schema["required"] == ["explore", "librarian", "oracle", "frontend"]
+    props = schema["properties"]
+    assert list(props) == ["explore", "explore_comment", "librarian", "librarian_comment",
+                           "oracle", "oracle_comment", "frontend", "frontend_comment"]
+    assert props["frontend"]["enum"] == ["approve", "reject"]
+    assert props["frontend"]["title"] == "Frontend: approve or reject"
+    assert props["frontend"]["description"] == ("Succeeded: 2 files changed (+3 / -1 lines) in 2.7s, no retries; "
+                                                "branch ultrawork/r1/frontend.")
+    assert props["librarian"]["description"].startswith("Failed: 0 files changed (+0 / -0 lines) in 1m 15s, 2 retries")
+    assert props["oracle_comment"]["title"] == "Oracle: comment"     # the UI adds "(Optional)" itself
+    assert props["oracle_comment"]["default"] == ""
+    assert schema["additionalProperties"] is False                  # a decision for an agent that did not run
+
+
+def test_the_description_tables_every_agent_and_collapses_long_plan_summaries():
+    text = review_form("r1", "Fix the TODO | <b>now</b>\nsecond line", OUTCOMES)._description
+    assert "**Task:** Fix the TODO \\| &lt;b>now&lt;/b>" in text and "second line" not in text
+    assert "| Agent | Outcome | Files changed | Lines +/- | Duration | Retries |" in text
+    for row in ("| **explore** | succeeded | 0 | +0 / -0 | 2.3s | 0 |",
+                "| **librarian** | **failed** | 0 | +0 / -0 | 1m 15s | 2 |",
+                "| **frontend** | succeeded | 2 | +3 / -1 | 2.7s | 0 |"):
+        assert row in text
+    assert "**explore** (succeeded)\n\n##### Findings\n\nRepository map: 4 files." in text   # short: shown open
+    assert "_Plan.md has no summary._" in text
+    librarian = text[text.index("<details><summary><b>librarian</b> (failed)"):]
+    librarian = librarian[:librarian.index("</details>")]
+    assert "shortened; the whole Plan.md is an artifact" in librarian
+    assert librarian.count("```") % 2 == 0, "a cut summary never leaves a code block open"
+    assert "- AgentCommandError: exit 1 &lt;stderr>" in librarian
+
+
+def test_a_decision_maps_to_verdicts_and_the_cli_input_decides_every_agent_once():
+    roles = [o.role for o in OUTCOMES]
+    form = review_form("r1", "task", OUTCOMES)
+    data = review_input(roles, approve=["explore", "frontend"], reject=["librarian", "oracle"], comment="ok")
+    decided = verdicts(form(**data), roles)
+    assert [(v.role, v.approved, v.comment) for v in decided] == [
+        ("explore", True, "ok"), ("librarian", False, "ok"), ("oracle", False, "ok"), ("frontend", True, "ok")]
+    with pytest.raises(ValueError, match="wizard did not run"):
+        review_input(roles, approve=["wizard"], reject=roles)
+    with pytest.raises(ValueError, match="frontend neither approved nor rejected"):
+        review_input(roles, approve=["explore"], reject=["librarian", "oracle"])
+
+
+def test_the_local_server_serves_the_ui_and_points_it_at_its_own_api(prefect_api):
+    ui = prefect_api.removesuffix("/api")
+    with urllib.request.urlopen(f"{ui}/ui-settings", timeout=10) as resp:
+        settings = json.load(resp)
+    assert settings["api_url"] == prefect_api, "the UI would call Prefect's default port instead"
+    assert set(settings["available_uis"]) == {"v1", "v2"}
+    for page in ("/", "/v2/"):
+        request = urllib.request.Request(f"{ui}{page}", headers={"Accept": "text/html"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert resp.status == 200 and "<html" in resp.read().decode().lower()
