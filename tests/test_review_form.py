@@ -1,4 +1,8 @@
-"""The review form as data (what the UI renders from it) and the UI the local server serves."""
+"""The review form as data (what the UI renders from it) and the UI the local server serves.
+
+``flows.review`` is imported inside the tests: importing prefect while tests are collected
+would freeze its settings before the session's server exports ``PREFECT_API_URL``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ import urllib.request
 import pytest
 
 from agents.outcome import AgentOutcome
-from flows.review import review_form, review_input, verdicts
 
 
 def outcome(role: str, **kw) -> AgentOutcome:
@@ -26,6 +29,8 @@ OUTCOMES = [
 
 
 def test_the_form_has_one_required_choice_and_one_optional_comment_per_agent_with_titles_for_people():
+    from flows.review import review_form
+
     form = review_form("r1", "Fix the TODO | <b>now</b>\nsecond line", OUTCOMES)
     schema = form.model_json_schema()
     assert schema["required"] == ["explore", "librarian", "oracle", "frontend"]
@@ -43,6 +48,8 @@ def test_the_form_has_one_required_choice_and_one_optional_comment_per_agent_wit
 
 
 def test_the_description_tables_every_agent_and_collapses_long_plan_summaries():
+    from flows.review import review_form
+
     text = review_form("r1", "Fix the TODO | <b>now</b>\nsecond line", OUTCOMES)._description
     assert "**Task:** Fix the TODO \\| &lt;b>now&lt;/b>" in text and "second line" not in text
     assert "| Agent | Outcome | Files changed | Lines +/- | Duration | Retries |" in text
@@ -60,6 +67,8 @@ def test_the_description_tables_every_agent_and_collapses_long_plan_summaries():
 
 
 def test_a_decision_maps_to_verdicts_and_the_cli_input_decides_every_agent_once():
+    from flows.review import review_form, review_input, verdicts
+
     roles = [o.role for o in OUTCOMES]
     form = review_form("r1", "task", OUTCOMES)
     data = review_input(roles, approve=["explore", "frontend"], reject=["librarian", "oracle"], comment="ok")
