@@ -91,10 +91,18 @@ class FlowThread(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
+        self.context.run(self._run)
+
+    def _run(self) -> None:
+        from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
         from flows.sisyphus import sisyphus
 
+        # The server answers SQLite lock contention with 503 and a short Retry-After, so the
+        # client's default 5 retries span about a second; a suite-wide server can stay busy longer.
         try:
-            self.result = self.context.run(asyncio.run, sisyphus(**self.params))
+            with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 20}):
+                self.result = asyncio.run(sisyphus(**self.params))
         except BaseException as exc:  # surfaced by wait()
             self.error = exc
 
