@@ -113,7 +113,9 @@ def test_nightly_sweep_deployment_runs_one_sisyphus_per_issue_on_two_workers(pre
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("ULTRAWORK_GITHUB")}
     env.update({"PREFECT_API_URL": prefect_api, "ULTRAWORK_HOME": str(uw_home), "PWD": str(ROOT),
-                "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+                "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                # the worker logs are read while the workers run: no block buffering, no wrapped lines
+                "PYTHONUNBUFFERED": "1", "COLUMNS": "400"})
     with get_client(sync_client=True) as client:
         try:
             client.create_work_pool(WorkPoolCreate(name=POOL, type="process"))
