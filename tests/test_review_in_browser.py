@@ -126,8 +126,13 @@ def test_review_in_the_prefect_ui(prefect_api, uw_home, tmp_path, docker_client,
 
         # The completed run in the UI: four agent subflows in its graph, its artifacts.
         page.set_viewport_size({"width": 1280, "height": 1000})
-        page.goto(f"{ui}/v2/runs/flow-run/{fr}")
+        with page.expect_response(lambda r: "/graph-v2" in r.url and r.ok):   # the graph's data ...
+            page.goto(f"{ui}/v2/runs/flow-run/{fr}")
+        expect(page.locator("canvas").first).to_be_visible()                   # ... and its canvas
         expect(page.get_by_text("Completed").first).to_be_visible()
+        page.get_by_role("tab", name="Subflow Runs").click()
+        for role in ROLES:
+            expect(page.get_by_text(role, exact=True).first).to_be_visible()
         page.get_by_role("tab", name="Artifacts").click()
         for key in [f"results-{run_id}", f"progress-{run_id}", *(f"plan-{run_id}-{r}" for r in ROLES)]:
             expect(page.get_by_text(key, exact=True)).to_be_visible()
