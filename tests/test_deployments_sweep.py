@@ -111,11 +111,13 @@ def test_nightly_sweep_deployment_runs_one_sisyphus_per_issue_on_two_workers(pre
     from flows.runs import submit_review
     from tasks.sandboxes import engine
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ULTRAWORK_GITHUB")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ULTRAWORK_GITHUB", "PREFECT_LOGGING"))}
     env.update({"PREFECT_API_URL": prefect_api, "ULTRAWORK_HOME": str(uw_home), "PWD": str(ROOT),
                 "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                 # the worker logs are read while the workers run: no block buffering, no wrapped lines
-                "PYTHONUNBUFFERED": "1", "COLUMNS": "400"})
+                "PYTHONUNBUFFERED": "1", "COLUMNS": "400",
+                # at INFO whatever an earlier test left in os.environ: their "submitting flow run" lines say who ran what
+                "PREFECT_LOGGING_LEVEL": "INFO"})
     with get_client(sync_client=True) as client:
         try:
             client.create_work_pool(WorkPoolCreate(name=POOL, type="process"))
@@ -147,6 +149,9 @@ def test_nightly_sweep_deployment_runs_one_sisyphus_per_issue_on_two_workers(pre
             assert time.monotonic() < deadline, f"sweep not done; decided {decided}; states " + str(
                 {i.id: i.state for i in backlog.scan()[0]})
             for issue in backlog.scan()[0]:
+                if issue.id in DECISIONS and issue.state == "backlog" and issue.version:
+                    logs_tail = {n: log.read_text()[-3000:] for n, log in logs.items()}
+                    pytest.fail(f"issue {issue.id} was released: {issue.history[-1].data}; workers: {logs_tail}")
                 if issue.id in DECISIONS and issue.id not in decided and issue.state == "review":
                     run_id = issue.history[-1].data["run_id"]
                     verdict = DECISIONS[issue.id][0]
