@@ -193,7 +193,7 @@ def submit_review(run_id: str, approve: list[str], reject: list[str], comment: s
         raise ReviewRejected(f"run {run_id} has no flow run recorded yet")
     wait_for_review_form(status.flow_run_id, wait)
     try:
-        resume_flow_run(uuid.UUID(status.flow_run_id), run_input=data)
+        resume_flow_run(uuid.UUID(status.flow_run_id), run_input=data, _sync=True)  # also from a running loop
     except RuntimeError as exc:
         raise ReviewRejected(f"the review was refused and the run stays paused: {exc}") from None
     return data

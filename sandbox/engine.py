@@ -441,13 +441,17 @@ class SandboxEngine:
         limits = sandbox.spec.limits
         now = self._after_exec(container, pidfile)
         if now is None:  # no probe could start: the container is going, or its pids are exhausted
+            time.sleep(0.5)  # a removal from outside takes a moment to show
             try:
                 container.reload()
                 running = container.status == "running"
-            except docker.errors.NotFound:
-                running = False
+                pids = (container.stats(stream=False, one_shot=True).get("pids_stats") or {}).get("current", 0)
+            except (docker.errors.NotFound, docker.errors.APIError, requests.exceptions.RequestException):
+                running, pids = False, 0
             if not running:
                 raise ContainerGone(f"sandbox {sandbox.name} stopped or was removed during the command")
+            if pids < limits.pids - 2:
+                raise ContainerGone(f"sandbox {sandbox.name} no longer runs commands ({pids} processes)")
             try:
                 container.kill()
             except docker.errors.APIError:

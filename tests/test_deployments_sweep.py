@@ -144,7 +144,7 @@ def test_nightly_sweep_deployment_runs_one_sisyphus_per_issue_on_two_workers(pre
 
         # The reviewer: whenever an issue reaches review, decide its run as planned.
         decided: dict[str, str] = {}
-        deadline = time.monotonic() + 420
+        deadline = time.monotonic() + 600
         while len(decided) < len(DECISIONS) or not (read_flow_run(sweep_id).state.is_final()):
             assert time.monotonic() < deadline, f"sweep not done; decided {decided}; states " + str(
                 {i.id: i.state for i in backlog.scan()[0]})

@@ -78,7 +78,8 @@ def test_sigkill_after_two_agents_then_resume_completes_without_rerunning_them(
     assert proc.wait(timeout=180) == -9, (tmp_path / "first.log").read_text()[-3000:]
     outcomes = sorted(p.stem for p in (uw_home / "runs" / run_id / "outcomes").glob("*.json"))
     assert outcomes == ["explore", "frontend"], "the two quick agents finished before the kill"
-    assert {i.role for i in engine().list(run_id=run_id)} == {"librarian", "oracle"}, "killed mid-step"
+    at_kill = {i.role for i in engine().list(run_id=run_id)}
+    assert at_kill and at_kill <= {"librarian", "oracle"}, f"killed while the slow agents ran: {at_kill}"
 
     status = json.loads(subprocess.run([ULTRAWORK, "status", run_id, "--json"], capture_output=True,
                                        text=True, env=os.environ.copy()).stdout)
@@ -92,7 +93,9 @@ def test_sigkill_after_two_agents_then_resume_completes_without_rerunning_them(
     assert "integrated" in resumed.stdout
 
     created = created_containers(docker_client, run_id, started)
-    assert created == Counter({"explore": 1, "frontend": 1, "librarian": 2, "oracle": 2}), created
+    # finished agents: one sandbox ever; the slow ones: one more in the resumed run
+    expected = {"explore": 1, "frontend": 1, **{r: 1 + (r in at_kill) for r in ("librarian", "oracle")}}
+    assert created == Counter(expected), created
     assert engine().list(run_id=run_id) == [], "the killed attempt's sandboxes were reaped"
     history = subprocess.run(["git", "log", "--format=%s"], cwd=uw_home / "runs" / run_id,
                              capture_output=True, text=True).stdout.splitlines()
