@@ -54,8 +54,27 @@ def resume(flow_run_id: str, run_input: dict) -> None:
 
 
 def decide(page, dialog, role: str, choice: str) -> None:
-    dialog.get_by_label(f"{role.capitalize()}: approve or reject").click()
-    page.get_by_role("option", name=choice, exact=True).click()
+    """Pick approve/reject in a role's select; the select must then show the choice.
+
+    The dialog re-renders while the run's data refreshes, which can move or replace
+    the open option list under the pointer: a click that does not land is retried
+    from a freshly opened list, as a person would.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import expect
+
+    select = dialog.get_by_label(f"{role.capitalize()}: approve or reject")
+    option = page.get_by_role("option", name=choice, exact=True)
+    for _ in range(5):
+        if not option.is_visible():
+            select.click()
+        try:
+            option.click(timeout=5_000)
+            expect(select).to_contain_text(choice, timeout=3_000)
+            return
+        except (PlaywrightTimeout, AssertionError):
+            continue
+    expect(select).to_contain_text(choice)
 
 
 def test_review_in_the_prefect_ui(prefect_api, uw_home, tmp_path, docker_client, browser, capsys):
