@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
+import fastapi.encoders  # noqa: F401 - Prefect imports it lazily when a process serializes its first flow's
+                         # parameters (~0.25 s); importing it with the flow keeps that out of the run's start
 from prefect import flow
 from prefect.context import get_run_context
 from prefect.exceptions import FlowPauseTimeout
@@ -98,9 +100,10 @@ async def sisyphus(
     profiles = check_request(task, repo, agents, base, agent_commands, profiles=config.profiles)  # bad input stops here
     github = config.github
     flow_run = get_run_context().flow_run
-    reaped = await reap_stale_work()                                      # what dead runs left behind
-    if not resume:
-        await create_run(run_id, repo, task, base, hooks)
+    if resume:
+        reaped = await reap_stale_work()                                  # what dead runs left behind
+    else:   # a new run has no clones yet, so the reaper cannot touch it: both at once
+        reaped, _ = await asyncio.gather(reap_stale_work(), create_run(run_id, repo, task, base, hooks))
     ledger = RunLedger.open(run_id)
     flow_runs = ledger.orchestration.get("flow_runs", []) + [str(flow_run.id)]
     params = {"task": task, "repo": repo, "agents": list(profiles), "base": base,
@@ -113,7 +116,7 @@ async def sisyphus(
              f" (resumed; cleaned up {len(reaped)} leftover(s))" if resume else "")
 
     progress = Progress(len(profiles))
-    await progress.start(run_id)
+    progress.start(run_id)                                      # created alongside the agents' start
 
     async def one(profile: AgentProfile) -> AgentOutcome:
         done = ledger.outcome(profile.role)

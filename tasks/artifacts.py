@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from uuid import UUID
 
@@ -13,6 +14,8 @@ from prefect.artifacts import (
 )
 
 from agents.outcome import AgentOutcome
+
+from .logs import get_logger
 
 
 def artifact_key(*parts: str) -> str:
@@ -38,18 +41,29 @@ async def publish_results(run_id: str, outcomes: list[AgentOutcome]) -> None:
 
 
 class Progress:
-    """A progress artifact advanced as agents finish."""
+    """A progress artifact advanced as agents finish.
+
+    ``start`` only schedules the artifact's creation, so the agents start at the
+    same time; a progress artifact that cannot be written is logged, never fatal."""
 
     def __init__(self, total: int):
         self.total = max(1, total)
         self.done = 0
         self.id: UUID | None = None
+        self._created: asyncio.Future | None = None
 
-    async def start(self, run_id: str) -> None:
-        self.id = await create_progress_artifact(progress=0.0, key=artifact_key("progress", run_id),
-                                                 description=f"Agents finished in run {run_id}")
+    def start(self, run_id: str) -> None:
+        async def create() -> None:
+            try:
+                self.id = await create_progress_artifact(progress=0.0, key=artifact_key("progress", run_id),
+                                                         description=f"Agents finished in run {run_id}")
+            except Exception as exc:  # noqa: BLE001 - a display, not the run's record
+                get_logger().warning("progress artifact not created: %s", exc)
+        self._created = asyncio.ensure_future(create())
 
     async def advance(self) -> None:
         self.done += 1
+        if self._created is not None:
+            await self._created
         if self.id is not None:
             await update_progress_artifact(self.id, progress=100.0 * self.done / self.total)

@@ -10,10 +10,12 @@ threads inherit. The plain core never sees Prefect: it gets plain
 
 from __future__ import annotations
 
+import asyncio
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from agents.profiles import DEFAULT_PROFILES, AgentProfile
+from blocks import DEFAULT_BLOCK_NAME, AgentProfiles, GitHubSettings, SandboxSettings
 from sandbox.policy import SandboxPolicy
 from workspace.github import GitHubTarget, github_target_from_env
 
@@ -57,12 +59,9 @@ def profiles_with(sandbox=None, agent_profiles=None) -> dict[str, AgentProfile]:
 
 async def load_config(name: str | None = None) -> UltraworkConfig:
     """Read the ``name`` (default ``default``) blocks; each one missing falls back on its own."""
-    from blocks import DEFAULT_BLOCK_NAME, AgentProfiles, GitHubSettings, SandboxSettings
-
     name = name or DEFAULT_BLOCK_NAME
-    sandbox = await _load(SandboxSettings, name)
-    agent_profiles = await _load(AgentProfiles, name)
-    github_block = await _load(GitHubSettings, name)
+    sandbox, agent_profiles, github_block = await asyncio.gather(
+        _load(SandboxSettings, name), _load(AgentProfiles, name), _load(GitHubSettings, name))
     env_github = github_target_from_env() if github_block is None else None
     config = UltraworkConfig(
         profiles=profiles_with(sandbox, agent_profiles),
