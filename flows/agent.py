@@ -10,6 +10,7 @@ sees what happened.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from prefect import flow
@@ -37,16 +38,22 @@ async def agent(run_id: str, profile: AgentProfile, prompt: str):
     role, started = profile.role, time.time()
     draft = {"image": profile.image, "workspace_mode": profile.workspace_mode, "network": profile.network,
              "limits": profile.limits.model_dump(), "exec_timeout": profile.timeout}
-    ws = await create_workspace(run_id, role, profile.checklist, draft)  # branch, submodule, Plan.md
-    steps = [profile.argv(run_id)]
-    if any(s.startswith("changes committed") for s in ws.stages()):     # resumed: the work is in
+    ws, new = await create_workspace(run_id, role, profile.checklist, draft)  # branch, submodule, Plan.md
+
+    def prepare():  # git and file work, off the event loop the sibling agents share
+        steps, commits = [profile.argv(run_id)], []
+        if not new and any(s.startswith("changes committed") for s in ws.stages()):  # resumed: the work is in
+            steps, commits = [], [c.sha for c in ws.commits()]
+        elif not new:                                                    # resumed: drop a partial attempt
+            ws.reset_worktree()
+        spec = agent_sandbox_spec(ws, image=profile.image, workspace_mode=profile.workspace_mode,
+                                  network=profile.network, limits=profile.limits, exec_timeout=profile.timeout)
+        return steps, commits, spec, BUILTIN_AGENT.read_text()
+
+    steps, commits, spec, builtin = await asyncio.to_thread(prepare)
+    if not steps:
         log.info("%s: work was committed by an earlier attempt; finalizing it", role)
-        steps, commits = [], [c.sha for c in ws.commits()]
-    else:                                                                # (resumed: drop a partial attempt)
-        ws.reset_worktree()
-    spec = agent_sandbox_spec(ws, image=profile.image, workspace_mode=profile.workspace_mode,
-                              network=profile.network, limits=profile.limits, exec_timeout=profile.timeout)
-    handle = SandboxHandle(spec, files={"prompt.md": prompt, "builtin_agent.py": BUILTIN_AGENT.read_text()})
+    handle = SandboxHandle(spec, files={"prompt.md": prompt, "builtin_agent.py": builtin})
     errors: list[str] = []
     try:
         if steps:
@@ -69,7 +76,7 @@ async def agent(run_id: str, profile: AgentProfile, prompt: str):
         duration=time.time() - started, steps=len(steps),
         retries=max(0, handle.attempts - len(steps)),
         sandboxes_created=handle.created, errors=errors, recoveries=handle.recoveries,
-        plan_path=str(ws.plan_path), plan_summary=plan_excerpt(ws.plan.text()),
+        plan_path=str(ws.plan_path), plan_summary=plan_excerpt(await asyncio.to_thread(ws.plan.text)),
         started_at=started, ended_at=time.time(),
     )
     log.info("%s agent %s: %d commit(s) on %s (%s)", role, status, len(commits), ws.branch, published["sha"][:12])

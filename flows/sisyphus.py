@@ -56,6 +56,11 @@ def prompt_for(task: str, profile: AgentProfile, run_id: str) -> str:
             f"Write your findings to /plan/Plan.md.\n\n# Acceptance checklist\n\n{checklist}\n")
 
 
+async def record(ledger: RunLedger, name: str, data: dict, subject: str) -> None:
+    """One stage of the run's record (a superproject commit), off the event loop the agents share."""
+    await asyncio.to_thread(ledger.record, name, data, subject)
+
+
 async def _outcome(state) -> AgentOutcome:
     result = await state.aresult(raise_on_failure=False) if hasattr(state, "aresult") else state.result(raise_on_failure=False)
     if isinstance(result, AgentOutcome):
@@ -97,7 +102,8 @@ async def sisyphus(
     run_id = validate_run_id(run_id or new_run_id())
     config = await load_config()                         # the saved blocks, or the defaults
     use_config(config)                                   # this run's sandbox caps
-    profiles = check_request(task, repo, agents, base, agent_commands, profiles=config.profiles)  # bad input stops here
+    profiles = await asyncio.to_thread(check_request, task, repo, agents, base, agent_commands,
+                                       profiles=config.profiles)            # bad input stops here
     github = config.github
     flow_run = get_run_context().flow_run
     if resume:
@@ -108,10 +114,10 @@ async def sisyphus(
     flow_runs = ledger.orchestration.get("flow_runs", []) + [str(flow_run.id)]
     params = {"task": task, "repo": repo, "agents": list(profiles), "base": base,
               "agent_commands": agent_commands, "review_timeout": review_timeout, "hooks": hooks}
-    ledger.record("orchestration", {"flow_run_id": str(flow_run.id), "flow_runs": flow_runs,
-                                    "roles": list(profiles), "owner": owner_token(), "github": github is not None,
-                                    "params": params},
-                  f"{'run resumed' if resume else 'run plan'}: {', '.join(profiles)} (flow run {flow_run.name})")
+    await record(ledger, "orchestration",
+                 {"flow_run_id": str(flow_run.id), "flow_runs": flow_runs, "roles": list(profiles),
+                  "owner": owner_token(), "github": github is not None, "params": params},
+                 f"{'run resumed' if resume else 'run plan'}: {', '.join(profiles)} (flow run {flow_run.name})")
     log.info("run %s: %d agent(s) %s on %s%s", run_id, len(profiles), ", ".join(profiles), repo,
              f" (resumed; cleaned up {len(reaped)} leftover(s))" if resume else "")
 
@@ -126,10 +132,11 @@ async def sisyphus(
         else:
             state = await agent(run_id, profile, prompt_for(task, profile, run_id), return_state=True)
             outcome = await _outcome(state)
-            ledger.record(f"outcomes/{profile.role}", outcome.model_dump(mode="json"),
-                          f"{profile.role}: outcome recorded ({outcome.status})")
+            await record(ledger, f"outcomes/{profile.role}", outcome.model_dump(mode="json"),
+                         f"{profile.role}: outcome recorded ({outcome.status})")
             fault("stage:agent-finished", role=profile.role)
-        await publish_plan(run_id, profile.role, RunSuperproject.open(run_id).agent(profile.role).plan.text())
+        plan = await asyncio.to_thread(lambda: RunSuperproject.open(run_id).agent(profile.role).plan.text())
+        await publish_plan(run_id, profile.role, plan)
         await progress.advance()
         return outcome
 
@@ -152,7 +159,7 @@ async def sisyphus(
         decided = [Verdict.model_validate(v) for v in review["verdicts"]]
     else:
         form = review_form(run_id, task, outcomes)
-        ledger.record("review", {"state": "requested", "roles": list(profiles)}, "review requested")
+        await record(ledger, "review", {"state": "requested", "roles": list(profiles)}, "review requested")
         log.info("run %s paused for review: approve or reject each agent in the UI or with "
                  "'ultrawork review %s --approve ROLES --reject ROLES'", run_id, run_id)
         try:
@@ -160,21 +167,22 @@ async def sisyphus(
                                             key="review")
         except FlowPauseTimeout:
             branches = ", ".join(o.branch for o in outcomes)
-            ledger.record("review", {"state": "timed-out"}, "review timed out")
+            await record(ledger, "review", {"state": "timed-out"}, "review timed out")
             return await finish(RunResult(
                 run_id=run_id, outcome="review-timed-out", target_repo=target_repo, agents=outcomes,
                 message=f"no review within {review_timeout}s; every branch is kept in {target_repo}: {branches}"))
         decided = verdicts(decision, list(profiles))
-        ledger.record("review", {"state": "decided", "verdicts": [v.model_dump() for v in decided]},
-                      f"review: approved {', '.join(v.role for v in decided if v.approved) or 'none'}; "
-                      f"rejected {', '.join(v.role for v in decided if not v.approved) or 'none'}")
+        await record(ledger, "review", {"state": "decided", "verdicts": [v.model_dump() for v in decided]},
+                     f"review: approved {', '.join(v.role for v in decided if v.approved) or 'none'}; "
+                     f"rejected {', '.join(v.role for v in decided if not v.approved) or 'none'}")
     approved = [v.role for v in decided if v.approved]
 
     result = await integrate_branches(run_id, approved)          # idempotent: same merge, same commit
     if not ledger.read("integration"):
-        ledger.record("integration", {"outcome": result.outcome, "branch": result.branch, "head": result.head,
-                                      "merged": result.merged, "conflicts": result.conflicts},
-                      f"integration: {result.outcome}")
+        await record(ledger, "integration", {"outcome": result.outcome, "branch": result.branch,
+                                             "head": result.head, "merged": result.merged,
+                                             "conflicts": result.conflicts},
+                     f"integration: {result.outcome}")
     summary = RunResult(run_id=run_id, outcome="integrated", target_repo=target_repo, agents=outcomes,
                         verdicts=decided, message="")
     if result.outcome == "nothing-approved":
@@ -192,8 +200,8 @@ async def sisyphus(
         pr = await open_pull_request_task(run_id, result, github, f"ultrawork: {task.strip().splitlines()[0][:80]}",
                                           f"Run `{run_id}` merged {', '.join(result.merged)}.\n\n{body}")
         fault("stage:pull-request-opened")
-        ledger.record("pull_request", {"number": pr.number, "url": pr.url, "created": pr.created},
-                      f"pull request #{pr.number}")
+        await record(ledger, "pull_request", {"number": pr.number, "url": pr.url, "created": pr.created},
+                     f"pull request #{pr.number}")
         summary.pull_request = pr.url
         summary.message += f"; pull request {pr.url}"
     return await finish(summary)

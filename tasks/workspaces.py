@@ -36,13 +36,15 @@ async def create_run(run_id: str, repo: str, task_text: str, base: str, hooks: l
 
 @task(name="create-workspace", cache_policy=NO_CACHE, **GIT_RETRIES)
 async def create_workspace(run_id: str, role: str, checklist: list[str], spec: dict[str, Any]):
-    """Branch, clone, submodule and Plan.md for one agent (the setup hooks)."""
+    """Branch, clone, submodule and Plan.md for one agent (the setup hooks).
+
+    Returns the workspace and whether it is new (else an earlier attempt made it)."""
     def make():
         fault("git:create-workspace", role=role)
         run = RunSuperproject.open(run_id)
         if role in run.roles():
-            return run.agent(role)
-        return run.add_agent(role, checklist=checklist, sandbox_spec=spec)
+            return run.agent(role), False
+        return run.add_agent(role, checklist=checklist, sandbox_spec=spec), True
     return await asyncio.to_thread(make)
 
 
