@@ -76,6 +76,46 @@ def test_failing_hook_is_disabled_after_three_failures_and_the_run_continues(ult
     assert run.hooks.disabled_hooks() == ["audit"]
 
 
+def test_parallel_agents_disable_a_failing_hook_after_exactly_three_failures(ultrawork_home, target_repo,
+                                                                               tmp_path, monkeypatch):
+    """Six agents of one run finish a step at once and hit the same failing hook: it runs three times."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    module = tmp_path / "uw_turn_hooks.py"
+    module.write_text(textwrap.dedent("""
+        import threading, time
+        CALLS, INSIDE, MOST = [], [0], [0]
+        GUARD = threading.Lock()
+        def flaky(ctx):
+            with GUARD:
+                INSIDE[0] += 1
+                MOST[0] = max(MOST[0], INSIDE[0])
+            time.sleep(0.1)  # long enough for the other agents to arrive meanwhile
+            with GUARD:
+                INSIDE[0] -= 1
+                CALLS.append(ctx.workspace.role)
+            raise RuntimeError("notifier down")
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "uw_turn_hooks", raising=False)
+    run = RunSuperproject.create("turns-run", target_repo, "task",
+                                 hooks=[{"target": "uw_turn_hooks:flaky", "point": "after_step", "name": "notifier"}])
+    roles = [f"agent{i}" for i in range(6)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        workspaces = list(pool.map(run.add_agent, roles))
+        # each agent reopens the run, as a separate process would
+        reports = list(pool.map(lambda ws: RunSuperproject.open("turns-run").agent(ws.role).record_step(STEP),
+                                workspaces))
+    hooks = sys.modules["uw_turn_hooks"]
+    assert len(hooks.CALLS) == 3, hooks.CALLS
+    assert hooks.MOST[0] == 1, "runs of one hook take turns"
+    assert sum(len(r.failures) for r in reports) == 3
+    assert [r.disabled for r in reports].count(["notifier"]) == 1
+    assert [r.skipped for r in reports].count(["notifier"]) == 3
+    assert all(r.ok for r in reports if r.skipped), "agents that skip the disabled hook go on cleanly"
+    assert run.hooks.disabled_hooks() == ["notifier"]
+
+
 def test_success_resets_the_consecutive_failure_count():
     outcomes = iter([True, True, False, True, True, False])
 

@@ -28,6 +28,8 @@ Failure policy, by the kind of hook:
   `HookRunReport` and the run continues. After `max_consecutive_failures`
   (default 3) failures in a row, counted per run across processes, the hook
   is disabled for the rest of the run; the caller records both in Plan.md.
+  Parallel agents take turns running such a hook (a lock per hook), so the
+  count is exact: the third failure disables it before a fourth run starts.
 
 User hooks come from configuration (``{"target": "pkg.mod:func", "point":
 "after_step", "safety": false}``) or from the ``ultrawork.hooks`` entry-point
@@ -37,9 +39,11 @@ group (objects made with `hook` or `HookSpec`).
 from __future__ import annotations
 
 import importlib
+import hashlib
 import json
 import os
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -233,6 +237,14 @@ class HookRegistry:
             os.replace(tmp, self.state_path)  # readers never see a half-written file
         return entry
 
+    def _turn(self, spec: HookSpec):
+        """One run of a counted hook at a time across the run's parallel agents, so that
+        "disabled after N consecutive failures" means N runs, not N plus those already under way."""
+        if self.state_path is None:
+            return nullcontext()
+        digest = hashlib.sha256(spec.name.encode()).hexdigest()[:16]
+        return file_lock(self.state_path.with_name(f"hook-{digest}.lock"))
+
     def disabled_hooks(self) -> list[str]:
         return sorted(name for name, entry in self._load_state().items() if entry.get("disabled"))
 
@@ -241,21 +253,23 @@ class HookRegistry:
         """Run the hooks of `point` in order; see the module docstring for failure policy."""
         point = HookPoint(point)
         report = HookRunReport(point)
-        state = self._load_state()
         for spec in self.hooks_for(point):
             if report.violations and point not in RECORDING_POINTS:
                 break
-            if not (spec.safety or spec.essential) and state.get(spec.name, {}).get("disabled"):
-                report.skipped.append(spec.name)
-                continue
-            try:
-                spec.func(ctx)
-            except Exception as exc:  # noqa: BLE001 - every hook failure is classified below
-                self._handle_failure(spec, point, ctx, report, exc)
-            else:
-                report.ran.append(spec.name)
-                if state.get(spec.name, {}).get("consecutive_failures"):
-                    self._update_state(spec.name, failed=False)
+            counted = not (spec.safety or spec.essential)
+            with self._turn(spec) if counted else nullcontext():
+                entry = self._load_state().get(spec.name, {}) if counted else {}
+                if entry.get("disabled"):
+                    report.skipped.append(spec.name)
+                    continue
+                try:
+                    spec.func(ctx)
+                except Exception as exc:  # noqa: BLE001 - every hook failure is classified below
+                    self._handle_failure(spec, point, ctx, report, exc)
+                else:
+                    report.ran.append(spec.name)
+                    if entry.get("consecutive_failures"):
+                        self._update_state(spec.name, failed=False)
         if report.violations:
             first = report.violations[0]
             first.report = report
