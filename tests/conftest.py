@@ -113,12 +113,23 @@ def prefect_api(tmp_path_factory):
             yield url
     finally:
         os.environ["ULTRAWORK_HOME"] = str(home)
+        flush_prefect_workers()
         stop_server()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def flush_prefect_workers(timeout: float = 20.0) -> None:
+    """Send the logs and events Prefect's workers still hold while the server answers: drained
+    at interpreter exit instead, they would retry against a stopped server and hold pytest open."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=timeout)
 
 
 @pytest.fixture
