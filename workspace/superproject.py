@@ -113,13 +113,13 @@ class RunSuperproject:
     def _git(self, args: Sequence[str], **kwargs: Any):
         return run_git(args, cwd=self.path, identity=self.identity, **kwargs)
 
-    def commit_stage(self, message: str, paths: Iterable[Path]) -> str:
-        """Stage `paths` and commit one stage, holding the run's superproject lock."""
+    def commit_stage(self, message: str, paths: Iterable[Path]) -> None:
+        """Stage `paths` and commit one stage, holding the run's superproject lock (kept short:
+        every agent of the run waits on it)."""
         rel = [os.path.relpath(p, self.path) for p in paths]
         with file_lock(self.private_dir / "superproject.lock"):
             self._git(["add", "--all", "--", *rel])
             self._git(["commit", "--quiet", "--allow-empty", "--no-verify", "--no-gpg-sign", "-m", message])
-            return git_out(["rev-parse", "HEAD"], cwd=self.path)
 
     def register_submodule(self, ws: AgentWorkspace) -> None:
         """Add the existing clone at ``agents/<role>`` as submodule `role`, branch recorded."""
