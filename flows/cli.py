@@ -122,7 +122,7 @@ def sandboxes_reap(
     for path in report.clones + report.checkouts:
         out.print(f"removed {path}")
     out.print(f"{len(report.containers)} sandbox(es), {len(report.clones)} clone(s), "
-              f"{len(report.checkouts)} checkout(s) removed")
+              f"{len(report.checkouts)} checkout(s), {len(report.volumes)} leftover volume(s) removed")
 
 
 def start_run(repo: str, task: str, agents: Optional[list[str]], base: str, commands: dict[str, list[str]],

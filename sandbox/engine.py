@@ -224,7 +224,8 @@ class SandboxEngine:
                     "/tmp": "rw,nosuid,nodev,size=256m,mode=1777",
                     HOME_TARGET: f"rw,nosuid,nodev,size=256m,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0755",
                 },
-                mounts=[*mounts, DockerMount(AGENT_DIR, None, type="volume")],
+                mounts=[*mounts, DockerMount(AGENT_DIR, None, type="volume",   # labelled: see prune_volumes
+                                             labels={LABEL_MANAGED: "true", LABEL_RUN: spec.run_id})],
                 pids_limit=spec.limits.pids,
                 mem_limit=memory,
                 memswap_limit=memory,
@@ -574,6 +575,16 @@ class SandboxEngine:
             if stale and self.cleanup(info.id):
                 removed.append(info)
         return removed
+
+
+    def prune_volumes(self) -> list[str]:
+        """Remove the scratch volumes of sandboxes that are gone: a container removed from
+        outside without ``-v`` (``docker rm -f``) leaves its anonymous volume behind."""
+        try:
+            result = self.client.volumes.prune(filters={"label": f"{LABEL_MANAGED}=true"})
+        except docker.errors.APIError as exc:
+            raise SandboxError(f"removing leftover sandbox volumes failed: {exc.explanation or exc}") from None
+        return list(result.get("VolumesDeleted") or [])
 
 
 def _info(container) -> SandboxInfo:

@@ -4,7 +4,8 @@ Runs at the start of every run and on ``ultrawork sandboxes reap``:
 
 - containers whose creating process is gone and whose run is not active;
 - agent clones (``runs/<id>/agents/<role>``) of runs that have finished;
-- temporary integration checkouts of runs that are not active.
+- temporary integration checkouts of runs that are not active;
+- scratch volumes of sandboxes that are gone (removed from outside without ``-v``).
 
 Branches (in the target repository), Plan.md files and the superproject
 history are kept: they are the run's record.
@@ -32,10 +33,11 @@ class ReapReport:
     containers: list[SandboxInfo] = field(default_factory=list)
     clones: list[Path] = field(default_factory=list)
     checkouts: list[Path] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
-        return len(self.containers) + len(self.clones) + len(self.checkouts)
+        return len(self.containers) + len(self.clones) + len(self.checkouts) + len(self.volumes)
 
 
 def run_owner(run_id: str) -> str | None:
@@ -68,6 +70,7 @@ def reap(engine: SandboxEngine | None, all: bool = False, older_than: float | No
     report = ReapReport()
     if engine is not None:
         report.containers = engine.reap(all=all, older_than=older_than, is_active=run_is_active)
+        report.volumes = engine.prune_volumes()
     runs = ultrawork_home() / "runs"
     for run_dir in sorted(runs.iterdir()) if runs.is_dir() else []:
         agents = run_dir / "agents"

@@ -156,9 +156,14 @@ def test_stats_list_and_idempotent_cleanup(engine, run_id):
 
 def test_container_removed_from_outside_is_reported(engine, run_id, docker_client):
     sb = engine.create(SandboxSpec(role="explore", run_id=run_id))
-    docker_client.api.remove_container(sb.id, force=True)
+    docker_client.api.remove_container(sb.id, force=True)     # like `docker rm -f`: its volume stays
     with pytest.raises(ContainerGone):
         engine.execute(sb, ["true"])
+    mine = {"label": [f"ultrawork.run={run_id}"], "dangling": ["true"]}
+    leftover = [v["Name"] for v in docker_client.api.volumes(filters=mine)["Volumes"] or []]
+    assert len(leftover) == 1, "the sandbox's scratch volume is labelled with its run"
+    assert set(leftover) <= set(engine.prune_volumes())
+    assert not docker_client.api.volumes(filters=mine)["Volumes"], "the reaper removes leftover volumes"
 
 
 def test_reap_removes_the_sandbox_of_a_killed_process(engine, sandbox_root, run_id, tmp_path):
