@@ -24,6 +24,8 @@ sandboxes_app = typer.Typer(help="Sandboxes (containers) managed by ultrawork.",
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(sandboxes_app, name="sandboxes")
 app.add_typer(issues_app, name="issues")
+server_app = typer.Typer(help="The local Prefect server that run, status and review share.", no_args_is_help=True)
+app.add_typer(server_app, name="server")
 app.command("sweep")(sweep_command)
 
 out = Console()
@@ -180,6 +182,41 @@ def drive(params: dict, detach: bool, decide=None) -> None:
     out.print(f"[{color}]{result.outcome}[/]: {result.message}")
     for agent in result.agents:
         out.print(f"  {agent.role:<10} {agent.status:<10} {agent.branch}  (Plan.md: {agent.plan_path})")
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Where the shared local Prefect server is and whether it answers."""
+    from flows.server import local_server, server_home
+
+    info = local_server()
+    if info is None:
+        out.print(f"no local Prefect server started from {server_home()} (the next run starts one)")
+        raise typer.Exit(1)
+    state = "answering" if info["healthy"] else "not answering"
+    out.print(f"{info['url']} (pid {info['pid']}, {state}); UI at {info['url'][:-len('/api')]}")
+    if not info["healthy"]:
+        raise typer.Exit(1)
+
+
+@server_app.command("stop")
+def server_stop(
+    force: Annotated[bool, typer.Option("--force", help="Stop it even while runs are using it.")] = False,
+) -> None:
+    """Stop the shared local Prefect server; the next command that needs it starts it again."""
+    from flows.runs import list_runs
+    from flows.server import local_server, stop_server
+    from sandbox.reaper import run_is_active
+
+    if local_server() is None:
+        out.print("no local Prefect server is running")
+        return
+    active = [r for r in list_runs() if run_is_active(r)]
+    if active and not force:
+        fail(f"runs still use the server: {', '.join(active)}; wait for them, or use --force "
+             "(they fail, and `ultrawork resume` continues them)")
+    stop_server()
+    out.print("local Prefect server stopped")
 
 
 @app.command("run")

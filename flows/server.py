@@ -92,6 +92,17 @@ def ensure_server(start_timeout: float = 90.0, say=lambda msg: None) -> str:
     raise RuntimeError(f"the Prefect server did not answer within {start_timeout:.0f}s; see {home / 'server.log'}")
 
 
+def local_server() -> dict | None:
+    """The shared local server this home started (``url``, ``pid``, ``healthy``), or None."""
+    state = server_home() / STATE_FILE
+    try:
+        data = json.loads(state.read_text())
+        url, pid = data["url"], int(data["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
+    return {"url": url, "pid": pid, "healthy": _healthy(url)}
+
+
 def stop_server() -> bool:
     """Stop the shared local server if this machine started one."""
     state = server_home() / STATE_FILE

@@ -1,0 +1,67 @@
+"""`ultrawork server status|stop`: the shared local Prefect server can be seen and stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.prefect]
+EXE = str(Path(sys.executable).with_name("ultrawork"))
+
+
+def ultrawork(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ULTRAWORK_HOME": str(home), "COLUMNS": "200"}
+    env.pop("PREFECT_API_URL", None)       # the command's own shared server, not the suite's
+    return subprocess.run([EXE, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_server_status_and_stop_refuse_while_a_run_uses_it(tmp_path):
+    home = tmp_path / "home"
+    assert ultrawork(home, "server", "status").returncode == 1          # none yet
+    started = subprocess.run(
+        [sys.executable, "-c", "from flows.server import ensure_server; print(ensure_server(start_timeout=120))"],
+        env={**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}, "ULTRAWORK_HOME": str(home)},
+        capture_output=True, text=True, timeout=180, check=True)
+    url = started.stdout.strip().splitlines()[-1]
+    pid = json.loads((home / "prefect" / "server.json").read_text())["pid"]
+    try:
+        status = ultrawork(home, "server", "status")
+        assert status.returncode == 0 and url in status.stdout and "answering" in status.stdout
+
+        # a run whose process lives (this test) holds the server
+        run = home / "runs" / "busy-run"
+        run.mkdir(parents=True)
+        (run / "run.json").write_text("{}")
+        from sandbox.procs import owner_token
+        (run / "orchestration.json").write_text(json.dumps({"owner": owner_token()}))
+        refused = ultrawork(home, "server", "stop")
+        assert refused.returncode == 1 and "busy-run" in refused.stderr
+        assert ultrawork(home, "server", "status").returncode == 0, "a refused stop leaves it running"
+
+        stopped = ultrawork(home, "server", "stop", "--force")
+        assert stopped.returncode == 0, stopped.stderr
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+        assert not _alive(pid), "the server process is gone"
+        assert ultrawork(home, "server", "status").returncode == 1
+    finally:
+        if _alive(pid):
+            os.killpg(pid, 9)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:   # a zombie (exited, not yet reaped by its parent) is gone for our purpose
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
