@@ -576,7 +576,6 @@ class SandboxEngine:
                 removed.append(info)
         return removed
 
-
     def prune_volumes(self) -> list[str]:
         """Remove the scratch volumes of sandboxes that are gone: a container removed from
         outside without ``-v`` (``docker rm -f``) leaves its anonymous volume behind."""
