@@ -22,6 +22,16 @@ from pathlib import Path
 from sandbox.spec import ultrawork_home
 
 STATE_FILE = "server.json"
+# Settings of the local server (the environment overrides them). Prefect's task-run
+# recorder commits one SQLite transaction per task-run event by default; a run's
+# parallel agents emit about a hundred in their first second, each queueing for
+# SQLite's one write lock ahead of the API requests that start the agents.
+# Batched, task runs reach the UI within a second.
+SERVER_SETTINGS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+}
 
 
 def _healthy(url: str, timeout: float = 2.0) -> bool:
@@ -70,7 +80,7 @@ def ensure_server(start_timeout: float = 90.0, say=lambda msg: None) -> str:
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     log = open(home / "server.log", "ab")
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    env = {**SERVER_SETTINGS, **os.environ, "PREFECT_HOME": str(home),
            "PREFECT_UI_ENABLED": os.environ.get("PREFECT_UI_ENABLED", "true")}
     env.pop("PREFECT_API_URL", None)
     say(f"starting the local Prefect server on 127.0.0.1:{port} (log: {home / 'server.log'})")
