@@ -38,7 +38,36 @@ async def agent(run_id: str, profile: AgentProfile, prompt: str):
     role, started = profile.role, time.time()
     draft = {"image": profile.image, "workspace_mode": profile.workspace_mode, "network": profile.network,
              "limits": profile.limits.model_dump(), "exec_timeout": profile.timeout}
-    ws, new = await create_workspace(run_id, role, profile.checklist, draft)  # branch, submodule, Plan.md
+    files = {"prompt.md": prompt, "builtin_agent.py": BUILTIN_AGENT.read_text()}
+
+    def sandbox_spec(ws):  # grants the sandbox user its Plan.md folder (and a rw work tree)
+        ws.plan_path.parent.mkdir(parents=True, exist_ok=True)
+        return agent_sandbox_spec(ws, image=profile.image, workspace_mode=profile.workspace_mode,
+                                  network=profile.network, limits=profile.limits, exec_timeout=profile.timeout)
+
+    # branch, submodule, Plan.md -- and the sandbox starts as soon as the clone exists, while the
+    # submodule and Plan.md are committed (the run's superproject takes its agents one at a time)
+    loop = asyncio.get_running_loop()
+    cloned: asyncio.Future = loop.create_future()
+    clones: list = []
+
+    def on_cloned(ws) -> None:  # the setup task's worker thread
+        clones.append(ws)
+        loop.call_soon_threadsafe(lambda: cloned.done() or cloned.set_result(ws))
+
+    setup = asyncio.ensure_future(create_workspace(run_id, role, profile.checklist, draft, on_cloned))
+    handle: SandboxHandle | None = None
+    early: asyncio.Future | None = None
+    await asyncio.wait({setup, cloned}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        if cloned.done() and not setup.done():
+            handle = SandboxHandle(await asyncio.to_thread(sandbox_spec, cloned.result()), files=files)
+            early = asyncio.ensure_future(start_sandbox(handle))
+        ws, new = await setup
+    except BaseException:
+        if handle is not None:   # the setup failed (or was cancelled): no sandbox outlives it
+            await asyncio.shield(_discard_early(early, handle))
+        raise
 
     def prepare():  # git and file work, off the event loop the sibling agents share
         steps, commits = [profile.argv(run_id)], []
@@ -46,30 +75,39 @@ async def agent(run_id: str, profile: AgentProfile, prompt: str):
             steps, commits = [], [c.sha for c in ws.commits()]
         elif not new:                                                    # resumed: drop a partial attempt
             ws.reset_worktree()
-        spec = agent_sandbox_spec(ws, image=profile.image, workspace_mode=profile.workspace_mode,
-                                  network=profile.network, limits=profile.limits, exec_timeout=profile.timeout)
-        return steps, commits, spec, BUILTIN_AGENT.read_text()
+        return steps, commits, sandbox_spec(ws)                          # again: Plan.md exists now
 
-    steps, commits, spec, builtin = await asyncio.to_thread(prepare)
+    steps, commits, spec = await asyncio.to_thread(prepare)
+    if handle is not None and len(clones) > 1:   # setup was retried and cloned again: that sandbox
+        await asyncio.shield(_discard_early(early, handle))             # has the first clone mounted
+        handle, early = None, None
+    if handle is None:
+        handle = SandboxHandle(spec, files=files)
     if not steps:
         log.info("%s: work was committed by an earlier attempt; finalizing it", role)
-    handle = SandboxHandle(spec, files={"prompt.md": prompt, "builtin_agent.py": builtin})
     errors: list[str] = []
     try:
-        if steps:
-            await start_sandbox(handle)                                  # sandbox + deploy agent
+        if early is not None:
+            await early                                                  # sandbox + deploy agent
+        elif steps:
+            await start_sandbox(handle)
         for argv in steps:                                              # execute loop
             await run_step(handle, ws, argv, profile.timeout)
     except Exception as exc:  # noqa: BLE001 - recorded, reviewed, never fatal to siblings
         errors.append(f"{type(exc).__name__}: {exc}")
         log.error("%s agent failed: %s", role, errors[-1])
+    except BaseException:     # cancelled: the sandbox goes first
+        await asyncio.shield(cleanup_sandbox(handle))
+        raise
+    cleanup = asyncio.ensure_future(cleanup_sandbox(handle))           # always; while the work is committed
+    try:
+        status = "failed" if errors else "succeeded"
+        if steps:
+            commits = await commit_work(ws)                             # nothing an agent did is lost
+        await finalize_plan(ws, status, errors, handle.recoveries)
+        published = await publish_branch(run_id, role)
     finally:
-        await cleanup_sandbox(handle)                                   # always
-    status = "failed" if errors else "succeeded"
-    if steps:
-        commits = await commit_work(ws)                                 # nothing an agent did is lost
-    await finalize_plan(ws, status, errors, handle.recoveries)
-    published = await publish_branch(run_id, role)
+        await asyncio.shield(cleanup)
     outcome = AgentOutcome(
         role=role, status=status, branch=ws.branch, commits=commits, files_changed=published["files"],
         insertions=published["insertions"], deletions=published["deletions"],
@@ -83,3 +121,10 @@ async def agent(run_id: str, profile: AgentProfile, prompt: str):
     if errors:
         return Failed(message=f"{role} agent failed: {errors[-1][:300]}", data=outcome)
     return Completed(message=f"{role} agent succeeded", data=outcome)
+
+
+async def _discard_early(early: asyncio.Future | None, handle: SandboxHandle) -> None:
+    """Remove a sandbox started ahead of a setup that then failed or re-cloned."""
+    if early is not None:
+        await asyncio.gather(early, return_exceptions=True)
+    await cleanup_sandbox(handle)

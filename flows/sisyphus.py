@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
-import fastapi.encoders  # noqa: F401 - Prefect imports it lazily when a process serializes its first flow's
-                         # parameters (~0.25 s); importing it with the flow keeps that out of the run's start
+# Prefect imports these lazily when a process serializes its first flow's parameters (~0.25 s)
+# and calls its first flow (~0.05 s); importing them with the flow keeps that out of the run's start.
+import fastapi.encoders  # noqa: F401
+import prefect.utilities.visualization  # noqa: F401
 from prefect import flow
 from prefect.context import get_run_context
 from prefect.exceptions import FlowPauseTimeout

@@ -7,7 +7,7 @@ bad input (``WorkspaceError``) is never retried.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Callable
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -35,16 +35,19 @@ async def create_run(run_id: str, repo: str, task_text: str, base: str, hooks: l
 
 
 @task(name="create-workspace", cache_policy=NO_CACHE, **GIT_RETRIES)
-async def create_workspace(run_id: str, role: str, checklist: list[str], spec: dict[str, Any]):
+async def create_workspace(run_id: str, role: str, checklist: list[str], spec: dict[str, Any],
+                           on_cloned: Callable[[Any], None] | None = None):
     """Branch, clone, submodule and Plan.md for one agent (the setup hooks).
 
-    Returns the workspace and whether it is new (else an earlier attempt made it)."""
+    Returns the workspace and whether it is new (else an earlier attempt made it).
+    ``on_cloned(ws)`` is called from the worker thread once the clone exists (again
+    on a retry, which re-clones)."""
     def make():
         fault("git:create-workspace", role=role)
         run = RunSuperproject.open(run_id)
         if role in run.roles():
             return run.agent(role), False
-        return run.add_agent(role, checklist=checklist, sandbox_spec=spec), True
+        return run.add_agent(role, checklist=checklist, sandbox_spec=spec, on_cloned=on_cloned), True
     return await asyncio.to_thread(make)
 
 

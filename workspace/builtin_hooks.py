@@ -39,6 +39,8 @@ def pre_task_branch_creator(ctx: "HookContext") -> None:
     ctx.data["claimed"] = True  # from here on a failed setup cleans up after itself
     clone_on_branch(ws.run.target, ws.path, ws.branch, ws.run.base_sha)
     ws.save_baseline()
+    if ctx.data.get("on_cloned"):  # the clone is on disk: a sandbox may be started on it now
+        ctx.data["on_cloned"](ws)
 
 
 def submodule_creator(ctx: "HookContext") -> None:

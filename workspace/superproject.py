@@ -23,7 +23,7 @@ import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from workspace.agent import AgentWorkspace
 from workspace.clones import fetch_into_target
@@ -160,13 +160,18 @@ class RunSuperproject:
 
     # -- agents --------------------------------------------------------------------------
     def add_agent(self, role: str, *, checklist: Sequence[str] = (), sandbox_spec: Mapping[str, Any] | None = None,
-                  branch: str | None = None) -> AgentWorkspace:
-        """Run the setup hooks: validate, clone on the branch, add the submodule, write Plan.md."""
+                  branch: str | None = None,
+                  on_cloned: Callable[[AgentWorkspace], None] | None = None) -> AgentWorkspace:
+        """Run the setup hooks: validate, clone on the branch, add the submodule, write Plan.md.
+
+        ``on_cloned`` is called (in this thread) as soon as the clone is on its branch,
+        before the submodule and Plan.md are committed."""
         validate_role(role)
         ws = AgentWorkspace(self, role, branch if branch is not None else agent_branch(self.run_id, role))
         if os.path.lexists(ws.plan_path.parent):
             raise WorkspaceError(f"agent {role!r} already exists in run {self.run_id!r}")
-        ctx = HookContext(HookPoint.SETUP, ws, checklist=[str(c) for c in checklist], sandbox_spec=sandbox_spec)
+        ctx = HookContext(HookPoint.SETUP, ws, checklist=[str(c) for c in checklist], sandbox_spec=sandbox_spec,
+                          data={"on_cloned": on_cloned} if on_cloned else {})
         try:
             self.hooks.run(HookPoint.SETUP, ctx)
         except BaseException:
