@@ -61,8 +61,13 @@ async def agent(run_id: str, profile: AgentProfile, prompt: str):
     await asyncio.wait({setup, cloned}, return_when=asyncio.FIRST_COMPLETED)
     try:
         if cloned.done() and not setup.done():
-            handle = SandboxHandle(await asyncio.to_thread(sandbox_spec, cloned.result()), files=files)
-            early = asyncio.ensure_future(start_sandbox(handle))
+            try:
+                early_spec = await asyncio.to_thread(sandbox_spec, cloned.result())
+            except OSError:  # that clone is already being discarded by a failed setup
+                early_spec = None
+            if early_spec is not None:
+                handle = SandboxHandle(early_spec, files=files)
+                early = asyncio.ensure_future(start_sandbox(handle))
         ws, new = await setup
     except BaseException:
         if handle is not None:   # the setup failed (or was cancelled): no sandbox outlives it
@@ -81,6 +86,8 @@ async def agent(run_id: str, profile: AgentProfile, prompt: str):
     if handle is not None and len(clones) > 1:   # setup was retried and cloned again: that sandbox
         await asyncio.shield(_discard_early(early, handle))             # has the first clone mounted
         handle, early = None, None
+        log.info("%s: setup was retried after its sandbox started; that sandbox is removed, "
+                 "a new one starts on the new clone", role)
     if handle is None:
         handle = SandboxHandle(spec, files=files)
     if not steps:

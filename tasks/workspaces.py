@@ -42,12 +42,17 @@ async def create_workspace(run_id: str, role: str, checklist: list[str], spec: d
     Returns the workspace and whether it is new (else an earlier attempt made it).
     ``on_cloned(ws)`` is called from the worker thread once the clone exists (again
     on a retry, which re-clones)."""
+    def cloned(ws) -> None:
+        if on_cloned is not None:
+            on_cloned(ws)
+        fault("git:register-workspace", role=role)      # after the clone, before its submodule commit
+
     def make():
         fault("git:create-workspace", role=role)
         run = RunSuperproject.open(run_id)
         if role in run.roles():
             return run.agent(role), False
-        return run.add_agent(role, checklist=checklist, sandbox_spec=spec, on_cloned=on_cloned), True
+        return run.add_agent(role, checklist=checklist, sandbox_spec=spec, on_cloned=cloned), True
     return await asyncio.to_thread(make)
 
 

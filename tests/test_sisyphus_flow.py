@@ -157,6 +157,29 @@ def test_each_error_class_triggers_its_own_recovery(prefect_api, uw_home, tmp_pa
     assert result.outcome == "integrated"
 
 
+def test_a_setup_retried_after_its_sandbox_started_gets_a_fresh_sandbox(prefect_api, uw_home, tmp_path,
+                                                                       docker_client, monkeypatch):
+    """The sandbox starts as soon as the clone exists; a setup that then fails and re-clones
+    must not leave the agent working in (or the engine holding) the first clone's sandbox."""
+    from flows.runs import submit_review
+    from tasks.sandboxes import engine
+
+    repo = make_target_repo(tmp_path / "widgets")
+    run_id = f"rs-{uuid.uuid4().hex[:6]}"
+    monkeypatch.setenv("ULTRAWORK_FAULTS_STATE", str(tmp_path / "faults.json"))
+    monkeypatch.setenv("ULTRAWORK_FAULTS", json.dumps([
+        {"at": "git:register-workspace", "role": "frontend", "action": "git_error", "times": 1}]))
+    result = run_sisyphus({"task": EDIT_TASK, "repo": str(repo), "agents": ["frontend"], "run_id": run_id},
+                          lambda rid: submit_review(rid, approve=["frontend"], reject=[]))
+    frontend = result.agents[0]
+    assert frontend.status == "succeeded", frontend.errors
+    assert frontend.sandboxes_created == 1 and frontend.commits, frontend
+    assert "raise ValueError('name')" in git(repo, "show", f"ultrawork/{run_id}/frontend:widgets/core.py")
+    assert engine().list(run_id=run_id) == []
+    assert docker_client.containers.list(all=True, filters={"label": f"ultrawork.run={run_id}"}) == []
+    assert result.outcome == "integrated", result.message
+
+
 def test_bad_input_is_refused_before_anything_is_created(prefect_api, uw_home, tmp_path):
     from agents.profiles import UnknownRoleError
     from flows.sisyphus import sisyphus
