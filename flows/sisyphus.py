@@ -25,7 +25,6 @@ from agents.outcome import AgentOutcome
 from agents.profiles import AgentProfile
 from flows.agent import agent
 from flows.request import check_request, new_run_id
-from flows.tls import share_tls_contexts
 from flows.review import Verdict, review_form, verdicts
 from sandbox.procs import owner_token
 from tasks.artifacts import Progress, publish_plan, publish_results
@@ -39,7 +38,6 @@ from workspace.ledger import RunLedger
 from workspace.names import validate_run_id
 from workspace.superproject import RunSuperproject
 
-share_tls_contexts()   # the run's Prefect clients share one TLS context per CA bundle (flows/tls.py)
 
 class RunResult(BaseModel):
     run_id: str
