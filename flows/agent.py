@@ -111,8 +111,14 @@ async def agent(run_id: str, profile: AgentProfile, prompt: str):
         status = "failed" if errors else "succeeded"
         if steps:
             commits = await commit_work(ws)                             # nothing an agent did is lost
-        await finalize_plan(ws, status, errors, handle.recoveries)
-        published = await publish_branch(run_id, role)
+        # the final Plan.md section and the branch in the target repository: both read the
+        # committed branch, neither writes what the other reads
+        done = await asyncio.gather(finalize_plan(ws, status, errors, handle.recoveries),
+                                    publish_branch(run_id, role), return_exceptions=True)
+        for result in done:   # both have ended; the first failure is the agent's
+            if isinstance(result, BaseException):
+                raise result
+        published = done[1]
     finally:
         await asyncio.shield(cleanup)
     outcome = AgentOutcome(
