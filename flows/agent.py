@@ -21,6 +21,7 @@ from agents.profiles import BUILTIN_AGENT, AgentProfile
 from sandbox.access import agent_sandbox_spec
 from tasks.logs import get_logger
 from tasks.sandboxes import SandboxHandle, cleanup_sandbox, run_step, start_sandbox
+from tasks.together import together
 from tasks.workspaces import commit_work, create_workspace, finalize_plan, publish_branch
 
 
@@ -38,12 +39,14 @@ async def agent(run_id: str, profile: AgentProfile, prompt: str):
     role, started = profile.role, time.time()
     draft = {"image": profile.image, "workspace_mode": profile.workspace_mode, "network": profile.network,
              "limits": profile.limits.model_dump(), "exec_timeout": profile.timeout}
+    # deploy agent: the prompt and the built-in agent, mounted read-only at /agent when the sandbox starts
     files = {"prompt.md": prompt, "builtin_agent.py": BUILTIN_AGENT.read_text()}
 
     def sandbox_spec(ws):  # grants the sandbox user its Plan.md folder (and a rw work tree)
         ws.plan_path.parent.mkdir(parents=True, exist_ok=True)
         return agent_sandbox_spec(ws, image=profile.image, workspace_mode=profile.workspace_mode,
-                                  network=profile.network, limits=profile.limits, exec_timeout=profile.timeout)
+                                  network=profile.network, limits=profile.limits, exec_timeout=profile.timeout,
+                                  agent_files=files)
 
     # branch, submodule, Plan.md -- and the sandbox starts as soon as the clone exists, while the
     # submodule and Plan.md are committed (the run's superproject takes its agents one at a time)
@@ -66,7 +69,7 @@ async def agent(run_id: str, profile: AgentProfile, prompt: str):
             except OSError:  # that clone is already being discarded by a failed setup
                 early_spec = None
             if early_spec is not None:
-                handle = SandboxHandle(early_spec, files=files)
+                handle = SandboxHandle(early_spec)
                 early = asyncio.ensure_future(start_sandbox(handle))
         ws, new = await setup
     except BaseException:
@@ -89,7 +92,7 @@ async def agent(run_id: str, profile: AgentProfile, prompt: str):
         log.info("%s: setup was retried after its sandbox started; that sandbox is removed, "
                  "a new one starts on the new clone", role)
     if handle is None:
-        handle = SandboxHandle(spec, files=files)
+        handle = SandboxHandle(spec)
     if not steps:
         log.info("%s: work was committed by an earlier attempt; finalizing it", role)
     errors: list[str] = []
@@ -113,12 +116,8 @@ async def agent(run_id: str, profile: AgentProfile, prompt: str):
             commits = await commit_work(ws)                             # nothing an agent did is lost
         # the final Plan.md section and the branch in the target repository: both read the
         # committed branch, neither writes what the other reads
-        done = await asyncio.gather(finalize_plan(ws, status, errors, handle.recoveries),
-                                    publish_branch(run_id, role), return_exceptions=True)
-        for result in done:   # both have ended; the first failure is the agent's
-            if isinstance(result, BaseException):
-                raise result
-        published = done[1]
+        _, published = await together(finalize_plan(ws, status, errors, handle.recoveries),
+                                      publish_branch(run_id, role))
     finally:
         await asyncio.shield(cleanup)
     outcome = AgentOutcome(

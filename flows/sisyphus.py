@@ -33,6 +33,7 @@ from tasks.integration import integrate_branches, open_pull_request_task
 from tasks.faults import fault
 from tasks.logs import get_logger
 from tasks.reaper import reap_stale_work, release_run_clones
+from tasks.together import together
 from tasks.workspaces import create_run
 from workspace.ledger import RunLedger
 from workspace.names import validate_run_id
@@ -127,23 +128,28 @@ async def sisyphus(
     progress.start(run_id)                                      # created alongside the agents' start
 
     async def one(profile: AgentProfile) -> AgentOutcome:
+        async def shown() -> None:   # its Plan.md and the progress in the UI, while the outcome is recorded
+            plan = await asyncio.to_thread(lambda: RunSuperproject.open(run_id).agent(profile.role).plan.text())
+            await together(publish_plan(run_id, profile.role, plan), progress.advance())
+
         done = ledger.outcome(profile.role)
         if done is not None:                                   # finished before: not run again
             log.info("%s finished in an earlier attempt (%s); not running it again", profile.role, done["status"])
             outcome = AgentOutcome.model_validate(done)
-        else:
-            state = await agent(run_id, profile, prompt_for(task, profile, run_id), return_state=True)
-            outcome = await _outcome(state)
+            await shown()
+            return outcome
+        state = await agent(run_id, profile, prompt_for(task, profile, run_id), return_state=True)
+        outcome = await _outcome(state)
+
+        async def recorded() -> None:
             await record(ledger, f"outcomes/{profile.role}", outcome.model_dump(mode="json"),
                          f"{profile.role}: outcome recorded ({outcome.status})")
             fault("stage:agent-finished", role=profile.role)
-        plan = await asyncio.to_thread(lambda: RunSuperproject.open(run_id).agent(profile.role).plan.text())
-        await publish_plan(run_id, profile.role, plan)
-        await progress.advance()
+
+        await together(recorded(), shown())
         return outcome
 
     outcomes = list(await asyncio.gather(*(one(p) for p in profiles.values())))   # concurrently
-    await publish_results(run_id, outcomes)
     target_repo = str(ledger.run.target.path)
 
     async def finish(summary: RunResult):
@@ -158,10 +164,12 @@ async def sisyphus(
 
     review = ledger.read("review")
     if review.get("state") == "decided":                       # decided before the crash
+        await publish_results(run_id, outcomes)
         decided = [Verdict.model_validate(v) for v in review["verdicts"]]
     else:
         form = review_form(run_id, task, outcomes)
-        await record(ledger, "review", {"state": "requested", "roles": list(profiles)}, "review requested")
+        await together(publish_results(run_id, outcomes),   # the results table, as the review is requested
+                       record(ledger, "review", {"state": "requested", "roles": list(profiles)}, "review requested"))
         log.info("run %s paused for review: approve or reject each agent in the UI or with "
                  "'ultrawork review %s --approve ROLES --reject ROLES'", run_id, run_id)
         try:

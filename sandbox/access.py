@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Mapping
 
 from .spec import SANDBOX_UID
 
@@ -34,9 +36,40 @@ def grant_sandbox_access(path: Path) -> None:
 SANDBOX_GIT_ENV = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*"}
 
 
+# runs/<run-id>/inbox/<role>/: the files an agent reads at /agent/<name> (its prompt, the built-in agent)
+INBOX = "inbox"
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def agent_file_mounts(ws, files: Mapping[str, str | bytes]) -> list:
+    """Write ``files`` (name -> content) to the agent's inbox and mount each one read-only at
+    ``/agent/<name>``: the agent reads them from its first step on, cannot change them, and
+    no copy into the container is needed. A file that already holds the content is kept (a
+    running sandbox has that file, not its name, mounted)."""
+    from .engine import AGENT_DIR
+    from .spec import Mount
+
+    inbox = ws.run.path / INBOX / ws.role
+    inbox.mkdir(parents=True, exist_ok=True)
+    mounts = []
+    for name, content in files.items():
+        if not _FILE_NAME.fullmatch(name):
+            raise ValueError(f"agent file name {name!r} must be a plain file name")
+        data = content.encode() if isinstance(content, str) else content
+        path = inbox / name
+        if not (path.is_file() and not path.is_symlink() and path.read_bytes() == data):
+            tmp = inbox / f".{name}.tmp"
+            tmp.write_bytes(data)
+            tmp.chmod(0o644)
+            os.replace(tmp, path)
+        mounts.append(Mount(source=path, target=f"{AGENT_DIR}/{name}", read_only=True))
+    return mounts
+
+
 def agent_sandbox_spec(ws, *, image: str, workspace_mode: str, network: str, limits, exec_timeout: float,
-                       workspace: Path | None = None):
-    """The sandbox of one agent of a run: its clone at /workspace, its Plan.md folder at /plan.
+                       workspace: Path | None = None, agent_files: Mapping[str, str | bytes] | None = None):
+    """The sandbox of one agent of a run: its clone at /workspace, its Plan.md folder at /plan,
+    and ``agent_files`` read-only at /agent (see :func:`agent_file_mounts`).
 
     Grants the sandbox user what it must write (the Plan.md folder; the clone's work
     tree when read-write) -- used by the flows and by an MCP session bound to a run.
@@ -47,8 +80,9 @@ def agent_sandbox_spec(ws, *, image: str, workspace_mode: str, network: str, lim
     workspace = workspace or ws.path
     if workspace_mode == "rw":
         grant_sandbox_access(workspace)
+    mounts = [Mount(source=ws.plan_path.parent, target="/plan", read_only=False)]
+    mounts += agent_file_mounts(ws, agent_files or {})
     return SandboxSpec(
         image=image, role=ws.role, run_id=ws.run.run_id, workspace=workspace, workspace_mode=workspace_mode,
-        mounts=[Mount(source=ws.plan_path.parent, target="/plan", read_only=False)], network=network,
-        limits=limits, exec_timeout=exec_timeout, env=dict(SANDBOX_GIT_ENV),
+        mounts=mounts, network=network, limits=limits, exec_timeout=exec_timeout, env=dict(SANDBOX_GIT_ENV),
     )

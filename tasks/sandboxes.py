@@ -2,7 +2,7 @@
 
 A :class:`SandboxHandle` is the agent's sandbox across retries: when a step
 fails with a ``SandboxError`` the next attempt finds the container gone or
-broken and recreates it (and redeploys the agent) before running the step
+broken and recreates it (with the same agent files mounted) before running the step
 again -- the recovery the table in ``tasks.recovery`` names.
 """
 
@@ -48,9 +48,9 @@ def engine() -> SandboxEngine:
 class SandboxHandle:
     """The sandbox of one agent: recreated on demand, counted, always cleaned up."""
 
-    def __init__(self, spec: SandboxSpec, files: dict[str, bytes | str]):
+    def __init__(self, spec: SandboxSpec, files: dict[str, bytes | str] | None = None):
         self.spec = spec
-        self.files = files
+        self.files = dict(files or {})
         self.sandbox: Sandbox | None = None
         self.created = 0
         self.attempts = 0
@@ -69,7 +69,8 @@ class SandboxHandle:
             self.sandbox = eng.create(self.spec)
             self.created += 1
             self.broken = False
-            eng.deploy(self.sandbox, files=self.files)
+            if self.files:   # files the spec does not already mount
+                eng.deploy(self.sandbox, files=self.files)
         return self.sandbox
 
     def _alive(self) -> bool:
@@ -86,7 +87,7 @@ class SandboxHandle:
 
 @task(name="start-sandbox", cache_policy=NO_CACHE, **task_options(SandboxError))
 async def start_sandbox(handle: SandboxHandle) -> str:
-    """Create the hardened container and deploy the agent into it."""
+    """Create the hardened container, the agent's files mounted read-only at /agent."""
     sandbox = await asyncio.to_thread(handle.ensure)
     get_logger().info("sandbox %s ready for %s (image %s, workspace %s)", sandbox.name, handle.spec.role,
                       handle.spec.image, handle.spec.workspace_mode)

@@ -111,6 +111,23 @@ def test_read_only_role_cannot_write_and_the_failure_is_in_plan_md(prefect_api, 
     assert f"ultrawork/{run_id}/explore" in result.message, "a timed-out review says where the branches are"
 
 
+def test_the_prompt_reaches_the_agent_as_a_file_it_cannot_change(prefect_api, uw_home, tmp_path, docker_client):
+    repo = make_target_repo(tmp_path / "widgets")
+    run_id = f"prompt-{uuid.uuid4().hex[:6]}"
+    check = ("grep -q 'Map the code' /agent/prompt.md && grep -q 'Your role: explore' /agent/prompt.md"
+             " && test -s /agent/builtin_agent.py"
+             " && ! (echo changed > /agent/prompt.md) 2>/dev/null"
+             " && echo 'prompt read, and read-only' >> /plan/Plan.md")
+    result = run_sisyphus({"task": "Map the code", "repo": str(repo), "agents": ["explore"], "run_id": run_id,
+                           "agent_commands": {"explore": ["sh", "-c", check]}, "review_timeout": 2})
+    explore = result.agents[0]
+    assert explore.status == "succeeded", explore.errors
+    assert "prompt read, and read-only" in Path(explore.plan_path).read_text()
+    prompt = uw_home / "runs" / run_id / "inbox" / "explore" / "prompt.md"
+    assert "Map the code" in prompt.read_text() and "changed" not in prompt.read_text()
+    assert "inbox" not in git(uw_home / "runs" / run_id, "status", "--porcelain"), "the inbox is not run state"
+
+
 def test_each_error_class_triggers_its_own_recovery(prefect_api, uw_home, tmp_path, docker_client, monkeypatch):
     from flows.runs import submit_review
 

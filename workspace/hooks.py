@@ -43,6 +43,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -172,14 +173,23 @@ def hooks_from_config(items: Iterable[Mapping[str, Any]]) -> list[HookSpec]:
             for i in items]
 
 
+_ENTRY_POINT_HOOKS: dict[tuple[str, tuple[str, ...]], list[HookSpec]] = {}
+
+
 def hooks_from_entry_points(group: str = ENTRY_POINT_GROUP) -> list[HookSpec]:
-    specs = []
-    for ep in entry_points(group=group):
-        obj = ep.load()
-        if not isinstance(obj, HookSpec):
-            raise HookError(f"entry point {ep.name} in {group} must be a HookSpec (use @hook)")
-        specs.append(obj)
-    return specs
+    """The installed packages' hooks. Scanning every installed distribution takes ~10 ms and
+    every opening of a run asks, so the answer is kept per ``sys.path`` (a path added later,
+    such as a freshly installed plugin's, is scanned then)."""
+    key = (group, tuple(sys.path))
+    if key not in _ENTRY_POINT_HOOKS:
+        specs = []
+        for ep in entry_points(group=group):
+            obj = ep.load()
+            if not isinstance(obj, HookSpec):
+                raise HookError(f"entry point {ep.name} in {group} must be a HookSpec (use @hook)")
+            specs.append(obj)
+        _ENTRY_POINT_HOOKS[key] = specs
+    return list(_ENTRY_POINT_HOOKS[key])
 
 
 def _now() -> str:

@@ -4,7 +4,8 @@
 ``task.md``, ``run.json``, ``plans/<role>/Plan.md`` and one submodule per agent
 at ``agents/<role>`` -- a full clone of the target repository with its own
 ``.git`` directory, so it works alone when mounted into a container and
-parallel agents share no index or config lock. Every stage is one commit,
+parallel agents share no index or config lock. ``inbox/<role>/`` holds the
+files an agent's sandbox reads, read-only, at ``/agent`` (its prompt); git ignores it. Every stage is one commit,
 so the history is the run's event log and one commit pins every agent's
 result. Commits are serialised with a file lock because all agents share the
 superproject index. Host-private state (locks, hook state, isolation
@@ -91,6 +92,8 @@ class RunSuperproject:
                 "hooks": configured, "max_hook_failures": max_hook_failures}
         try:
             run_git(["init", "--quiet", "--template=", "--initial-branch=main"], cwd=path)
+            (path / ".git" / "info").mkdir(exist_ok=True)
+            (path / ".git" / "info" / "exclude").write_text("/inbox/\n", encoding="utf-8")
             (path / "task.md").write_text(task if task.endswith("\n") else task + "\n", encoding="utf-8")
             (path / "run.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
             run = cls(run_id, path, meta, in_memory)
