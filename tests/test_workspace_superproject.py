@@ -258,3 +258,42 @@ def test_failed_submodule_commit_leaves_the_shared_index_clean(run, monkeypatch)
     run.add_agent("explore")
     assert run.roles() == ["explore", "oracle"]
     assert git(run.path, "status", "--porcelain") == ""
+
+
+def _committed_paths(repo: Path) -> list[str]:
+    return sorted(git(repo, "diff-tree", "--no-commit-id", "--name-only", "-r", "HEAD").splitlines())
+
+
+def test_each_stage_commit_holds_exactly_its_paths(run):
+    ws = run.add_agent("explore")
+    ws.plan.append_note("first note", kind="recovery")
+    (run.path / "task.md").write_text("edited by hand\n")          # tracked, changed, not part of the stage
+    run.commit_stage("explore: noted", [ws.plan_path])
+    assert run.history()[-1] == "explore: noted"
+    assert _committed_paths(run.path) == ["plans/explore/Plan.md"]
+    ws.plan.append_note("second note", kind="recovery")             # the same path again (tracked now)
+    run.commit_stage("explore: noted again", [ws.plan_path])
+    assert _committed_paths(run.path) == ["plans/explore/Plan.md"]
+    assert "second note" in git(run.path, "show", "HEAD:plans/explore/Plan.md")
+    assert git(run.path, "status", "--porcelain", "--ignore-submodules=all") == " M task.md"
+
+    new = run.path / "stages" / "extra.json"                        # a new file is staged, then committed
+    new.parent.mkdir()
+    new.write_text("{}\n")
+    run.commit_stage("extra recorded", [new])
+    assert _committed_paths(run.path) == ["stages/extra.json"]
+    new.unlink()                                                    # a removal is a stage too
+    run.commit_stage("extra removed", [new])
+    assert _committed_paths(run.path) == ["stages/extra.json"]
+    assert "stages/extra.json" not in git(run.path, "ls-tree", "-r", "--name-only", "HEAD").splitlines()
+
+
+def test_a_stage_commit_of_a_path_git_no_longer_tracks_still_lands(run):
+    ws = run.add_agent("oracle")
+    run.commit_stage("oracle: noted", [ws.plan_path])                # this process now knows the path
+    git(run.path, "rm", "-q", "--cached", "plans/oracle/Plan.md")     # ...which git stops tracking
+    git(run.path, "commit", "-q", "-m", "untracked by hand")
+    ws.plan.append_note("after the hand edit", kind="recovery")
+    run.commit_stage("oracle: noted again", [ws.plan_path])
+    assert run.history()[-1] == "oracle: noted again"
+    assert "after the hand edit" in git(run.path, "show", "HEAD:plans/oracle/Plan.md")

@@ -37,6 +37,8 @@ from workspace.names import agent_branch, resolve_base_ref, validate_role, valid
 from workspace.repo_guard import TargetRepo, check_gitmodules, open_target_repo
 
 RUN_SCHEMA = 1
+# superproject path -> the paths this process has committed there (see commit_stage)
+_COMMITTED: dict[str, set[str]] = {}
 
 
 def ultrawork_home() -> Path:
@@ -117,12 +119,21 @@ class RunSuperproject:
         return run_git(args, cwd=self.path, identity=self.identity, **kwargs)
 
     def commit_stage(self, message: str, paths: Iterable[Path]) -> None:
-        """Stage `paths` and commit one stage, holding the run's superproject lock (kept short:
-        every agent of the run waits on it)."""
+        """Commit `paths` as one stage, holding the run's superproject lock (kept short: every
+        agent of the run waits on it). Paths this process committed before are tracked, so
+        one ``git commit --only`` does it; others are staged first."""
         rel = [os.path.relpath(p, self.path) for p in paths]
+        known = _COMMITTED.setdefault(str(self.path), set())
+        commit = ["commit", "--quiet", "--allow-empty", "--no-verify", "--no-gpg-sign", "-m", message]
         with file_lock(self.private_dir / "superproject.lock"):
-            self._git(["add", "--all", "--", *rel])
-            self._git(["commit", "--quiet", "--allow-empty", "--no-verify", "--no-gpg-sign", "-m", message])
+            try:
+                if not known.issuperset(rel):
+                    raise LookupError
+                self._git([*commit, "--only", "--", *rel])
+            except (LookupError, GitError):       # new to git (or to this process): stage them
+                self._git(["add", "--all", "--", *rel])
+                self._git(commit)
+            known.update(rel)
 
     def register_submodule(self, ws: AgentWorkspace) -> None:
         """Add the existing clone at ``agents/<role>`` as submodule `role`, branch recorded."""
