@@ -8,7 +8,9 @@ by side in one invocation:
 - baseline: four threads doing the same branch, clone, Plan.md, hardened
   ``docker run`` and exec, without Prefect.
 
-Prints JSON: both wall times, their ratio, and per-stage timings. With ``--repeat N``
+Prints JSON: both wall times, their ratio, per-stage timings, and the CPU time the
+whole machine spent in each window (server, Docker and git included: on a small
+machine the overhead is CPU the two sides compete for). With ``--repeat N``
 the two sides alternate N times on the same server and the report holds every pair
 and the median ratio: on a small, shared machine one pair can be off by several
 percent either way, and the median of alternating pairs is what a change moved.
@@ -34,6 +36,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 ROLES = ["explore", "librarian", "oracle", "frontend"]
+
+
+def machine_cpu_seconds() -> float | None:
+    """CPU time every process on the machine has used so far (Linux), to tell load from waiting."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")   # minus idle and iowait
+
+
+def _spent(since: float | None) -> float | None:
+    now = machine_cpu_seconds()
+    return round(now - since, 2) if now is not None and since is not None else None
 
 
 def make_repo(path: Path) -> Path:
@@ -73,13 +90,13 @@ def baseline(repo: Path, workdir: Path, workload: float, agents: int) -> dict:
             for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                 stages[key].append(value)
 
-    started = time.monotonic()
+    started, cpu = time.monotonic(), machine_cpu_seconds()
     threads = [threading.Thread(target=one, args=(ROLES[i % 4] + (str(i) if i >= 4 else ""),)) for i in range(agents)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return {"wall_seconds": time.monotonic() - started,
+    return {"wall_seconds": time.monotonic() - started, "machine_cpu_seconds": _spent(cpu),
             "stages_max_seconds": {k: round(max(v), 3) for k, v in stages.items()}}
 
 
@@ -96,12 +113,12 @@ def ultrawork(repo: Path, workload: float, agents: int) -> dict:
         review = home / "runs" / run_id / "review.json"
         while not review.exists() or "requested" not in review.read_text():
             time.sleep(0.05)
-        marks["paused"] = time.monotonic()
+        marks["paused"], marks["cpu"] = time.monotonic(), _spent(cpu)
         submit_review(run_id, approve=[], reject=roles)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    marks["start"] = time.monotonic()
+    marks["start"], cpu = time.monotonic(), machine_cpu_seconds()
     result = asyncio.run(sisyphus("benchmark the fan-out", str(repo), agents=roles, run_id=run_id,
                                   agent_commands={r: ["sh", "-c", f"sleep {workload}"] for r in roles}))
     marks["end"] = time.monotonic()
@@ -112,6 +129,7 @@ def ultrawork(repo: Path, workload: float, agents: int) -> dict:
     wall0 = time.time() - (time.monotonic() - t0)
     return {
         "wall_seconds": marks["paused"] - t0,
+        "machine_cpu_seconds": marks["cpu"],
         "stages_seconds": {
             "until_first_agent_started": round(min(starts) - wall0, 3),
             "agent_start_spread": round(max(starts) - min(starts), 3),

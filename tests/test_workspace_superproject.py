@@ -48,8 +48,12 @@ def test_agent_workspace_layout(run, target_repo):
     assert (ws.path / "src" / "app.py").read_text() == "print('hi')\n"
     assert git(run.path, "config", "--file", ".gitmodules", "submodule.frontend.branch") == ws.branch
     assert git(run.path, "config", "--file", ".gitmodules", "submodule.frontend.path") == "agents/frontend"
+    assert git(run.path, "config", "--file", ".gitmodules", "submodule.frontend.url") == str(target_repo.resolve())
     assert run.history() == ["run created", "frontend: workspace created", "frontend: plan created"]
     assert git(run.path, "status", "--porcelain") == ""
+    # a submodule as `git submodule add` makes it: its commit pinned, initialized, on its branch
+    assert git(run.path, "ls-tree", "HEAD", "agents/frontend").split()[:3] == ["160000", "commit", run.base_sha]
+    assert git(run.path, "submodule", "status").startswith(f" {run.base_sha} agents/frontend ")  # " ": initialized
     # the branch lives in the clone only until it is published
     assert "refs/heads/ultrawork/run-1/frontend" not in refs(target_repo)
     # objects are copied, never hard-linked with the user's repository
@@ -297,3 +301,17 @@ def test_a_stage_commit_of_a_path_git_no_longer_tracks_still_lands(run):
     run.commit_stage("oracle: noted again", [ws.plan_path])
     assert run.history()[-1] == "oracle: noted again"
     assert "after the hand edit" in git(run.path, "show", "HEAD:plans/oracle/Plan.md")
+
+
+def test_submodules_of_a_repository_whose_path_needs_quoting(ultrawork_home, tmp_path):
+    target = make_repo(tmp_path / 'we"ird \\ dir #;x\tend')
+    run = RunSuperproject.create("odd-path", target, "task")
+    for role in ("explore", "oracle"):
+        run.add_agent(role)
+    assert run.roles() == ["explore", "oracle"]
+    assert RunSuperproject.open("odd-path").agent("oracle").branch == "ultrawork/odd-path/oracle"
+    for role in ("explore", "oracle"):
+        assert git(run.path, "config", "--file", ".gitmodules", f"submodule.{role}.url") == str(target.resolve())
+        assert git(run.path, "config", f"submodule.{role}.url") == str(target.resolve())
+    assert git(run.path, "status", "--porcelain") == ""
+    assert git(run.path, "submodule", "status").count(" agents/") == 2

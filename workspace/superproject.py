@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from workspace.agent import AgentWorkspace
-from workspace.clones import fetch_into_target
+from workspace.clones import branch_head, fetch_into_target
 from workspace.errors import GitError, WorkspaceError
 from workspace.gitcmd import Identity, git_out, run_git
 from workspace.hooks import (HookContext, HookPoint, HookRegistry, HookSpec, hooks_from_config,
@@ -136,17 +136,31 @@ class RunSuperproject:
             known.update(rel)
 
     def register_submodule(self, ws: AgentWorkspace) -> None:
-        """Add the existing clone at ``agents/<role>`` as submodule `role`, branch recorded."""
+        """Add the existing clone at ``agents/<role>`` as submodule `role`, branch recorded.
+
+        What ``git submodule add`` of an existing clone records (the .gitmodules section, the
+        gitlink, the submodule initialized in .git/config), written directly: the run's agents
+        register one at a time, and ``submodule add`` takes several times as long."""
         rel = os.path.relpath(ws.path, self.path)
+        head = branch_head(ws.path, ws.branch)              # the clone's commit, read before the lock
+        url = str(self.target.path)
+        section = (f'[submodule "{validate_role(ws.role)}"]\n\tpath = {_config_value(rel)}\n'
+                   f"\turl = {_config_value(url)}\n\tbranch = {_config_value(ws.branch)}\n")
+        gitmodules = self.path / ".gitmodules"
         with file_lock(self.private_dir / "superproject.lock"):
             try:
-                self._git(["submodule", "add", "--quiet", "--name", ws.role, "-b", ws.branch,
-                           "--", str(self.target.path), rel], config=[("protocol.file.allow", "always")])
+                before = gitmodules.read_text(encoding="utf-8") if gitmodules.exists() else ""
+                gitmodules.write_text(before + ("\n" if before and not before.endswith("\n") else "") + section,
+                                      encoding="utf-8")
+                for key, value in (("url", url), ("active", "true")):
+                    self._git(["config", f"submodule.{ws.role}.{key}", value])
+                self._git(["update-index", "--add", "--cacheinfo", f"160000,{head},{rel}", "--", ".gitmodules"])
                 self._git(["commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m",
                            f"{ws.role}: workspace created"])
             except BaseException:
                 self._unstage_submodule(ws.role, rel)
                 raise
+            _COMMITTED.setdefault(str(self.path), set()).update([rel, ".gitmodules"])
 
     def _unstage_submodule(self, role: str, rel: str) -> None:
         """Leave the shared index, .gitmodules and config as HEAD has them (lock held)."""
@@ -217,3 +231,9 @@ class RunSuperproject:
         ws = self.agent(role)
         ws.prepare_host_git()
         return fetch_into_target(self.target, ws.path, ws.branch)
+
+
+def _config_value(value: str) -> str:
+    """``value`` quoted for a git config file (as ``git config`` would read it back)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+    return f'"{escaped}"'
