@@ -126,12 +126,8 @@ class RunSuperproject:
         known = _COMMITTED.setdefault(str(self.path), set())
         commit = ["commit", "--quiet", "--allow-empty", "--no-verify", "--no-gpg-sign", "-m", message]
         with file_lock(self.private_dir / "superproject.lock"):
-            try:
-                if not known.issuperset(rel):
-                    raise LookupError
-                self._git([*commit, "--only", "--", *rel])
-            except (LookupError, GitError):       # new to git (or to this process): stage them
-                self._git(["add", "--all", "--", *rel])
+            if not known.issuperset(rel) or self._git([*commit, "--only", "--", *rel], check=False).returncode:
+                self._git(["add", "--all", "--", *rel])      # new to git (or to this process): staged first
                 self._git(commit)
             known.update(rel)
 
