@@ -3,9 +3,11 @@
 branch -> submodule -> Plan.md -> sandbox -> deploy agent -> execute loop
 -> commit -> finalize Plan.md -> cleanup (always).
 
-A failing agent never raises into the orchestrator: it returns a Failed state
-that carries its :class:`AgentOutcome`, so its siblings go on and the review
-sees what happened.
+A failing agent never raises into the orchestrator: whatever fails inside it
+(a step, its setup, a git error past its retries, a workspace over its cap)
+ends as a Failed state that carries its :class:`AgentOutcome`, so its siblings
+go on and the review sees what happened. The sandbox is removed -- every one
+of its processes gone -- before the host reads or commits the work tree.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tasks.logs import get_logger
 from tasks.sandboxes import SandboxHandle, cleanup_sandbox, run_step, start_sandbox
 from tasks.together import together
 from tasks.workspaces import commit_work, create_workspace, finalize_plan, publish_branch
+from workspace.names import agent_branch
 
 
 def plan_excerpt(plan_text: str, limit: int = 1200) -> str:
@@ -37,6 +40,19 @@ def plan_excerpt(plan_text: str, limit: int = 1200) -> str:
 async def agent(run_id: str, profile: AgentProfile, prompt: str):
     log = get_logger()
     role, started = profile.role, time.time()
+    try:
+        return await _run_agent(run_id, profile, prompt, started)
+    except Exception as exc:  # noqa: BLE001 - whatever broke in this agent is its outcome, never its siblings'
+        error = f"{type(exc).__name__}: {str(exc)[:1000]}"
+        log.error("%s agent failed outside its steps: %s", role, error)
+        outcome = AgentOutcome(role=role, status="failed", branch=agent_branch(run_id, role), errors=[error],
+                               duration=time.time() - started, started_at=started, ended_at=time.time())
+        return Failed(message=f"{role} agent failed: {error[:300]}", data=outcome)
+
+
+async def _run_agent(run_id: str, profile: AgentProfile, prompt: str, started: float):
+    log = get_logger()
+    role = profile.role
     draft = {"image": profile.image, "workspace_mode": profile.workspace_mode, "network": profile.network,
              "limits": profile.limits.model_dump(), "exec_timeout": profile.timeout}
     # deploy agent: the prompt and the built-in agent, mounted read-only at /agent when the sandbox starts
@@ -76,6 +92,7 @@ async def agent(run_id: str, profile: AgentProfile, prompt: str):
         if handle is not None:   # the setup failed (or was cancelled): no sandbox outlives it
             await asyncio.shield(_discard_early(early, handle))
         raise
+    ws.file_limit_mb, ws.workspace_limit_mb = profile.limits.file_mb, profile.limits.workspace_mb
 
     def prepare():  # git and file work, off the event loop the sibling agents share
         steps, commits = [profile.argv(run_id)], []
@@ -85,7 +102,12 @@ async def agent(run_id: str, profile: AgentProfile, prompt: str):
             ws.reset_worktree()
         return steps, commits, sandbox_spec(ws)                          # again: Plan.md exists now
 
-    steps, commits, spec = await asyncio.to_thread(prepare)
+    try:
+        steps, commits, spec = await asyncio.to_thread(prepare)
+    except BaseException:
+        if handle is not None:
+            await asyncio.shield(_discard_early(early, handle))
+        raise
     if handle is not None and len(clones) > 1:   # setup was retried and cloned again: that sandbox
         await asyncio.shield(_discard_early(early, handle))             # has the first clone mounted
         handle, early = None, None
@@ -106,20 +128,21 @@ async def agent(run_id: str, profile: AgentProfile, prompt: str):
     except Exception as exc:  # noqa: BLE001 - recorded, reviewed, never fatal to siblings
         errors.append(f"{type(exc).__name__}: {exc}")
         log.error("%s agent failed: %s", role, errors[-1])
-    except BaseException:     # cancelled: the sandbox goes first
+    finally:
+        # every process of the sandbox is gone before the host reads or commits its work tree
         await asyncio.shield(cleanup_sandbox(handle))
-        raise
-    cleanup = asyncio.ensure_future(cleanup_sandbox(handle))           # always; while the work is committed
     try:
-        status = "failed" if errors else "succeeded"
         if steps:
             commits = await commit_work(ws)                             # nothing an agent did is lost
-        # the final Plan.md section and the branch in the target repository: both read the
-        # committed branch, neither writes what the other reads
-        _, published = await together(finalize_plan(ws, status, errors, handle.recoveries),
-                                      publish_branch(run_id, role))
-    finally:
-        await asyncio.shield(cleanup)
+    except Exception as exc:  # noqa: BLE001 - e.g. the workspace outgrew its cap: the agent's outcome
+        errors.append(f"{type(exc).__name__}: {exc}")
+        log.error("%s: its work was not committed: %s", role, errors[-1])
+    errors += ws.refused                                                # what the commit left out
+    status = "failed" if errors else "succeeded"
+    # the final Plan.md section and the branch in the target repository: both read the
+    # committed branch, neither writes what the other reads
+    _, published = await together(finalize_plan(ws, status, errors, handle.recoveries),
+                                  publish_branch(run_id, role))
     outcome = AgentOutcome(
         role=role, status=status, branch=ws.branch, commits=commits, files_changed=published["files"],
         insertions=published["insertions"], deletions=published["deletions"],

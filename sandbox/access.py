@@ -32,8 +32,12 @@ def grant_sandbox_access(path: Path) -> None:
             todo += [c for c in p.iterdir() if c.name != ".git"]
 
 
-# git inside the sandbox reads the host-owned .git; trust it (command-scope config, not a file).
-SANDBOX_GIT_ENV = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*"}
+# The clone's git directory, host-owned, mounted read-only: git in the sandbox can read history,
+# diff and status, but nothing it does reaches the directory host git uses (commits are the host's).
+GIT_DIR_TARGET = "/git"
+SANDBOX_GIT_ENV = {"GIT_DIR": GIT_DIR_TARGET, "GIT_WORK_TREE": "/workspace",
+                   # trust the host-owned directory (command-scope config, not a file)
+                   "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*"}
 
 
 # runs/<run-id>/inbox/<role>/: the files an agent reads at /agent/<name> (its prompt, the built-in agent)
@@ -68,8 +72,9 @@ def agent_file_mounts(ws, files: Mapping[str, str | bytes]) -> list:
 
 def agent_sandbox_spec(ws, *, image: str, workspace_mode: str, network: str, limits, exec_timeout: float,
                        workspace: Path | None = None, agent_files: Mapping[str, str | bytes] | None = None):
-    """The sandbox of one agent of a run: its clone at /workspace, its Plan.md folder at /plan,
-    and ``agent_files`` read-only at /agent (see :func:`agent_file_mounts`).
+    """The sandbox of one agent of a run: its clone's work tree at /workspace, its git directory
+    read-only at /git, its Plan.md folder at /plan, and ``agent_files`` read-only at /agent
+    (see :func:`agent_file_mounts`).
 
     Grants the sandbox user what it must write (the Plan.md folder; the clone's work
     tree when read-write) -- used by the flows and by an MCP session bound to a run.
@@ -80,7 +85,8 @@ def agent_sandbox_spec(ws, *, image: str, workspace_mode: str, network: str, lim
     workspace = workspace or ws.path
     if workspace_mode == "rw":
         grant_sandbox_access(workspace)
-    mounts = [Mount(source=ws.plan_path.parent, target="/plan", read_only=False)]
+    mounts = [Mount(source=ws.plan_path.parent, target="/plan", read_only=False),
+              Mount(source=ws.git_dir, target=GIT_DIR_TARGET, read_only=True)]
     mounts += agent_file_mounts(ws, agent_files or {})
     return SandboxSpec(
         image=image, role=ws.role, run_id=ws.run.run_id, workspace=workspace, workspace_mode=workspace_mode,

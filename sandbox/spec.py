@@ -41,6 +41,10 @@ class Limits(BaseModel):
     memory_mb: int = Field(512, description="Memory limit in MiB; swap is disabled (memory-swap == memory).")
     cpus: float = Field(1.0, description="CPU quota in cores (NanoCpus).")
     pids: int = Field(256, description="Maximum number of processes and threads.")
+    file_mb: int = Field(50, description="Largest file the host commits from the workspace, in MiB; "
+                                         "a larger one is left out of the commit and named.")
+    workspace_mb: int = Field(1024, description="Most the workspace (without .git) may hold when the "
+                                                "host commits it, in MiB; more fails the agent.")
 
 
 class Mount(BaseModel):

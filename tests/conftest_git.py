@@ -63,7 +63,7 @@ def run(ultrawork_home: Path, target_repo: Path):
     return RunSuperproject.create("run-1", target_repo, "Make the app say hello.\n")
 
 
-def craft_index_with_path(repo: Path, extra_path: str, blob_sha: str) -> None:
+def craft_index_with_path(repo: Path, extra_path: str, blob_sha: str, index: Path | None = None) -> None:
     """Write a v2 index holding `repo`'s entries plus `extra_path` (which git itself refuses to add).
 
     Plain ``git add -A`` with such an index reads the file at that path, even
@@ -82,4 +82,4 @@ def craft_index_with_path(repo: Path, extra_path: str, blob_sha: str) -> None:
     for path, mode, sha in entries:
         entry = struct.pack(">10I", 0, 0, 0, 0, 0, 0, mode, 0, 0, 0) + sha + struct.pack(">H", len(path)) + path
         body += entry + b"\0" * (8 - len(entry) % 8)
-    (repo / ".git" / "index").write_bytes(body + hashlib.sha1(body).digest())
+    (index or repo / ".git" / "index").write_bytes(body + hashlib.sha1(body).digest())

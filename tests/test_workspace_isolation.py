@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,47 +25,60 @@ def _script(path: Path, canary: Path) -> Path:
     return path
 
 
-def test_agent_hooks_and_fsmonitor_never_run_host_side(run, tmp_path):
+def _agent_git_dir(ws, canaries: dict[str, Path]) -> Path:
+    """What a hostile agent can build in its work tree: its own .git directory whose config
+    names hooks, fsmonitor, a clean filter, a textconv and a signing program, all payloads."""
+    evil = ws.path / ".git.evil"
+    subprocess.run(["git", "init", "-q", str(evil)], check=True, env={"PATH": os.environ["PATH"],
+                                                                    "GIT_CONFIG_NOSYSTEM": "1",
+                                                                    "GIT_CONFIG_GLOBAL": "/dev/null"})
+    gitdir = evil / ".git"
+    scripts = {name: _script(ws.path / f"{name}.sh", canary) for name, canary in canaries.items()}
+    for hook in ("pre-commit", "post-commit", "post-checkout", "reference-transaction"):
+        _script(gitdir / "hooks" / hook, canaries["hook"])
+    with open(gitdir / "config", "a") as fh:
+        fh.write(f"[core]\n\tfsmonitor = {scripts['fsmonitor']}\n\thooksPath = {gitdir / 'hooks'}\n"
+                 f"\tworktree = /\n[filter \"evil\"]\n\tclean = {scripts['filter']}\n"
+                 f"\tsmudge = {scripts['filter']}\n[diff \"evil\"]\n\ttextconv = {scripts['textconv']}\n"
+                 f"[gpg]\n\tprogram = {scripts['gpg']}\n[commit]\n\tgpgSign = true\n")
+    return gitdir
+
+
+def test_agent_written_git_directory_never_runs_host_side(run, tmp_path):
+    """The .git takeover: the agent replaces its work tree's .git with a git directory of
+    its own, with filters, fsmonitor, hooks, textconv and a signing program; attributes
+    name the filter. Host git never reads it: no payload runs, the work is committed as
+    written, and the .git file is put back."""
     ws = run.add_agent("frontend")
-    hook_canary, fsm_canary, filter_canary = (tmp_path / n for n in ("HOOK_RAN", "FSMONITOR_RAN", "FILTER_RAN"))
+    canaries = {n: tmp_path / f"{n.upper()}_RAN" for n in ("hook", "fsmonitor", "filter", "textconv", "gpg")}
     ws.before_step(STEP.argv)
-    # what a malicious agent does inside its container
-    _script(ws.path / ".git" / "hooks" / "post-commit", hook_canary)
-    _script(ws.path / ".git" / "hooks" / "pre-commit", hook_canary)
-    fsmonitor = _script(ws.path / "fsmonitor.sh", fsm_canary)
-    filter_script = _script(ws.path / "clean.sh", filter_canary)
-    git(ws.path, "config", "core.fsmonitor", str(fsmonitor))
-    git(ws.path, "config", "filter.evil.clean", str(filter_script))
-    git(ws.path, "config", "core.worktree", "/")
-    (ws.path / ".gitattributes").write_text("* filter=evil\n")
+    evil = _agent_git_dir(ws, canaries)
+    (ws.path / ".git").unlink()
+    os.rename(evil, ws.path / ".git")
+    (ws.path / ".git.evil").rmdir()
+    (ws.path / ".gitattributes").write_text("* filter=evil diff=evil\n")
     (ws.path / "src" / "app.py").write_text("print('changed')\n")
 
     with pytest.raises(WorkspaceEscapeError) as info:
         ws.record_step(STEP)
-    findings = "\n".join(info.value.findings)
-    assert ".git/hooks/post-commit was created" in findings
-    assert "core.fsmonitor" in findings
-    assert "filter.evil.clean" in findings
-    assert "core.worktree" in findings
-    plan = ws.plan.text()
-    assert "Safety findings (step stopped)" in plan and "core.fsmonitor" in plan
-    assert run.history()[-1] == "frontend: step 1 (exit 0) - stopped by safety hook"
+    assert any("agents/frontend/.git was replaced" in f for f in info.value.findings)
+    assert "Safety findings (step stopped)" in ws.plan.text()
 
     new = ws.commit_changes()
     ws.diffstat(), ws.commits()
     run.publish_branch("frontend")
     assert len(new) == 1
-    assert not hook_canary.exists() and not fsm_canary.exists() and not filter_canary.exists()
-    assert git(ws.path, "show", "HEAD:src/app.py") == "print('changed')"  # committed as written
-    # the clone's git metadata is back at the host baseline
-    assert read_regular_file(ws.path / ".git" / "config") == \
-        read_regular_file(ws.state_dir / "git-config.baseline")
-    assert not (ws.path / ".git" / "hooks").exists()
-    assert "host reset agent-written git metadata" in ws.plan.text()
+    ran = [name for name, canary in canaries.items() if canary.exists()]
+    assert ran == [], f"agent payloads ran on the host: {ran}"
+    assert git(run.target.path, "show", f"{ws.branch}:src/app.py") == "print('changed')"  # as written
+    assert (ws.path / ".git").read_text() == "gitdir: ../../.git/modules/frontend\n"  # put back
+    assert ".git in the work tree" in ws.plan.text()
+    names = git(run.target.path, "ls-tree", "-r", "--name-only", ws.branch).splitlines()
+    assert not any(n.startswith(".git/") or n.endswith(".sh") and "hooks" in n for n in names)
     assert ws.isolation_findings() == []
 
 
-def test_symlinks_out_of_the_workspace_are_reported_and_never_followed(run, tmp_path):
+def test_symlinks_out_of_the_workspace_are_reported_and_never_committed(run, tmp_path):
     secret = tmp_path / "host-secret.txt"
     secret.write_text("TOPSECRET\n")
     ws = run.add_agent("explore")
@@ -83,10 +97,13 @@ def test_symlinks_out_of_the_workspace_are_reported_and_never_followed(run, tmp_
     assert "`secret-link`" in ws.plan.text()  # listed as a changed file, not read
 
     ws.commit_changes()
-    for name, target in (("root-link", "/"), ("secret-link", str(secret)), ("inside-link", "src/app.py")):
-        mode = git(ws.path, "ls-tree", "HEAD", "--", name).split()[0]
-        assert mode == "120000", f"{name} was not stored as a symlink"
-        assert git(ws.path, "cat-file", "-p", f"HEAD:{name}") == target
+    tree = git(ws.path, "ls-tree", "-r", "HEAD").splitlines()
+    assert [line.split("\t")[1] for line in tree if line.startswith("120000")] == ["inside-link"]
+    assert git(ws.path, "cat-file", "-p", "HEAD:inside-link") == "src/app.py"
+    assert sorted(ws.refused) == sorted(f"not committed: {p} (symlink to {t!r} outside the workspace)"
+                                        for p, t in (("root-link", "/"), ("secret-link", str(secret)),
+                                                     ("src/up-link", "../../../..")))
+    assert "not committed: secret-link" in ws.plan.text()
     assert "TOPSECRET" not in git(ws.path, "log", "-p", "--all")
     assert secret.read_text() == "TOPSECRET\n"
 
@@ -98,13 +115,15 @@ def test_symlink_chain_through_in_tree_links_is_caught(run):
     assert any("sneaky" in f for f in ws.isolation_findings())
 
 
-def test_git_dir_replaced_by_symlink_is_refused(run, tmp_path):
+def test_git_directory_changed_on_the_host_is_refused(run, tmp_path):
+    """The git directory is host-owned; a symlink found in it means the host itself was
+    reached: host git refuses to run there, and the target of the link is untouched."""
     ws = run.add_agent("oracle")
     host_config = tmp_path / "host-config"
     host_config.write_text("[core]\n\tbare = false\n")
-    (ws.path / ".git" / "config").unlink()
-    os.symlink(host_config, ws.path / ".git" / "config")
-    assert any("symlink inside .git" in f for f in ws.isolation_findings())
+    (ws.git_dir / "config").unlink()
+    os.symlink(host_config, ws.git_dir / "config")
+    assert any("symlink inside the git directory" in f for f in ws.isolation_findings())
     with pytest.raises(WorkspaceEscapeError):
         ws.commit_changes()
     assert host_config.read_text() == "[core]\n\tbare = false\n"
@@ -147,7 +166,7 @@ def test_crafted_index_cannot_make_the_host_read_outside(run, tmp_path):
     (tmp_path / "outside.txt").write_text("OUTSIDE\n")
     blob = git(ws.path, "hash-object", "-w", "--stdin")
     rel = os.path.relpath(tmp_path / "outside.txt", ws.path)
-    craft_index_with_path(ws.path, rel, blob)
+    craft_index_with_path(ws.path, rel, blob, index=ws.git_dir / "index")
     assert rel in git(ws.path, "ls-files")  # the agent's index now points outside the tree
     (ws.path / "ok.txt").write_text("ok\n")
     ws.commit_changes()

@@ -41,8 +41,11 @@ def test_agent_workspace_layout(run, target_repo):
     assert ws.path == run.path / "agents" / "frontend"
     assert ws.plan_path == run.path / "plans" / "frontend" / "Plan.md"
     assert ws.branch == "ultrawork/run-1/frontend"
-    # a normal clone with its own .git directory, usable alone (e.g. mounted into a container)
-    assert (ws.path / ".git").is_dir() and not (ws.path / ".git").is_symlink()
+    # the git directory is host-owned and outside the work tree (the sandbox mounts only the
+    # work tree writable); the work tree's .git file points there, as git's own submodules do
+    assert ws.git_dir == run.path / ".git" / "modules" / "frontend" and ws.git_dir.is_dir()
+    assert (ws.path / ".git").read_text() == "gitdir: ../../.git/modules/frontend\n"
+    assert not (ws.git_dir.stat().st_mode & 0o022)
     assert git(ws.path, "symbolic-ref", "HEAD") == "refs/heads/ultrawork/run-1/frontend"
     assert git(ws.path, "rev-parse", "HEAD") == run.base_sha
     assert (ws.path / "src" / "app.py").read_text() == "print('hi')\n"
@@ -57,7 +60,7 @@ def test_agent_workspace_layout(run, target_repo):
     # the branch lives in the clone only until it is published
     assert "refs/heads/ultrawork/run-1/frontend" not in refs(target_repo)
     # objects are copied, never hard-linked with the user's repository
-    obj = next(p for p in (ws.path / ".git" / "objects").rglob("*") if p.is_file() and len(p.parent.name) == 2)
+    obj = next(p for p in (ws.git_dir / "objects").rglob("*") if p.is_file() and len(p.parent.name) == 2)
     assert obj.stat().st_nlink == 1
 
 

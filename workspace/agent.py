@@ -4,8 +4,9 @@ The methods follow the agent's lifecycle and run the hook points of
 `workspace.hooks`: `before_step` -> (the sandbox runs the command while
 `check_resources` is fed stats) -> `record_step`, repeated; then
 `commit_changes` and `finalize`. Each recording method commits one stage to
-the superproject. Host-side git in the clone always runs after
-`prepare_host_git` has reset the clone's git metadata to the baseline.
+the superproject. The clone's git directory is host-owned and outside the work
+tree (``.git/modules/<role>`` of the superproject); host-side git on it always
+runs after `prepare_host_git` has checked it against the baseline.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from workspace import clones
+from workspace.commit_guard import scan_worktree
 from workspace.command_policy import DEFAULT_DENY_LIST, DeniedCommand
 from workspace.errors import SafetyViolation, WorkspaceError
 from workspace.gitcmd import Identity
@@ -42,11 +44,15 @@ class AgentWorkspace:
         self.role = role
         self.branch = branch
         self.path = run.path / "agents" / role
+        self.git_dir = run.path / ".git" / "modules" / role
+        self.clone = clones.AgentClone(self.path, self.git_dir)
         self.plan_path = run.path / "plans" / role / "Plan.md"
         self.plan = PlanDocument(self.plan_path)
         self.state_dir = run.private_dir / "agents" / role
         self.identity = Identity(f"ultrawork-{role}", f"{role}@{run.run_id}.ultrawork.invalid")
         self.resource_monitor = ResourceMonitor(thresholds or ResourceThresholds())
+        self.file_limit_mb, self.workspace_limit_mb = 50, 1024   # the commit's caps (the flow sets the profile's)
+        self.refused: list[str] = []    # what the last commit left out, and why
 
     def __repr__(self) -> str:
         return f"AgentWorkspace(run={self.run.run_id!r}, role={self.role!r}, branch={self.branch!r})"
@@ -55,11 +61,11 @@ class AgentWorkspace:
     def save_baseline(self) -> None:
         """Remember the host-written git metadata; isolation checks and resets compare to it."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        config = read_regular_file(self.path / ".git" / "config")
+        config = read_regular_file(self.git_dir / "config")
         if config is None:
-            raise WorkspaceError(f"{self.path}/.git/config is missing after clone")
+            raise WorkspaceError(f"{self.git_dir}/config is missing after clone")
         write_private_file(self.state_dir / "git-config.baseline", config)
-        baseline = {"git": git_metadata_snapshot(self.path),
+        baseline = {"git": git_metadata_snapshot(self.git_dir),
                     "anchors": host_anchor_snapshot(self.run.target.git_dir, self.run.path)}
         (self.state_dir / "baseline.json").write_text(json.dumps(baseline))
 
@@ -71,7 +77,7 @@ class AgentWorkspace:
         baseline = read_regular_file(self.state_dir / "git-config.baseline")
         if baseline is None:
             raise WorkspaceError(f"no baseline for agent {self.role!r}; was it created by this run?")
-        reset = sanitize_clone(self.path, baseline)
+        reset = sanitize_clone(self.clone, baseline)
         if reset:
             self.plan.append_note("host reset agent-written git metadata before host-side git: "
                                   + ", ".join(reset), kind="recovery")
@@ -82,11 +88,14 @@ class AgentWorkspace:
         findings = escaping_symlinks(self.path) + escaping_symlinks(self.plan_path.parent)
         findings += [f"plan directory holds a repository: plans/{self.role}/{p}"
                      for p in nested_repositories(self.plan_path.parent)]
-        if os.path.isdir(self.path / ".git") and not os.path.islink(self.path / ".git"):
-            findings += [f"symlink inside .git: {p}" for p in git_dir_symlinks(self.path / ".git")]
+        if os.path.isdir(self.git_dir) and not os.path.islink(self.git_dir):
+            findings += [f"symlink inside the git directory: {p}" for p in git_dir_symlinks(self.git_dir)]
+        if read_regular_file(self.path / ".git") != self.clone.gitfile():
+            findings.append(f"agents/{self.role}/.git was replaced (host git never reads it; "
+                            "the host puts it back)")
         baseline = self._baseline()
-        findings += git_metadata_findings(baseline["git"], git_metadata_snapshot(self.path),
-                                          where=f"agents/{self.role}", cwd=self.run.path)
+        findings += git_metadata_findings(baseline["git"], git_metadata_snapshot(self.git_dir),
+                                          where=f"git directory of {self.role}", cwd=self.run.path)
         pre = self._pre_step()
         before = pre["anchors"] if pre else baseline["anchors"]
         findings += host_anchor_findings(before, host_anchor_snapshot(self.run.target.git_dir, self.run.path))
@@ -166,17 +175,17 @@ class AgentWorkspace:
     def commits(self) -> list[CommitInfo]:
         """Commits on the agent branch since the run's base, oldest first."""
         self.prepare_host_git()
-        return clones.commits_between(self.path, self.run.base_sha, self.branch)
+        return clones.commits_between(self.clone, self.run.base_sha, self.branch)
 
     def diffstat(self) -> str:
         """``git diff --stat`` of the agent branch against the run's base."""
         self.prepare_host_git()
-        return clones.diffstat(self.path, self.run.base_sha, self.branch)
+        return clones.diffstat(self.clone, self.run.base_sha, self.branch)
 
     def reset_worktree(self) -> None:
         """Start the agent again from its branch head (a resumed run redoes an unfinished agent)."""
         self.prepare_host_git()
-        clones.reset_worktree(self.path, self.branch)
+        clones.reset_worktree(self.clone, self.branch)
 
     def stages(self) -> list[str]:
         """This agent's superproject stages so far (``workspace created``, ``step 1 (exit 0)``...)."""
@@ -189,12 +198,18 @@ class AgentWorkspace:
         message = message or (f"ultrawork({self.role}): work from run {self.run.run_id}\n\n"
                               f"Committed host-side after the agent's last step.\n\n"
                               f"Ultrawork-Run: {self.run.run_id}\nUltrawork-Role: {self.role}\n")
-        clones.commit_worktree(self.path, self.branch, self.identity, message, self.state_dir / "tmp")
+        scan = scan_worktree(self.path, file_limit=self.file_limit_mb << 20,
+                             total_limit=self.workspace_limit_mb << 20)
+        for note in scan.notes():
+            self.plan.append_note(note, kind="refused")
+        self.refused = scan.notes()
+        clones.commit_worktree(self.clone, self.branch, self.identity, message, self.state_dir / "tmp",
+                               exclude=scan.pathspecs())
         recorded = self.run.recorded_commit(self.role)
-        since = recorded if recorded and clones.has_commit(self.path, recorded) else self.run.base_sha
-        new = [c.sha for c in clones.commits_between(self.path, since, self.branch)]
+        since = recorded if recorded and clones.has_commit(self.clone, recorded) else self.run.base_sha
+        new = [c.sha for c in clones.commits_between(self.clone, since, self.branch)]
         self.run.commit_stage(f"{self.role}: changes committed ({len(new)} new commit(s))",
-                              [self.path, self.plan_path])
+                              [self.plan_path], agents=[self])
         return new
 
     def finalize(self, outcome: str, *, errors: Sequence[str] = (), recoveries: Sequence[str] = ()) -> HookRunReport:
@@ -205,7 +220,7 @@ class AgentWorkspace:
                           errors=[str(e) for e in errors], recoveries=[str(r) for r in recoveries])
         ctx = HookContext(HookPoint.FINALIZE, self, final=final)
         report, violation = self._run_point(ctx)
-        self.run.commit_stage(f"{self.role}: finalized ({outcome})", [self.path, self.plan_path])
+        self.run.commit_stage(f"{self.role}: finalized ({outcome})", [self.plan_path], agents=[self])
         if violation is not None:
             raise violation
         return report

@@ -7,6 +7,7 @@ work itself is done by the modules named in each body.
 from __future__ import annotations
 
 import os
+import shutil
 from typing import TYPE_CHECKING
 
 from workspace.clones import clone_on_branch
@@ -37,7 +38,8 @@ def pre_task_branch_creator(ctx: "HookContext") -> None:
     except FileExistsError:
         raise WorkspaceError(f"agent workspace {ws.path} already exists") from None
     ctx.data["claimed"] = True  # from here on a failed setup cleans up after itself
-    clone_on_branch(ws.run.target, ws.path, ws.branch, ws.run.base_sha)
+    shutil.rmtree(ws.git_dir, ignore_errors=True)   # what a setup that died before its cleanup left
+    clone_on_branch(ws.run.target, ws.clone, ws.branch, ws.run.base_sha)
     ws.save_baseline()
     if ctx.data.get("on_cloned"):  # the clone is on disk: a sandbox may be started on it now
         ctx.data["on_cloned"](ws)

@@ -76,3 +76,7 @@ class CommandDeniedError(SafetyViolation):
 
 class ResourceLimitError(SafetyViolation):
     """A container resource limit stayed exceeded longer than the grace period."""
+
+
+class DiskLimitExceeded(WorkspaceError):
+    """The agent's workspace outgrew its cap (size or file count): nothing of it is committed."""

@@ -108,9 +108,8 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(data or b"").hexdigest()
 
 
-def git_metadata_snapshot(clone: Path) -> dict:
-    """The parts of a clone's .git that decide what host git would run or read."""
-    git_dir = clone / ".git"
+def git_metadata_snapshot(git_dir: Path) -> dict:
+    """The parts of a clone's git directory that decide what host git would run or read."""
     hooks = {}
     if os.path.isdir(git_dir / "hooks") and not os.path.islink(git_dir / "hooks"):
         for name in sorted(os.listdir(git_dir / "hooks")):

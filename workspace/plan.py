@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import stat
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -196,7 +197,7 @@ class PlanDocument:
         return "" if data is None else data.decode("utf-8", "replace")
 
     def _append(self, markdown: str, *, create: bool = False) -> None:
-        """Append without clobbering; a non-regular Plan.md (symlink, fifo) is replaced."""
+        """Append without clobbering; a non-regular Plan.md (symlink, fifo, folder) is replaced."""
         flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | (os.O_CREAT | os.O_EXCL if create else 0)
         prefix = ""
         if not create:
@@ -205,7 +206,9 @@ class PlanDocument:
             except FileNotFoundError:
                 st = None
             if st is None or not stat.S_ISREG(st.st_mode):
-                if st is not None:
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    shutil.rmtree(self.path)       # never follows a link inside it
+                elif st is not None:
                     os.unlink(self.path)
                 flags |= os.O_CREAT | os.O_EXCL
                 prefix = ("# Plan.md (recreated by the host)\n\n> The previous Plan.md was missing "

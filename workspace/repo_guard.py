@@ -4,12 +4,13 @@ Two kinds of repository reach the host:
 
 * the *target* repository (the user's): trusted, but its ``.gitmodules`` is
   checked because submodule names/paths/URLs are a classic injection vector;
-* an *agent clone*: writable by the agent, so untrusted. Before host git runs
-  in it, `sanitize_clone` puts its git metadata back to the host-written
-  baseline (config, hooks, info files, alternates, commondir), deletes fifos,
-  sockets and device nodes (git never stores them; a fifo would hang host
-  git) and refuses a clone whose ``.git`` contains symlinks. Nothing here
-  follows a symlink.
+* an *agent clone*: its work tree is writable by the agent, so untrusted; its
+  git directory lives outside the work tree and is host-owned. Before host git
+  runs on it, `sanitize_clone` checks the git directory against the
+  host-written baseline (config, hooks, info files, alternates, commondir),
+  deletes fifos, sockets and device nodes from the work tree (git never stores
+  them; a fifo would hang host git) and puts back the work tree's ``.git``
+  file. Nothing here follows a symlink.
 """
 
 from __future__ import annotations
@@ -196,31 +197,40 @@ def remove_special_files(root: Path) -> list[str]:
     return removed
 
 
-def sanitize_clone(clone: Path, baseline_config: bytes) -> list[str]:
-    """Reset an agent clone's git metadata to the host baseline; return what was reset.
+def sanitize_clone(clone, baseline_config: bytes) -> list[str]:
+    """Before host git runs on an agent clone (`clones.AgentClone`): check and reset its
+    host-owned git directory to the baseline, drop special files from the work tree and
+    put the work tree's ``.git`` file back; return what was reset.
 
-    Refuses (`WorkspaceEscapeError`) a clone whose ``.git`` is not a real
-    directory or holds symlinks: host git would be led outside the workspace.
+    The git directory is never writable from a sandbox, so a change there means the host
+    itself was reached: refused (`WorkspaceEscapeError`) when it is not a real directory
+    or holds symlinks. What the agent did to its work tree's ``.git`` entry is undone
+    (host git never reads it: it is given ``--git-dir``).
     """
-    git_dir = clone / ".git"
+    git_dir = clone.git_dir
     st = os.lstat(git_dir) if os.path.lexists(git_dir) else None
     if st is None or not stat.S_ISDIR(st.st_mode):
-        raise WorkspaceEscapeError(f"{clone.name}/.git is not a directory; refusing host git there",
-                                   findings=[f"{clone.name}/.git replaced"])
+        raise WorkspaceEscapeError(f"the git directory of {clone.work_tree.name} is not a directory; "
+                                   "refusing host git there", findings=[f"{git_dir} replaced"])
     links = git_dir_symlinks(git_dir)
     if links:
-        raise WorkspaceEscapeError(f"symlinks inside {clone.name}/.git; refusing host git there",
-                                   findings=[f"symlink {p}" for p in links])
-    reset = [f"special file {p}" for p in remove_special_files(clone)]
+        raise WorkspaceEscapeError(f"symlinks inside the git directory of {clone.work_tree.name}; "
+                                   "refusing host git there", findings=[f"symlink {p}" for p in links])
+    reset = [f"special file {p}" for p in remove_special_files(clone.work_tree)]
     if read_regular_file(git_dir / "config") != baseline_config:
         write_private_file(git_dir / "config", baseline_config)
-        reset.append(".git/config")
+        reset.append("git directory config")
     hooks = git_dir / "hooks"
     if os.path.lexists(hooks):
         _remove(hooks)
-        reset.append(".git/hooks")
+        reset.append("git directory hooks")
     for rel in AGENT_WRITABLE_GIT_FILES:
         if os.path.lexists(git_dir / rel):
             _remove(git_dir / rel)
-            reset.append(f".git/{rel}")
+            reset.append(f"git directory {rel}")
+    gitfile = clone.work_tree / ".git"
+    if read_regular_file(gitfile) != clone.gitfile() or os.path.islink(gitfile):
+        _remove(gitfile)
+        write_private_file(gitfile, clone.gitfile())
+        reset.append(".git in the work tree (the agent had replaced it)")
     return reset

@@ -2,9 +2,10 @@
 
 ``$ULTRAWORK_HOME/runs/<run-id>/`` (home defaults to ``~/.ultrawork``) holds
 ``task.md``, ``run.json``, ``plans/<role>/Plan.md`` and one submodule per agent
-at ``agents/<role>`` -- a full clone of the target repository with its own
-``.git`` directory, so it works alone when mounted into a container and
-parallel agents share no index or config lock. ``inbox/<role>/`` holds the
+at ``agents/<role>`` -- a full clone of the target repository whose git
+directory is ``.git/modules/<role>`` (host-owned; the work tree the sandbox
+edits holds only a ``.git`` file pointing there), so parallel agents share no
+index or config lock and nothing an agent writes is read by host git. ``inbox/<role>/`` holds the
 files an agent's sandbox reads, read-only, at ``/agent`` (its prompt); git ignores it. Every stage is one commit,
 so the history is the run's event log and one commit pins every agent's
 result. Commits are serialised with a file lock because all agents share the
@@ -37,8 +38,6 @@ from workspace.names import agent_branch, resolve_base_ref, validate_role, valid
 from workspace.repo_guard import TargetRepo, check_gitmodules, open_target_repo
 
 RUN_SCHEMA = 1
-# superproject path -> the paths this process has committed there (see commit_stage)
-_COMMITTED: dict[str, set[str]] = {}
 
 
 def ultrawork_home() -> Path:
@@ -118,18 +117,25 @@ class RunSuperproject:
     def _git(self, args: Sequence[str], **kwargs: Any):
         return run_git(args, cwd=self.path, identity=self.identity, **kwargs)
 
-    def commit_stage(self, message: str, paths: Iterable[Path]) -> None:
-        """Commit `paths` as one stage, holding the run's superproject lock (kept short: every
-        agent of the run waits on it). Paths this process committed before are tracked, so
-        one ``git commit --only`` does it; others are staged first."""
+    def commit_stage(self, message: str, paths: Iterable[Path], agents: Iterable[AgentWorkspace] = ()) -> None:
+        """Commit `paths` and the branch heads of `agents` as one stage, holding the run's
+        superproject lock (kept short: every agent of the run waits on it).
+
+        An agent's gitlink is written from its host-owned git directory (``--cacheinfo``):
+        the superproject never reads anything through the agent's work tree. Files are
+        staged with ``update-index`` (a symlink is stored as a link, never followed);
+        anything it cannot take (a folder) goes through ``git add``."""
         rel = [os.path.relpath(p, self.path) for p in paths]
-        known = _COMMITTED.setdefault(str(self.path), set())
-        commit = ["commit", "--quiet", "--allow-empty", "--no-verify", "--no-gpg-sign", "-m", message]
+        links = [f"160000,{branch_head(ws.clone, ws.branch)},{os.path.relpath(ws.path, self.path)}"
+                 for ws in agents]
+        stage = ["update-index", "--add", "--remove"]
+        for link in links:
+            stage += ["--cacheinfo", link]
         with file_lock(self.private_dir / "superproject.lock"):
-            if not known.issuperset(rel) or self._git([*commit, "--only", "--", *rel], check=False).returncode:
-                self._git(["add", "--all", "--", *rel])      # new to git (or to this process): staged first
-                self._git(commit)
-            known.update(rel)
+            if self._git([*stage, "--", *rel], check=False).returncode:
+                self._git([*stage, "--"])                    # the gitlinks alone; then the paths
+                self._git(["add", "--all", "--", *rel])
+            self._git(["commit", "--quiet", "--allow-empty", "--no-verify", "--no-gpg-sign", "-m", message])
 
     def register_submodule(self, ws: AgentWorkspace) -> None:
         """Add the existing clone at ``agents/<role>`` as submodule `role`, branch recorded.
@@ -138,7 +144,7 @@ class RunSuperproject:
         gitlink, the submodule initialized in .git/config), written directly: the run's agents
         register one at a time, and ``submodule add`` takes several times as long."""
         rel = os.path.relpath(ws.path, self.path)
-        head = branch_head(ws.path, ws.branch)              # the clone's commit, read before the lock
+        head = branch_head(ws.clone, ws.branch)             # the clone's commit, read before the lock
         url = str(self.target.path)
         section = (f'[submodule "{validate_role(ws.role)}"]\n\tpath = {_config_value(rel)}\n'
                    f"\turl = {_config_value(url)}\n\tbranch = {_config_value(ws.branch)}\n")
@@ -156,7 +162,6 @@ class RunSuperproject:
             except BaseException:
                 self._unstage_submodule(ws.role, rel)
                 raise
-            _COMMITTED.setdefault(str(self.path), set()).update([rel, ".gitmodules"])
 
     def _unstage_submodule(self, role: str, rel: str) -> None:
         """Leave the shared index, .gitmodules and config as HEAD has them (lock held)."""
@@ -208,6 +213,7 @@ class RunSuperproject:
         """Best-effort undo of a failed setup: remove what no superproject commit records."""
         if self.recorded_commit(ws.role) is None:
             shutil.rmtree(ws.path, ignore_errors=True)
+            shutil.rmtree(ws.git_dir, ignore_errors=True)
             shutil.rmtree(ws.state_dir, ignore_errors=True)
         plan_rel = os.path.relpath(ws.plan_path, self.path)
         if self._git(["cat-file", "-e", f"HEAD:{plan_rel}"], check=False).returncode != 0:
@@ -226,7 +232,7 @@ class RunSuperproject:
         """Make ``refs/heads/<agent branch>`` exist in the target repository; return its sha."""
         ws = self.agent(role)
         ws.prepare_host_git()
-        return fetch_into_target(self.target, ws.path, ws.branch)
+        return fetch_into_target(self.target, ws.clone, ws.branch)
 
 
 def _config_value(value: str) -> str:

@@ -1,0 +1,59 @@
+"""What of an agent's work tree the host commits: caps and refusals, decided before git reads it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest_git import git
+
+from workspace.commit_guard import scan_worktree
+from workspace.errors import DiskLimitExceeded
+
+pytest_plugins = ["conftest_git"]  # fixtures: ultrawork_home, target_repo, run
+
+MiB = 1 << 20
+
+
+def _sparse(path, size: int) -> None:
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+
+
+def test_a_workspace_over_its_cap_commits_nothing_and_names_the_largest_files(run):
+    ws = run.add_agent("frontend")
+    ws.workspace_limit_mb, ws.file_limit_mb = 8, 4
+    for n in range(3):
+        _sparse(ws.path / f"part{n}.bin", 3 * MiB)     # each under the per-file cap, 9 MiB in all
+    (ws.path / "src" / "app.py").write_text("print('changed')\n")
+    with pytest.raises(DiskLimitExceeded) as info:
+        ws.commit_changes()
+    assert "over its 8.0 MiB cap" in str(info.value) and "part" in str(info.value)
+    assert git(ws.path, "rev-parse", "HEAD") == run.base_sha            # nothing was committed
+
+
+def test_nested_repositories_and_oversized_files_stay_out_and_are_named(run, tmp_path):
+    ws = run.add_agent("frontend")
+    ws.file_limit_mb = 1
+    nested = ws.path / "vendor" / "lib"
+    nested.mkdir(parents=True)
+    git(nested, "init", "-q")
+    (nested / "x.py").write_text("x = 1\n")
+    _sparse(ws.path / "big.bin", 2 * MiB)
+    (ws.path / "ok.txt").write_text("ok\n")
+    ws.commit_changes()
+    tree = git(ws.path, "ls-tree", "-r", "--name-only", "HEAD").splitlines()
+    assert "ok.txt" in tree and "big.bin" not in tree
+    assert not any(n.startswith("vendor") for n in tree)
+    assert any("vendor/lib (a nested git repository)" in r for r in ws.refused)
+    assert any(r.startswith("not committed: big.bin (2.0 MiB, over the 1.0 MiB per-file cap") for r in ws.refused)
+
+
+def test_too_many_entries_is_refused(tmp_path):
+    for n in range(30):
+        (tmp_path / f"f{n}").write_text("")
+    with pytest.raises(DiskLimitExceeded, match="more than 20 files"):
+        scan_worktree(tmp_path, file_limit=MiB, total_limit=MiB, max_entries=20)
+    os.unlink(tmp_path / "f0")
+    assert scan_worktree(tmp_path, file_limit=MiB, total_limit=MiB).entries == 29
