@@ -57,3 +57,24 @@ def test_too_many_entries_is_refused(tmp_path):
         scan_worktree(tmp_path, file_limit=MiB, total_limit=MiB, max_entries=20)
     os.unlink(tmp_path / "f0")
     assert scan_worktree(tmp_path, file_limit=MiB, total_limit=MiB).entries == 29
+
+
+def test_the_integration_push_runs_none_of_the_target_repositorys_hooks(run, target_repo, tmp_path):
+    """Pushing the integration branch into the target used to run the target's receive hooks
+    as the orchestrating user; the target's side of the push now runs with hooks off."""
+    from workspace.integration import AgentBranch, integrate
+
+    ws = run.add_agent("frontend")
+    (ws.path / "ok.txt").write_text("ok\n")
+    ws.commit_changes()
+    run.publish_branch("frontend")
+    marker = tmp_path / "TARGET_HOOK_RAN"
+    for hook in ("pre-receive", "update", "post-receive", "post-update", "reference-transaction"):
+        path = target_repo / ".git" / "hooks" / hook
+        path.write_text(f"#!/bin/sh\necho {hook} >> {marker}\n")
+        path.chmod(0o755)
+    result = integrate(target_repo, run.run_id, run.base_sha,
+                       [AgentBranch("frontend", ws.branch, target_repo)], when=run.meta["created_at"])
+    assert result.outcome == "merged"
+    assert git(target_repo, "rev-parse", result.branch) == result.head
+    assert not marker.exists(), marker.read_text()

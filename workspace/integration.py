@@ -44,6 +44,9 @@ class IntegrationResult:
     head: str | None = None
 
 
+RECEIVE_PACK_NO_HOOKS = "git -c core.hooksPath=/dev/null receive-pack"
+
+
 def shortstat(repo: Path, base: str, ref: str) -> tuple[int, int, int]:
     """(files changed, insertions, deletions) between ``base`` and ``ref`` in ``repo``."""
     out = git_out(["diff", "--shortstat", "--no-ext-diff", "--no-textconv", "--end-of-options", base, ref, "--"],
@@ -95,7 +98,9 @@ def integrate(target: Path, run_id: str, base_commit: str, approved: list[AgentB
             raise PushRejected(f"{branch} already exists in {target} at {existing[:12]} with other commits; "
                                "not overwriting it")
         if not existing:
-            run_git(["push", "--quiet", "--", str(target), f"HEAD:refs/heads/{branch}"], cwd=scratch)
+            # the target's side of the push runs with hooks off too: its receive-pack is ours
+            run_git(["push", "--quiet", f"--receive-pack={RECEIVE_PACK_NO_HOOKS}", "--", str(target),
+                     f"HEAD:refs/heads/{branch}"], cwd=scratch)
         result.outcome, result.head = "merged", head
         return result
     finally:

@@ -74,9 +74,10 @@ def escaping_symlinks(root: Path, allowed_roots: tuple[Path, ...] = ()) -> list[
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             full = os.path.join(dirpath, name)
-            if not os.path.islink(full):
+            try:
+                target = os.readlink(full)
+            except OSError:   # not a link, or gone while walking (an agent's leftover deleting)
                 continue
-            target = os.readlink(full)
             lexical = os.path.normpath(os.path.join(dirpath, target))
             on_disk = os.path.realpath(full)  # resolves names only; opens no file
             if not (_inside(lexical, roots) and _inside(on_disk, roots)):

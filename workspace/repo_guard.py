@@ -190,7 +190,10 @@ def remove_special_files(root: Path) -> list[str]:
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             full = os.path.join(dirpath, name)
-            mode = os.lstat(full).st_mode
+            try:
+                mode = os.lstat(full).st_mode
+            except FileNotFoundError:   # removed while walking
+                continue
             if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
                 os.unlink(full)
                 removed.append(os.path.relpath(full, root))
