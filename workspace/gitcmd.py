@@ -14,8 +14,10 @@ have written. Every call therefore gets:
 * argument lists only, never a shell.
 
 Repository config an override cannot name (``filter.<driver>.*``,
-``diff.<driver>.textconv``...) is handled by `repo_guard.sanitize_clone`,
-which resets an agent clone's git metadata before host git touches it.
+``diff.<driver>.textconv``...) can only come from a git directory, and the
+git directories host git uses are host-owned: an agent's clone keeps its git
+directory outside the work tree the sandbox writes (`clones.AgentClone`), so
+attributes an agent writes can name a driver but never define one.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ HARDENING_CONFIG: tuple[tuple[str, str], ...] = (
     ("submodule.recurse", "false"),
     ("fetch.recurseSubmodules", "false"),
     ("commit.gpgSign", "false"),
+    ("gpg.program", "false"),
     ("tag.gpgSign", "false"),
     ("gc.auto", "0"),
     ("maintenance.auto", "false"),
@@ -62,6 +65,7 @@ HARDENING_CONFIG: tuple[tuple[str, str], ...] = (
 
 CLEAN_ENV: Mapping[str, str] = {
     "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_ATTR_NOSYSTEM": "1",
     "GIT_CONFIG_GLOBAL": "/dev/null",
     "GIT_TERMINAL_PROMPT": "0",
     "GIT_ASKPASS": "true",
