@@ -8,6 +8,7 @@ from typing import ClassVar
 from prefect.blocks.core import Block
 from pydantic import Field
 
+from sandbox.limits import LimitRaise
 from sandbox.policy import SandboxPolicy
 from sandbox.spec import DEFAULT_IMAGE, Limits
 
@@ -18,7 +19,9 @@ class SandboxSettings(Block):
     ``image``, ``memory_mb``, ``cpus``, ``pids``, ``network`` and ``timeout`` are every
     agent's defaults (an Ultrawork Agent Profiles block can change one role); the
     ``max_*`` caps and ``allowed_networks`` are the sandbox policy, which refuses
-    any profile that asks for more. Hardening (no capabilities, read-only root,
+    any profile that asks for more. A step stopped by its memory or pids limit is
+    retried once with that limit multiplied by ``limit_raise_factor``, up to the
+    ``limit_raise_max_*`` ceilings (default: the caps). Hardening (no capabilities, read-only root,
     user 1000, no new privileges) is not a setting: no block can turn it off.
 
     Example:
@@ -48,6 +51,12 @@ class SandboxSettings(Block):
     max_exec_timeout: float = Field(6 * 3600.0, gt=0, description="Cap: the longest step timeout (seconds).")
     allowed_networks: list[str] = Field(default_factory=lambda: ["none", "bridge"],
                                         description="Network modes a profile may use ('host' is never allowed).")
+    limit_raise_factor: float = Field(2.0, ge=1.0, description="A step stopped by its memory or pids limit is "
+                                      "retried once with that limit times this factor (1: not retried).")
+    limit_raise_max_memory_mb: int | None = Field(None, ge=16, description="Ceiling of a raised memory limit "
+                                                  "(MiB; default: max_memory_mb).")
+    limit_raise_max_pids: int | None = Field(None, ge=8, description="Ceiling of a raised pids limit "
+                                             "(default: max_pids).")
 
     def limits(self) -> Limits:
         return Limits(memory_mb=self.memory_mb, cpus=self.cpus, pids=self.pids)
@@ -60,3 +69,9 @@ class SandboxSettings(Block):
 
     def policy(self) -> SandboxPolicy:
         return SandboxPolicy(**self.caps())
+
+    def limit_raise(self) -> LimitRaise:
+        """How a hit limit is raised; a ceiling never passes the cap."""
+        return LimitRaise(factor=self.limit_raise_factor,
+                          max_memory_mb=min(self.limit_raise_max_memory_mb or self.max_memory_mb, self.max_memory_mb),
+                          max_pids=min(self.limit_raise_max_pids or self.max_pids, self.max_pids))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import socket
+import struct
 import tarfile
 import threading
 import time
@@ -31,7 +33,7 @@ from .errors import (
     SandboxPolicyError,
     SandboxTimeout,
 )
-from .output import BoundedBuffer, LineSplitter
+from .output import BoundedBuffer, OutputLog
 from .policy import SandboxPolicy, looks_secret, validate_spec
 from .procs import owner_token, owner_alive
 from .spec import (
@@ -49,20 +51,47 @@ from .spec import (
 )
 
 AGENT_DIR = "/agent"
-OnLine = Callable[[str, str], None]  # (stream name, line)
 
-# Run after every command: kill what the command left behind in its process
-# group, then print the cgroup's OOM-kill and pids-max event counters.
+# Run after every command, as the sandbox user: kill every process a command
+# started -- including ones that left its process group or session -- except
+# docker-init (pid 1), the keep-alive `sleep infinity` (the oldest child of pid
+# 1: nothing a command starts can be older) and this probe. Stopped first, so a
+# fork loop cannot outrun the killing; repeated until none is left. Then print
+# how many were killed and the cgroup's OOM-kill and pids-max event counters.
 _AFTER_EXEC = r"""
-import os, sys
-try:
-    os.killpg(int(open(sys.argv[1]).read()), 9)
-except Exception:
-    pass
-try:
-    os.unlink(sys.argv[1])
-except OSError:
-    pass
+import os, signal, sys, time
+me = os.getpid()
+def procs():
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/" + name + "/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found.append((int(name), fields[0], int(fields[1]), int(fields[19])))
+    return found
+children = [(start, pid) for pid, state, ppid, start in procs() if ppid == 1]
+spare = {1, me, min(children)[1] if children else 1}
+killed, ends = set(), time.monotonic() + float(sys.argv[1])
+while time.monotonic() < ends:
+    victims = [pid for pid, state, ppid, start in procs() if pid not in spare and state not in "ZX"]
+    if not victims:
+        break
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in victims:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                continue
+            if sig == signal.SIGKILL:
+                killed.add(pid)
+    time.sleep(0.002)
+else:
+    print("== survivors")
+print("== killed " + str(len(killed)))
 for f in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control",
           "/sys/fs/cgroup/pids.events", "/sys/fs/cgroup/pids/pids.events"):
     try:
@@ -70,6 +99,74 @@ for f in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_cont
     except OSError:
         pass
 """
+_PROBE_SECONDS = 3.0           # how long the probe keeps killing a respawning fork loop
+_EXEC_LOCKS_GUARD = threading.Lock()
+
+
+class _Overdue(Exception):
+    """A Docker call did not return within its bound."""
+
+
+def _bounded(fn: Callable, seconds: float):
+    """``fn()``, or :class:`_Overdue` after ``seconds`` (the call is left to finish on its own)."""
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # re-raised in the caller
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, name="bounded-docker-call", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise _Overdue(f"no answer within {seconds:g}s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def _exec_lock(sandbox: "Sandbox") -> threading.Lock:
+    """One command at a time per sandbox: the cleanup after a command kills every process in it."""
+    with _EXEC_LOCKS_GUARD:
+        lock = sandbox.__dict__.get("_exec_lock")
+        if lock is None:
+            lock = sandbox.__dict__["_exec_lock"] = threading.Lock()
+        return lock
+
+
+def _recv(sock, n: int) -> bytes:
+    return sock.recv(n) if hasattr(sock, "recv") else sock.read(n)
+
+
+def _frames(sock) -> Iterable[tuple[int, bytes]]:
+    """Docker's multiplexed exec stream: (1 stdout | 2 stderr, chunk), read in pieces of 64 KiB at most."""
+    while True:
+        header = b""
+        while len(header) < 8:
+            piece = _recv(sock, 8 - len(header))
+            if not piece:
+                return
+            header += piece
+        stream_id, length = struct.unpack(">BxxxL", header)
+        while length:
+            chunk = _recv(sock, min(length, 65536))
+            if not chunk:
+                return
+            length -= len(chunk)
+            yield stream_id, chunk
+
+
+def _close_stream(sock) -> None:
+    """Stop a reader blocked on the exec stream, whatever the daemon does."""
+    raw = getattr(sock, "_sock", sock)
+    for close in (lambda: raw.shutdown(socket.SHUT_RDWR), sock.close,
+                  lambda: getattr(sock, "_response", None) and sock._response.close()):
+        try:
+            close()
+        except Exception:  # already closed or never opened
+            pass
 
 
 @dataclass
@@ -101,6 +198,8 @@ class ExecResult:
     stderr: str
     duration: float
     truncated: bool = False
+    leftovers_killed: int = 0   # processes the command left running, killed after it
+    output_bytes: int = 0       # all it printed (stdout + stderr), kept or not
 
 
 @dataclass
@@ -300,13 +399,17 @@ class SandboxEngine:
         timeout: float | None = None,
         workdir: str | None = None,
         env: Mapping[str, str] | None = None,
-        on_line: OnLine | None = None,
-        should_stop: Callable[[], str | None] | None = None,
+        output_log: OutputLog | None = None,
+        should_stop: Callable[[], "str | ResourceLimitExceeded | None"] | None = None,
     ) -> ExecResult:
         """Run ``argv`` (never a shell string) and return its exit code and bounded output.
 
-        Raises :class:`SandboxTimeout` when it runs past ``timeout`` (its whole
-        process group is killed), :class:`ResourceLimitExceeded` when the memory
+        Afterwards every process the command started is killed, wherever it
+        went (``ExecResult.leftovers_killed`` counts them). ``output_log`` gets the
+        output as it comes (batched and capped). Raises :class:`SandboxTimeout`
+        when it runs past ``timeout`` -- at most ``kill_grace`` seconds later,
+        whatever the output rate or the engine does: a command that will not die
+        takes its container down -- :class:`ResourceLimitExceeded` when the memory
         or pids limit stopped it (or ``should_stop``, polled twice a second, gave a
         reason), and :class:`ContainerGone` if the container died.
         """
@@ -317,17 +420,22 @@ class SandboxEngine:
         for name in env or {}:
             if looks_secret(name) and name not in sandbox.spec.allow_env:
                 raise SandboxPolicyError(f"env.{name}", "looks like a secret; secrets never enter a sandbox")
-        token = secrets.token_hex(8)
-        pidfile = f"/tmp/.ultrawork-exec-{token}"
-        wrapped = ["setsid", "-w", "sh", "-c", f'echo $$ > {pidfile}; exec "$@"', "sh", *argv]
+        with _exec_lock(sandbox):
+            try:
+                return self._execute(sandbox, argv, timeout, workdir, env, output_log, should_stop)
+            finally:
+                if output_log is not None:
+                    output_log.close()
+
+    def _execute(self, sandbox, argv, timeout, workdir, env, output_log, should_stop) -> ExecResult:
         api = self.client.api
         container = self._container(sandbox)
         try:
             exec_id = api.exec_create(
-                container.id, wrapped, stdout=True, stderr=True, user=f"{SANDBOX_UID}:{SANDBOX_UID}",
+                container.id, argv, stdout=True, stderr=True, user=f"{SANDBOX_UID}:{SANDBOX_UID}",
                 workdir=workdir, environment=dict(env or {}),
             )["Id"]
-            stream = api.exec_start(exec_id, stream=True, demux=True)
+            sock = api.exec_start(exec_id, socket=True)   # read raw: closable, nothing buffered
         except docker.errors.NotFound:
             raise ContainerGone(f"sandbox {sandbox.name} no longer exists") from None
         except docker.errors.APIError as exc:
@@ -336,77 +444,95 @@ class SandboxEngine:
             raise SandboxError(f"exec failed: {exc.explanation or exc}") from None
         except requests.exceptions.ConnectionError as exc:
             raise EngineUnavailable(f"Docker engine unreachable: {exc}") from None
+        getattr(sock, "_sock", sock).settimeout(None)    # a quiet command is not a dead stream
 
         out, err = BoundedBuffer(self.output_limit), BoundedBuffer(self.output_limit)
-        splitters = {
-            "stdout": LineSplitter(lambda line: on_line("stdout", line)) if on_line else None,
-            "stderr": LineSplitter(lambda line: on_line("stderr", line)) if on_line else None,
-        }
         failure: list[BaseException] = []
 
         def pump() -> None:
             try:
-                for chunk_out, chunk_err in stream:
-                    for name, chunk, buf in (("stdout", chunk_out, out), ("stderr", chunk_err, err)):
-                        if chunk:
-                            buf.write(chunk)
-                            if splitters[name]:
-                                splitters[name].feed(chunk)
+                for stream_id, chunk in _frames(sock):
+                    name, buf = ("stderr", err) if stream_id == 2 else ("stdout", out)
+                    buf.write(chunk)
+                    if output_log is not None:
+                        output_log.feed(name, chunk)
             except BaseException as exc:  # surfaced below; the stream dies with the container
                 failure.append(exc)
-            finally:
-                for splitter in splitters.values():
-                    if splitter:
-                        splitter.close()
 
         started = time.monotonic()
         reader = threading.Thread(target=pump, name=f"exec-{sandbox.name}", daemon=True)
         reader.start()
         deadline = started + timeout
-        stopped: str | None = None
+        stopped = None
         while reader.is_alive() and time.monotonic() < deadline:
             reader.join(min(0.5, max(0.0, deadline - time.monotonic())))
+            if output_log is not None:
+                output_log.tick()
             stopped = should_stop() if should_stop and reader.is_alive() else None
             if stopped:
                 break
-        timed_out = reader.is_alive()
-        if timed_out:
-            self._after_exec(container, pidfile)
-            reader.join(self.kill_grace)
-            if reader.is_alive():  # the group would not die: take the whole sandbox down
-                self.cleanup(sandbox)
+        cut = reader.is_alive()   # past the deadline, or stopped by the monitor
+        probe = self._after_exec(container)
+        if cut:
+            _close_stream(sock)
+            reader.join(1.0)
+            if probe is None or probe.get("survivors") or reader.is_alive():
+                try:   # the command would not die: take the whole sandbox down
+                    _bounded(lambda: self.cleanup(sandbox), self.kill_grace)
+                except (_Overdue, SandboxError):
+                    pass
+        else:
+            _close_stream(sock)
         duration = time.monotonic() - started
         stdout, stderr = out.text(), err.text()
-        self._raise_if_limited(sandbox, container, pidfile, timed_out)
+        killed = (probe or {}).get("killed", 0)
+        try:
+            self._raise_if_limited(sandbox, container, probe, cut)
+        except ResourceLimitExceeded as exc:
+            exc.leftovers_killed = killed
+            raise
+        if isinstance(stopped, ResourceLimitExceeded):
+            raise stopped
         if stopped:
             raise ResourceLimitExceeded("monitor", stopped)
-        if timed_out:
-            raise SandboxTimeout(argv, timeout, stdout, stderr)
+        if cut:
+            error = SandboxTimeout(argv, timeout, stdout, stderr)
+            error.leftovers_killed = killed
+            raise error
         try:
-            exit_code = api.exec_inspect(exec_id).get("ExitCode")
-        except docker.errors.APIError:
+            exit_code = _bounded(lambda: api.exec_inspect(exec_id).get("ExitCode"), self.kill_grace)
+        except (_Overdue, docker.errors.APIError, requests.exceptions.RequestException):
             exit_code = None
         if exit_code is None or failure:
             self._raise_if_gone(sandbox)
             exit_code = -1 if exit_code is None else exit_code
         if exit_code != 0:
             self._raise_if_gone(sandbox)
-        return ExecResult(argv, exit_code, stdout, stderr, duration, out.truncated or err.truncated)
+        return ExecResult(argv, exit_code, stdout, stderr, duration, out.truncated or err.truncated,
+                          leftovers_killed=killed, output_bytes=out.total + err.total)
 
-    def _after_exec(self, container, pidfile: str) -> dict[str, int] | None:
-        """Kill the command's leftover process group; return the cgroup event counters.
+    def _after_exec(self, container) -> dict[str, int] | None:
+        """Kill every process the command left; return the count and the cgroup event counters.
 
-        None means the probe itself could not run (e.g. no pid left to start it).
+        Bounded by ``kill_grace``. None means the probe could not run (no pid
+        left to start it, or no answer in time). ``survivors`` is set when
+        processes were still respawning when the probe gave up.
         """
         try:
-            res = container.exec_run(["python3", "-c", _AFTER_EXEC, pidfile], user=f"{SANDBOX_UID}:{SANDBOX_UID}")
-        except docker.errors.APIError:
+            res = _bounded(lambda: container.exec_run(
+                ["python3", "-c", _AFTER_EXEC, str(_PROBE_SECONDS)], user=f"{SANDBOX_UID}:{SANDBOX_UID}"),
+                self.kill_grace)
+        except (_Overdue, docker.errors.APIError, requests.exceptions.RequestException):
             return None
         if res.exit_code != 0:
             return None
         counters: dict[str, int] = {}
         current = ""
         for line in res.output.decode(errors="replace").splitlines():
+            if line.startswith("== killed "):
+                counters["killed"] = int(line.split()[-1])
+            elif line == "== survivors":
+                counters["survivors"] = 1
             if line.startswith("== "):
                 current = line[3:]
                 continue
@@ -420,49 +546,61 @@ class SandboxEngine:
         return counters
 
     def _raise_if_gone(self, sandbox: Sandbox) -> None:
-        container = self._container(sandbox)
+        try:
+            container = _bounded(lambda: self._container(sandbox), self.kill_grace)
+        except _Overdue:
+            raise ContainerGone(f"sandbox {sandbox.name} does not answer") from None
         state = container.attrs.get("State", {})
         if state.get("OOMKilled"):
             raise ResourceLimitExceeded("memory", f"sandbox {sandbox.name} was OOM-killed", 137)
         if not state.get("Running"):
             raise ContainerGone(f"sandbox {sandbox.name} stopped ({state.get('Status')}, exit {state.get('ExitCode')})")
 
-    def _raise_if_limited(self, sandbox: Sandbox, container, pidfile: str, timed_out: bool) -> None:
-        """Clean up after a command; turn an OOM kill or pids exhaustion into an error."""
+    def _raise_if_limited(self, sandbox: Sandbox, container, probe: dict[str, int] | None, cut: bool) -> None:
+        """Turn an OOM kill or pids exhaustion seen after a command into an error (every call bounded)."""
         try:
-            container.reload()
+            _bounded(container.reload, self.kill_grace)
         except docker.errors.NotFound:
-            if timed_out:
+            if cut:
                 return
             raise ContainerGone(f"sandbox {sandbox.name} was removed") from None
+        except (_Overdue, docker.errors.APIError, requests.exceptions.RequestException):
+            if cut:
+                return
+            raise ContainerGone(f"sandbox {sandbox.name} does not answer after the command") from None
         if container.attrs.get("State", {}).get("OOMKilled"):
             raise ResourceLimitExceeded("memory", f"sandbox {sandbox.name} was OOM-killed", 137)
         if container.status != "running":
             return
         limits = sandbox.spec.limits
-        now = self._after_exec(container, pidfile)
-        if now is None:  # no probe could start: the container is going, or its pids are exhausted
+        if probe is None:  # no probe could start: the container is going, or its pids are exhausted
             time.sleep(0.5)  # a removal from outside takes a moment to show
             try:
-                container.reload()
-                running = container.status == "running"
-                pids = (container.stats(stream=False, one_shot=True).get("pids_stats") or {}).get("current", 0)
-            except (docker.errors.NotFound, docker.errors.APIError, requests.exceptions.RequestException):
+                def look():
+                    container.reload()
+                    stats = container.stats(stream=False, one_shot=True)
+                    return container.status == "running", (stats.get("pids_stats") or {}).get("current", 0)
+                running, pids = _bounded(look, self.kill_grace)
+            except (_Overdue, docker.errors.NotFound, docker.errors.APIError, requests.exceptions.RequestException):
                 running, pids = False, 0
             if not running:
+                if cut:
+                    return
                 raise ContainerGone(f"sandbox {sandbox.name} stopped or was removed during the command")
             if pids < limits.pids - 2:
+                if cut:
+                    return
                 raise ContainerGone(f"sandbox {sandbox.name} no longer runs commands ({pids} processes)")
             try:
-                container.kill()
-            except docker.errors.APIError:
+                _bounded(container.kill, self.kill_grace)
+            except (_Overdue, docker.errors.APIError, requests.exceptions.RequestException):
                 raise ContainerGone(f"sandbox {sandbox.name} stopped during the command") from None
             raise ResourceLimitExceeded("pids", f"the {limits.pids}-process limit is exhausted; the sandbox was stopped")
         before = dict(sandbox.counters)
-        sandbox.counters.update(now)
-        if now.get("oom_kill", 0) > before.get("oom_kill", 0):
+        sandbox.counters.update({k: v for k, v in probe.items() if k in ("oom_kill", "pids_max")})
+        if probe.get("oom_kill", 0) > before.get("oom_kill", 0):
             raise ResourceLimitExceeded("memory", f"a process passed the {limits.memory_mb} MiB memory limit and was killed", 137)
-        if now.get("pids_max", 0) > before.get("pids_max", 0):
+        if probe.get("pids_max", 0) > before.get("pids_max", 0):
             raise ResourceLimitExceeded("pids", f"the {limits.pids}-process limit was reached")
 
     # -- observe ----------------------------------------------------------

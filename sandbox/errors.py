@@ -43,17 +43,31 @@ class SandboxTimeout(UltraworkError):
         self.timeout = timeout
         self.stdout = stdout
         self.stderr = stderr
+        self.leftovers_killed = 0
         super().__init__(f"command {argv[:3]!r}... ran past its {timeout:g}s timeout and was killed")
+
+    def __reduce__(self):  # picklable (persisted task results): rebuilt from its fields
+        return (type(self), (self.argv, self.timeout, self.stdout, self.stderr), self.__dict__)
 
 
 class ResourceLimitExceeded(UltraworkError):
-    """A command was stopped by a resource limit (OOM kill, pids exhausted)."""
+    """A command was stopped by a resource limit (OOM kill, pids exhausted, the resource monitor).
 
-    def __init__(self, resource: str, detail: str, exit_code: int | None = None):
+    ``resource`` names the limit (``memory``, ``pids``, ...). ``raised`` says how
+    the recovery raised it for the next attempt ("512 MiB -> 1024 MiB"); it stays
+    None when the limit cannot be raised, and then the step is not retried.
+    """
+
+    def __init__(self, resource: str, detail: str, exit_code: int | None = None, raised: str | None = None):
         self.resource = resource
         self.detail = detail
         self.exit_code = exit_code
+        self.raised = raised
+        self.leftovers_killed = 0
         super().__init__(f"{resource} limit exceeded: {detail}")
+
+    def __reduce__(self):
+        return (type(self), (self.resource, self.detail, self.exit_code, self.raised), self.__dict__)
 
 
 class McpError(UltraworkError):

@@ -20,8 +20,9 @@ from workspace.errors import ResourceLimitError
 from workspace.hooks import HookContext, HookPoint
 from workspace.plan import StepRecord
 
-from .engine import ExecResult, OnLine, Sandbox, SandboxEngine
-from .errors import SandboxError
+from .engine import ExecResult, Sandbox, SandboxEngine
+from .errors import ResourceLimitExceeded, SandboxError
+from .output import OutputLog
 from .policy import validate_spec
 
 
@@ -43,14 +44,19 @@ def check_step(engine: SandboxEngine, sandbox: Sandbox, argv: Sequence[str], ws=
                                               policy_check=policy_check, deny_list=deny_list))
 
 
-def _monitor(engine: SandboxEngine, sandbox: Sandbox, ws, stop: threading.Event, reason: list[str],
-             interval: float) -> None:
-    """resource-limit-monitor: feed stats to the safety hook until the step ends."""
+def _monitor(engine: SandboxEngine, sandbox: Sandbox, ws, stop: threading.Event,
+             reason: list[ResourceLimitExceeded], interval: float) -> None:
+    """resource-limit-monitor: feed stats to the safety hook until the step ends.
+
+    Its verdict names the limit (the first word of each finding: memory, pids,
+    cpu), so the step fails with that limit and the recovery can raise it.
+    """
     while not stop.wait(interval):
         try:
             ws.check_resources(engine.stats(sandbox))
         except ResourceLimitError as exc:
-            reason.append(str(exc))
+            names = [f.split()[0] for f in exc.findings if f.split()]
+            reason.append(ResourceLimitExceeded(names[0] if names else "monitor", str(exc)))
             return
         except SandboxError:
             return
@@ -65,7 +71,7 @@ def guarded_execute(
     timeout: float | None = None,
     workdir: str | None = None,
     env: Mapping[str, str] | None = None,
-    on_line: OnLine | None = None,
+    output_log: OutputLog | None = None,
     before_execute: Callable[[], None] | None = None,
     monitor_interval: float = 1.0,
 ) -> ExecResult:
@@ -85,7 +91,7 @@ def guarded_execute(
     try:
         if before_execute is not None:
             before_execute()
-        result = engine.execute(sandbox, argv, timeout, workdir, env, on_line,
+        result = engine.execute(sandbox, argv, timeout, workdir, env, output_log,
                                 lambda: reason[0] if reason else None)
     except BaseException as exc:
         if ws is not None:

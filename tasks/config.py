@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from agents.profiles import DEFAULT_PROFILES, AgentProfile
 from blocks import DEFAULT_BLOCK_NAME, AgentProfiles, GitHubSettings, SandboxSettings
+from sandbox.limits import LimitRaise
 from sandbox.policy import SandboxPolicy
 from workspace.github import GitHubTarget, github_target_from_env
 
@@ -29,6 +30,7 @@ class UltraworkConfig:
     profiles: dict[str, AgentProfile] = field(default_factory=lambda: dict(DEFAULT_PROFILES))
     caps: dict = field(default_factory=dict)              # SandboxPolicy fields; empty: the defaults
     github: GitHubTarget | None = None
+    limit_raise: LimitRaise | None = None                 # None: factor 2 up to the policy's caps
     sources: dict[str, str] = field(default_factory=dict)  # what came from where, for the log
 
     def policy(self) -> SandboxPolicy:
@@ -66,6 +68,7 @@ async def load_config(name: str | None = None) -> UltraworkConfig:
     config = UltraworkConfig(
         profiles=profiles_with(sandbox, agent_profiles),
         caps=sandbox.caps() if sandbox is not None else {},
+        limit_raise=sandbox.limit_raise() if sandbox is not None else None,
         github=github_block.target() if github_block is not None else env_github,
         sources={"sandbox": f"block {name!r}" if sandbox else "defaults",
                  "agent profiles": f"block {name!r}" if agent_profiles else "defaults",
@@ -85,3 +88,12 @@ def active_policy() -> SandboxPolicy:
     """The sandbox policy of the current run (the defaults outside one)."""
     config = _ACTIVE.get()
     return config.policy() if config is not None else SandboxPolicy()
+
+
+def active_limit_raise() -> LimitRaise:
+    """How the current run raises a limit a step hit (factor 2 up to the policy's caps by default)."""
+    config = _ACTIVE.get()
+    if config is not None and config.limit_raise is not None:
+        return config.limit_raise
+    policy = active_policy()
+    return LimitRaise(max_memory_mb=policy.max_memory_mb, max_pids=policy.max_pids)

@@ -1,15 +1,11 @@
 """The recovery table: which error class gets which recovery, in one place.
 
-| error class            | recovery                                   | retries |
-| ---------------------- | ------------------------------------------ | ------- |
-| AgentExecutionError    | retry the step                             | 1       |
-| SandboxError           | recreate the sandbox, then retry           | 2       |
-| GitError               | retry with exponential backoff and jitter  | 4       |
-| HookError              | disable the hook for the run and continue  | 0 (the hook registry disables it) |
-| McpError               | restart the MCP server, then retry         | 2       |
+{table}
 
-Everything else (policy rejections, timeouts, resource limits, bad input) is
-not retried: doing the same thing again would fail the same way.
+Everything else (policy rejections, timeouts, bad input) is not retried: doing
+the same thing again would fail the same way. Output floods are not an error:
+the output is cut (head and tail kept, logging capped) and the step goes on,
+so there is no output limit to raise.
 
 Prefect's task retries do the retrying; ``task_options`` turns a row of the
 table into ``@task`` keyword arguments with a ``retry_condition_fn`` closure
@@ -21,10 +17,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from agents.errors import AgentExecutionError
-from sandbox.errors import McpError, SandboxError
+from sandbox.errors import McpError, ResourceLimitExceeded, SandboxError
 from workspace.errors import GitError, HookError
 
 log = logging.getLogger("ultrawork.recovery")
@@ -37,6 +33,8 @@ class Recovery:
     retries: int
     delays: list[float] = field(default_factory=lambda: [1.0])
     jitter: float | None = None
+    when: Callable[[BaseException], bool] | None = None   # retried only if this says so
+    note: str = ""                                        # says when, in the table above
 
 
 RECOVERY_TABLE: list[Recovery] = [
@@ -44,9 +42,24 @@ RECOVERY_TABLE: list[Recovery] = [
     Recovery(SandboxError, "recreate the sandbox, then retry", retries=2, delays=[1.0, 2.0]),
     Recovery(GitError, "retry with exponential backoff and jitter", retries=4,
              delays=[0.5, 1.0, 2.0, 4.0], jitter=0.5),
-    Recovery(HookError, "disable the hook for the run and continue", retries=0),
+    Recovery(HookError, "disable the hook for the run and continue", retries=0,
+             note="the hook registry disables it"),
     Recovery(McpError, "restart the MCP server, then retry", retries=2, delays=[1.0, 2.0]),
+    Recovery(ResourceLimitExceeded, "adjust limits: raise the limit it hit, recreate the sandbox, then retry",
+             retries=1, delays=[1.0], when=lambda exc: getattr(exc, "raised", None) is not None,
+             note="while the limit is below its ceiling: `limit_raise_*` of the sandbox settings"),
 ]
+
+
+def _table_markdown(rows: list[Recovery]) -> str:
+    lines = ["| error class | recovery | retries |", "| --- | --- | --- |"]
+    for row in rows:
+        retries = f"{row.retries}" + (f" ({row.note})" if row.note else "")
+        lines.append(f"| {row.error.__name__} | {row.action} | {retries} |")
+    return "\n".join(lines)
+
+
+__doc__ = __doc__.format(table=_table_markdown(RECOVERY_TABLE))
 
 
 def recovery_for(exc: BaseException | None) -> Recovery | None:
@@ -57,6 +70,14 @@ def recovery_for(exc: BaseException | None) -> Recovery | None:
         if isinstance(exc, row.error):
             return row
     return None
+
+
+def will_retry(exc: BaseException, run_count: int, errors: tuple[type[BaseException], ...] | None = None) -> bool:
+    """Whether attempt ``run_count`` failing with ``exc`` is retried (the rule ``task_options`` applies)."""
+    row = recovery_for(exc)
+    if row is None or (errors is not None and row.error not in errors) or run_count > row.retries:
+        return False
+    return row.when is None or row.when(exc)
 
 
 def _exception_of(state: Any) -> BaseException | None:
@@ -80,9 +101,9 @@ def task_options(*errors: type[BaseException]) -> dict[str, Any]:
 
     def retry_condition(task, task_run, state) -> bool:
         exc = _exception_of(state)
-        row = recovery_for(exc)
-        if row is None or row not in rows or task_run.run_count > row.retries:
+        if not will_retry(exc, task_run.run_count, errors):
             return False
+        row = recovery_for(exc)
         log.warning("%s failed (attempt %d): %s: %s -> %s", task.name, task_run.run_count,
                     type(exc).__name__, exc, row.action)
         return True

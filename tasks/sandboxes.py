@@ -3,7 +3,12 @@
 A :class:`SandboxHandle` is the agent's sandbox across retries: when a step
 fails with a ``SandboxError`` the next attempt finds the container gone or
 broken and recreates it (with the same agent files mounted) before running the step
-again -- the recovery the table in ``tasks.recovery`` names.
+again; when it hits its memory or pids limit, the handle's spec gets the raised
+limit first -- the recoveries the table in ``tasks.recovery`` names.
+
+A step's output reaches the run's log in batches (several lines a record) and
+at most ``LOG_LINES`` lines / ``LOG_BYTES`` bytes a step, then one marker line:
+a flood costs the orchestrator neither memory nor log rows.
 """
 
 from __future__ import annotations
@@ -15,21 +20,30 @@ from typing import Callable
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 
 from agents.errors import AgentExecutionError
 from sandbox import SandboxEngine, SandboxError, SandboxSpec, validate_spec
 from sandbox.engine import Sandbox
+from sandbox.errors import ResourceLimitExceeded
+from sandbox.limits import raise_limit
+from sandbox.output import OutputLog
 from sandbox.steps import guarded_execute
 from sandbox.spec import ultrawork_home
 
-from .config import active_policy
+from .config import active_limit_raise, active_policy
 from .faults import fault
 from .logs import get_logger
-from .recovery import recovery_for, task_options
+from .recovery import recovery_for, task_options, will_retry
 
 _ENGINE: SandboxEngine | None = None
 _ENGINE_KEY: tuple[str, ...] | None = None
 _ENGINE_LOCK = threading.Lock()
+
+STEP_ERRORS = (AgentExecutionError, SandboxError, ResourceLimitExceeded)   # what a step retries
+LOG_LINES = 2000              # most output lines one step sends to the run's log
+LOG_BYTES = 256 * 1024        # most output bytes one step sends to the run's log
+LOG_MARKER = "[output truncated: {dropped} more bytes not logged; the tail is in Plan.md]"
 
 
 def engine() -> SandboxEngine:
@@ -55,6 +69,7 @@ class SandboxHandle:
         self.created = 0
         self.attempts = 0
         self.broken = False
+        self.recreate_why = "sandbox was gone or broken: recreated it (recovery: recreate the sandbox, then retry)"
         self.recoveries: list[str] = []
 
     def ensure(self, note: Callable[[str], None] | None = None) -> Sandbox:
@@ -63,7 +78,8 @@ class SandboxHandle:
             eng.cleanup(self.sandbox)
             self.sandbox = None
             if note:
-                note("sandbox was gone or broken: recreated it (recovery: recreate the sandbox, then retry)")
+                note(self.recreate_why)
+            self.recreate_why = "sandbox was gone or broken: recreated it (recovery: recreate the sandbox, then retry)"
         if self.sandbox is None:
             validate_spec(self.spec, eng.policy)
             self.sandbox = eng.create(self.spec)
@@ -72,6 +88,26 @@ class SandboxHandle:
             if self.files:   # files the spec does not already mount
                 eng.deploy(self.sandbox, files=self.files)
         return self.sandbox
+
+    def raise_limit(self, exc: ResourceLimitExceeded, retry_left: bool = True) -> str | None:
+        """Give the next sandbox the raised limit ``exc`` hit; the sentence saying so, or None
+        (and ``exc`` says why not) when that limit cannot be raised."""
+        raised = raise_limit(self.spec.limits, exc.resource, active_limit_raise())
+        if not retry_left and not isinstance(raised, str):
+            raised = f"the step was already retried with raised limits ({exc.resource} now {self._shown(exc.resource)})"
+        if isinstance(raised, str):
+            exc.detail = f"{exc.detail}; not retried: {raised}"
+            exc.args = (f"{exc.resource} limit exceeded: {exc.detail}",)
+            return None
+        limits, change = raised
+        self.spec = self.spec.model_copy(update={"limits": limits})
+        self.broken = True
+        self.recreate_why = f"sandbox recreated with the {change.resource} limit raised to {str(change).split(' → ')[1]}"
+        exc.raised = str(change)
+        return change.sentence()
+
+    def _shown(self, resource: str) -> str:
+        return f"{self.spec.limits.memory_mb} MiB" if resource == "memory" else str(getattr(self.spec.limits, resource, "?"))
 
     def _alive(self) -> bool:
         try:
@@ -94,7 +130,8 @@ async def start_sandbox(handle: SandboxHandle) -> str:
     return sandbox.name
 
 
-@task(name="run-step", cache_policy=NO_CACHE, **task_options(AgentExecutionError, SandboxError))
+@task(name="run-step", cache_policy=NO_CACHE,
+      **task_options(*STEP_ERRORS))
 async def run_step(handle: SandboxHandle, ws, argv: list[str], timeout: float) -> dict:
     """One step of the execute loop (``sandbox.steps.guarded_execute``: safety hooks before,
     resource monitor during, isolation checker and Plan.md after); failures go to Plan.md
@@ -110,25 +147,36 @@ async def run_step(handle: SandboxHandle, ws, argv: list[str], timeout: float) -
 
     sandbox = await asyncio.to_thread(handle.ensure, note)
 
-    def on_line(stream: str, line: str) -> None:
-        log.info("[%s %s] %s", role, stream, line[:500])
-
+    output = OutputLog(lambda stream, text: log.info("[%s %s] %s", role, stream, text),
+                       max_lines=LOG_LINES, max_bytes=LOG_BYTES, marker=LOG_MARKER)
     try:
         result = await asyncio.to_thread(
-            guarded_execute, engine(), sandbox, argv, ws=ws, timeout=timeout, on_line=on_line,
+            guarded_execute, engine(), sandbox, argv, ws=ws, timeout=timeout, output_log=output,
             before_execute=lambda: fault("step", role=role, sandbox=sandbox))
+        if result.leftovers_killed:
+            ws.plan.append_note(f"killed {result.leftovers_killed} process(es) the step left running", kind="sandbox")
         if result.exit_code != 0:
             raise AgentExecutionError(role, argv, result.exit_code, result.stderr)
     except Exception as exc:
         if isinstance(exc, SandboxError):
             handle.broken = True
+        if getattr(exc, "leftovers_killed", 0):
+            ws.plan.append_note(f"killed {exc.leftovers_killed} process(es) the step left running", kind="sandbox")
+        context = TaskRunContext.get()
+        attempt = context.task_run.run_count if context else 1
         row = recovery_for(exc)
-        action = row.action if row and row.retries else "no retry"
+        raised = handle.raise_limit(exc, attempt <= row.retries) if isinstance(exc, ResourceLimitExceeded) else None
+        retried = will_retry(exc, attempt, STEP_ERRORS)
+        action = row.action if retried else "no retry"
         ws.plan.append_note(f"step failed: {type(exc).__name__}: {exc} (recovery: {action})", kind="error")
-        if row and row.retries:
+        if raised:
+            note(raised)
+        elif retried:
             handle.recoveries.append(f"{type(exc).__name__}: {row.action}")
         raise
-    return {"exit_code": result.exit_code, "duration": result.duration, "truncated": result.truncated}
+    return {"exit_code": result.exit_code, "duration": result.duration, "truncated": result.truncated,
+            "leftovers_killed": result.leftovers_killed, "output_bytes": result.output_bytes,
+            "log_records": output.records, "output_not_logged": output.dropped}
 
 
 @task(name="cleanup-sandbox", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)

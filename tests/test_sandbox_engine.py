@@ -24,6 +24,7 @@ from sandbox import (
     SandboxSpec,
     SandboxTimeout,
 )
+from sandbox.output import OutputLog
 
 pytestmark = pytest.mark.docker
 
@@ -85,10 +86,11 @@ def test_deploy_execute_stream_and_bounded_output(engine, sandbox_root, run_id):
     try:
         names = engine.deploy(sb, files={"agent.py": "print('agent ran'); open('/plan/Plan.md','a').write('found\\n')"})
         assert names == ["agent.py"]
-        lines: list[tuple[str, str]] = []
-        res = engine.execute(sb, ["python3", "/agent/agent.py"], on_line=lambda s, l: lines.append((s, l)))
+        records: list[tuple[str, str]] = []
+        res = engine.execute(sb, ["python3", "/agent/agent.py"],
+                             output_log=OutputLog(lambda s, text: records.append((s, text))))
         assert res.exit_code == 0 and res.stdout == "agent ran\n"
-        assert ("stdout", "agent ran") in lines
+        assert ("stdout", "agent ran") in records
         assert (plan_dir / "Plan.md").read_text() == "found\n"
         assert res.duration > 0
         big = engine.execute(sb, ["python3", "-c", "print('y' * 2_000_000)"])
