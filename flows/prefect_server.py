@@ -9,7 +9,9 @@ the client sees the answer of the attempt that got the lock, not a 503 and a
 back-off; parallel agent subflows then start together.
 
 The UI is served at ``/`` (and the newer one at ``/v2``) and is told that the
-API lives on this host and port, not on Prefect's default 4200.
+API lives on this host and port, not on Prefect's default 4200. It listens on a
+loopback address only; with ``PREFECT_SERVER_API_AUTH_STRING`` set (ultrawork
+always sets it) every API request but ``/health`` needs that string.
 """
 
 from __future__ import annotations
@@ -107,11 +109,20 @@ def write_transactions_wait_their_turn() -> None:
     AioSqliteConfiguration.begin_transaction = begin_immediate
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="a loopback address: the API is for this machine only")
     parser.add_argument("--port", type=int, default=4200)
+    parser.add_argument("--home", help="the server's home (PREFECT_HOME); on the command line so that "
+                                       "ultrawork finds its server by it")
     args = parser.parse_args()
+    if args.host not in LOOPBACK:
+        parser.error(f"--host must be a loopback address ({', '.join(LOOPBACK)}), not {args.host!r}")
+    if args.home:
+        os.environ["PREFECT_HOME"] = args.home
     # The UI asks /ui-settings where the API is; Prefect's default is port 4200, not ours.
     # Settings are read when prefect is imported, so they go into the environment first.
     os.environ["PREFECT_SERVER_API_HOST"], os.environ["PREFECT_SERVER_API_PORT"] = args.host, str(args.port)

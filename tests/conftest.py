@@ -98,18 +98,19 @@ def prefect_api(tmp_path_factory):
     from flows.server import ensure_server, stop_server
 
     home = tmp_path_factory.mktemp("prefect-server")
-    saved = {k: os.environ.get(k) for k in ("ULTRAWORK_HOME", "PREFECT_API_URL")}
+    saved = {k: os.environ.get(k) for k in ("ULTRAWORK_HOME", "PREFECT_API_URL", "PREFECT_API_AUTH_STRING")}
     os.environ["ULTRAWORK_HOME"] = str(home)
     os.environ.pop("PREFECT_API_URL", None)
-    url = ensure_server(start_timeout=180)  # exports PREFECT_API_URL for subprocesses
+    url = ensure_server(start_timeout=180)  # exports PREFECT_API_URL and its auth string for subprocesses
     if saved["ULTRAWORK_HOME"] is None:
         os.environ.pop("ULTRAWORK_HOME")
     else:
         os.environ["ULTRAWORK_HOME"] = saved["ULTRAWORK_HOME"]
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     try:
-        with temporary_settings(updates={PREFECT_API_URL: url}):
+        with temporary_settings(updates={PREFECT_API_URL: url,
+                                         PREFECT_API_AUTH_STRING: os.environ["PREFECT_API_AUTH_STRING"]}):
             yield url
     finally:
         os.environ["ULTRAWORK_HOME"] = str(home)
