@@ -186,16 +186,31 @@ def drive(params: dict, detach: bool, decide=None) -> None:
 
 @server_app.command("status")
 def server_status() -> None:
-    """Where the shared local Prefect server is and whether it answers."""
-    from flows.server import local_server, server_home
+    """Which Prefect server ultrawork commands use, and whether it answers (the auth string is never shown)."""
+    import os
 
-    info = local_server()
-    if info is None:
-        out.print(f"no local Prefect server started from {server_home()} (the next run starts one)")
-        raise typer.Exit(1)
-    state = "answering" if info["healthy"] else "not answering"
-    out.print(f"{info['url']} (pid {info['pid']}, {state}); UI at {info['url'][:-len('/api')]}")
-    if not info["healthy"]:
+    from flows.server import healthy, server_report
+
+    report = server_report()
+    external = os.environ.get("PREFECT_API_URL")
+    if external:
+        state = "answering" if healthy(external.rstrip("/")) else "not answering"
+        local = any(s["url"] == external.rstrip("/") for s in report["servers"])
+        out.print(f"PREFECT_API_URL is set: ultrawork commands use {external} ({state})"
+                  + (", this home's local server" if local else ", not the local server"))
+    for server in report["servers"]:
+        state = "answering" if server["healthy"] else "starting or not answering"
+        note = "" if server["recorded"] else f"; not in {report['home']}/server.json, found by its command line"
+        out.print(f"local server {server['url']} (pid {server['pid']}, {state}{note}); UI at "
+                  f"{server['url'][:-len('/api')]} (sign in with the auth string in {report['auth_file']})")
+        if server["legacy"]:
+            out.print("  it was started without an auth string: stop it when no run uses it")
+    if not report["servers"]:
+        stale = report["record"]
+        detail = f" (its record names pid {stale['pid']}, which is not that server: stale)" if stale else ""
+        out.print(f"no local Prefect server is running for {report['home']}{detail}; the next command starts one")
+    answering = healthy(external.rstrip("/")) if external else any(s["healthy"] for s in report["servers"])
+    if not answering:
         raise typer.Exit(1)
 
 
@@ -203,20 +218,31 @@ def server_status() -> None:
 def server_stop(
     force: Annotated[bool, typer.Option("--force", help="Stop it even while runs are using it.")] = False,
 ) -> None:
-    """Stop the shared local Prefect server; the next command that needs it starts it again."""
+    """Stop the shared local Prefect server; the next command that needs it starts it again.
+
+    Only a process that is verifiably this home's server (pid, start time, command
+    line) is signalled; a record naming anything else is reported stale and removed.
+    """
     from flows.runs import list_runs
-    from flows.server import local_server, stop_server
+    from flows.server import server_report, stop_server
     from sandbox.reaper import run_is_active
 
-    if local_server() is None:
-        out.print("no local Prefect server is running")
+    report = server_report()
+    if not report["servers"]:
+        if report["record"]:
+            stop_server()
+            out.print(f"no local Prefect server is running; its record named pid {report['record']['pid']}, which "
+                      "is not the server (stale): removed the record, signalled nothing")
+        else:
+            out.print("no local Prefect server is running")
         return
     active = [r for r in list_runs() if run_is_active(r)]
     if active and not force:
         fail(f"runs still use the server: {', '.join(active)}; wait for them, or use --force "
              "(they fail, and `ultrawork resume` continues them)")
-    stop_server()
-    out.print("local Prefect server stopped")
+    result = stop_server()
+    pids = ", ".join(str(p) for p in result.get("stopped", [])) or "none"
+    out.print(f"local Prefect server stopped (pid {pids})")
 
 
 @app.command("run")
