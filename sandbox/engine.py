@@ -24,6 +24,7 @@ import docker.errors
 import requests
 from docker.types import Mount as DockerMount
 
+from .deploy_files import add_directory
 from .errors import (
     ContainerGone,
     EngineUnavailable,
@@ -40,7 +41,9 @@ from .spec import (
     HOME_TARGET,
     LABEL_AGENT,
     LABEL_CREATED,
+    LABEL_HOME,
     LABEL_MANAGED,
+    LABEL_MCP_BOUND,
     LABEL_OWNER,
     LABEL_RUN,
     SANDBOX_UID,
@@ -48,6 +51,7 @@ from .spec import (
     Limits,
     Mount,
     SandboxSpec,
+    home_tag,
 )
 
 AGENT_DIR = "/agent"
@@ -303,6 +307,7 @@ class SandboxEngine:
             LABEL_AGENT: spec.role,
             LABEL_OWNER: owner_token(),
             LABEL_CREATED: str(int(time.time())),
+            LABEL_HOME: home_tag(),
         }
         memory = f"{spec.limits.memory_mb}m"
         try:
@@ -324,7 +329,8 @@ class SandboxEngine:
                     HOME_TARGET: f"rw,nosuid,nodev,size=256m,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0755",
                 },
                 mounts=[*mounts, DockerMount(AGENT_DIR, None, type="volume",   # labelled: see prune_volumes
-                                             labels={LABEL_MANAGED: "true", LABEL_RUN: spec.run_id})],
+                                             labels={LABEL_MANAGED: "true", LABEL_RUN: spec.run_id,
+                                                     LABEL_HOME: labels[LABEL_HOME]})],
                 pids_limit=spec.limits.pids,
                 mem_limit=memory,
                 memswap_limit=memory,
@@ -365,23 +371,8 @@ class SandboxEngine:
                 info.size, info.mode, info.uid, info.gid, info.mtime = len(data), 0o755, SANDBOX_UID, SANDBOX_UID, time.time()
                 tar.addfile(info, io.BytesIO(data))
                 names.append(rel_path.as_posix())
-            if directory is not None:
-                directory = Path(directory)
-                if not directory.is_dir():
-                    raise SandboxPolicyError("directory", f"{directory} is not a directory")
-                for path in sorted(directory.rglob("*")):
-                    if path.is_symlink() or not (path.is_file() or path.is_dir()):
-                        continue
-                    rel = path.relative_to(directory).as_posix()
-                    info = tar.gettarinfo(str(path), arcname=rel)
-                    info.uid = info.gid = SANDBOX_UID
-                    info.uname = info.gname = ""
-                    if path.is_file():
-                        with open(path, "rb") as fh:
-                            tar.addfile(info, fh)
-                        names.append(rel)
-                    else:
-                        tar.addfile(info)
+            if directory is not None:  # walked by descriptor: nothing a sandbox planted is followed
+                names += add_directory(tar, Path(directory))
         container = self._container(sandbox)
         try:
             ok = container.put_archive(dest, buf.getvalue())
@@ -638,9 +629,15 @@ class SandboxEngine:
             pids_limit=pids.get("limit") or sandbox.spec.limits.pids,
         )
 
-    def list(self, run_id: str | None = None, role: str | None = None) -> list[SandboxInfo]:
-        """Managed containers, optionally only one run's (or one role's)."""
+    def list(self, run_id: str | None = None, role: str | None = None, home: str | None = None,
+             mcp_bound: bool = False) -> list[SandboxInfo]:
+        """Managed containers, optionally only one run's (or one role's, one home's, or those of
+        MCP servers bound to a run)."""
         labels = [f"{LABEL_MANAGED}=true"]
+        if home:
+            labels.append(f"{LABEL_HOME}={home}")
+        if mcp_bound:
+            labels.append(f"{LABEL_MCP_BOUND}=true")
         if run_id:
             labels.append(f"{LABEL_RUN}={run_id}")
         if role:
@@ -700,13 +697,18 @@ class SandboxEngine:
         older_than: float | None = None,
         is_active: Callable[[str], bool] | None = None,
     ) -> list[SandboxInfo]:
-        """Remove managed containers whose run is no longer active (or older than ``older_than`` s).
+        """Remove this home's managed containers whose run is no longer active (or older than ``older_than`` s).
 
         A run is active while the process that created its container lives
         (and, when ``is_active`` is given, while it says the run is active).
+        Containers of other homes are never touched, nor, even with ``all``, those
+        of an MCP server bound to a run while that server lives.
         """
-        removed = []
-        for info in self.list():
+        removed, home = [], home_tag()
+        kept = {i.id for i in self.list(home=home, mcp_bound=True) if owner_alive(i.owner)}
+        for info in self.list(home=home):
+            if info.id in kept:
+                continue
             stale = all or (older_than is not None and info.age > older_than)
             if not stale and not owner_alive(info.owner):
                 stale = is_active is None or not is_active(info.run_id)
@@ -718,7 +720,8 @@ class SandboxEngine:
         """Remove the scratch volumes of sandboxes that are gone: a container removed from
         outside without ``-v`` (``docker rm -f``) leaves its anonymous volume behind."""
         try:
-            result = self.client.volumes.prune(filters={"label": f"{LABEL_MANAGED}=true"})
+            result = self.client.volumes.prune(filters={"label": [f"{LABEL_MANAGED}=true",
+                                                                  f"{LABEL_HOME}={home_tag()}"]})
         except docker.errors.APIError as exc:
             raise SandboxError(f"removing leftover sandbox volumes failed: {exc.explanation or exc}") from None
         return list(result.get("VolumesDeleted") or [])

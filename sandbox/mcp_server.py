@@ -67,12 +67,35 @@ def explain(exc: BaseException) -> str:
     return f"{text}\n(what to do: {hint})" if hint else text
 
 
+def _nul_argument(name: str, value: Any) -> str | None:
+    """The argument (``name``, ``name.key``, ``name[i]``) holding a NUL byte, if any."""
+    if isinstance(value, str):
+        return name if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _nul_argument(f"{name}.{key}", key) or _nul_argument(f"{name}.{key}", item)
+            if found:
+                return found
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _nul_argument(f"{name}[{i}]", item)
+            if found:
+                return found
+    return None
+
+
 async def _call(method: Callable[..., Any], **kwargs: Any) -> Any:
     """Run a blocking session method in a worker thread; typed errors become tool errors.
 
-    The thread is abandoned if the call is cancelled (client gone), so shutdown
-    and cleanup never wait for a long command.
+    An argument with a NUL byte (no path, name or command can hold one) is refused by name
+    first. The thread is abandoned if the call is cancelled (client gone), so shutdown and
+    cleanup never wait for a long command.
     """
+    for name, value in kwargs.items():
+        where = _nul_argument(name, value)
+        if where:
+            raise ToolError(explain(SandboxPolicyError(where, "contains a NUL byte, which no path, name or "
+                                                              "command argument may hold")))
     try:
         return await anyio.to_thread.run_sync(functools.partial(method, **kwargs), abandon_on_cancel=True)
     except UltraworkError as exc:

@@ -1,11 +1,13 @@
 """One MCP server session over the sandbox engine: what it may touch, and what it leaves behind.
 
 A session is either *unbound* -- its sandboxes carry a private run label
-``mcp-<random>`` and are removed when the session closes -- or *bound* to a run
-(``ultrawork mcp --run RUN [--role ROLE]``): its sandboxes are the run's
-(labelled with it, kept when the session ends), workspaces must lie in the
-agent's clone, every command is a step in the agent's Plan.md, and sandboxes of
-other runs (or, with ``--role``, of other agents) are refused.
+``mcp-<random>``, it sees and acts on only the sandboxes it created, it may not
+mount anything of ``$ULTRAWORK_HOME``, and its sandboxes are removed when it
+closes -- or *bound* to a run (``ultrawork mcp --run RUN [--role ROLE]``): its
+sandboxes are the run's (labelled with it, kept while the session lives and when
+it ends), workspaces must lie in the agent's clone, every command is a step in
+the agent's Plan.md, and sandboxes of other runs (or, with ``--role``, of other
+agents) are refused.
 
 Plain Python without MCP imports: `sandbox.mcp_server` only maps these methods
 to tools. Commands go through `sandbox.steps.guarded_execute`, the same hooks the
@@ -30,8 +32,8 @@ from workspace.superproject import RunSuperproject
 from .engine import AGENT_DIR, Sandbox, SandboxEngine
 from .errors import McpError, SandboxError, SandboxPolicyError
 from .access import agent_sandbox_spec
-from .policy import RUN_ID_RE, SandboxPolicy, _check_source, validate_spec  # _check_source: the mount-source rule
-from .spec import DEFAULT_IMAGE, Limits, SandboxSpec
+from .policy import RUN_ID_RE, SandboxPolicy, check_mount_source, validate_spec
+from .spec import DEFAULT_IMAGE, LABEL_MCP_BOUND, Limits, SandboxSpec, ultrawork_home
 from .steps import guarded_execute
 
 OUTPUT_LIMIT = 64 * 1024  # bytes kept per stream (head and tail) -- sized for a model's context
@@ -104,7 +106,7 @@ class McpSession:
         self.engine = engine
         self.run = run
         self.role = role
-        self.run_id = run.run_id if run is not None else f"mcp-{secrets.token_hex(4)}"
+        self.run_id = run.run_id if run is not None else f"mcp-{secrets.token_hex(8)}"
         self.closed = False
         self._own: dict[str, Sandbox] = {}
         self._agents: dict[str, object] = {}
@@ -151,6 +153,7 @@ class McpSession:
         if ws is not None:  # the same sandbox an agent of the run gets from the flows
             spec = agent_sandbox_spec(ws, image=image, workspace_mode=workspace_mode, network=network,
                                       limits=limits or Limits(), exec_timeout=600.0, workspace=path)
+            spec.labels[LABEL_MCP_BOUND] = "true"   # the reaper keeps it while this server lives
         else:
             spec = SandboxSpec(image=image, role=role, run_id=self.run_id, workspace=path,
                                workspace_mode=workspace_mode, limits=limits or Limits(), network=network)
@@ -182,7 +185,7 @@ class McpSession:
         sandbox, ws = self._resolve(sandbox_id)
         if not files and not directory:
             raise SandboxPolicyError("files", "give files (relative path -> text) and/or a host directory")
-        source = self._host_path("directory", directory, ws, check=True) if directory else None
+        source = self._host_path("directory", directory, ws) if directory else None
         if entrypoint is not None:
             rel = PurePosixPath(entrypoint)
             known = {PurePosixPath(name) for name in files or {}}
@@ -217,16 +220,19 @@ class McpSession:
 
     def list(self, run: str | None = None) -> SandboxList:
         self._check_open()
-        if self.bound and run not in (None, self.run_id):
-            raise SandboxPolicyError("run", f"this server is bound to run {self.run_id!r}")
         if run is not None and not RUN_ID_RE.match(run):
             raise SandboxPolicyError("run", f"{run!r} is not a run id")
+        if self.bound and run not in (None, self.run_id):
+            raise SandboxPolicyError("run", f"this server is bound to run {self.run_id!r}")
+        if not self.bound and run not in (None, self.run_id):
+            raise SandboxPolicyError("run", "a server not bound to a run lists only the sandboxes it created "
+                                            f"(run {self.run_id})")
         run = run or self.run_id
         with self._lock:
             own = set(self._own)
         entries = [SandboxEntry(sandbox_id=i.id, name=i.name, run=i.run_id, role=i.role, status=i.status,
                                 image=i.image, age_s=round(i.age, 1), this_session=i.id in own)
-                   for i in self.engine.list(run_id=run)]
+                   for i in self.engine.list(run_id=run) if self.bound or i.id in own]
         return SandboxList(run=run, sandboxes=entries)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -266,18 +272,22 @@ class McpSession:
         with self._lock:
             return self._step_locks.setdefault(key, threading.Lock())
 
-    def _host_path(self, field: str, value: str, ws, check: bool = False) -> Path:
-        """A host path for a mount or a deploy: inside the policy's roots (and, bound, the agent's clone)."""
-        path = Path(value)
-        if check:
-            _check_source(field, path, self.engine.policy)
+    def _host_path(self, field: str, value: str, ws) -> Path:
+        """The pinned host path for a mount or a deploy: it passes the policy's mount-source rule and
+        lies in the agent's clone (bound) or outside ``$ULTRAWORK_HOME`` (unbound: runs are not its own)."""
+        resolved = check_mount_source(field, Path(value), self.engine.policy)
         if ws is not None:
             clone = ws.path.resolve()
-            resolved = path.resolve()
             if resolved != clone and not resolved.is_relative_to(clone):
                 raise SandboxPolicyError(field, f"{value} is outside agent {ws.role!r}'s workspace {clone} "
                                                 f"(this server is bound to run {self.run_id!r})")
-        return path
+            return resolved
+        home = ultrawork_home().expanduser().resolve()
+        if resolved == home or resolved.is_relative_to(home) or home.is_relative_to(resolved):
+            raise SandboxPolicyError(field, f"{value} is in or holds ultrawork's home {home} (its runs); only a "
+                                            "server bound to a run ('ultrawork mcp --run RUN --role ROLE') may "
+                                            "mount its agent's workspace")
+        return resolved
 
     def _resolve(self, sandbox_id: str) -> tuple[Sandbox, object | None]:
         """The sandbox behind an id this session may act on, and (bound) its agent workspace."""

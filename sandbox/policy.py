@@ -14,7 +14,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from .errors import SandboxPolicyError
-from .spec import LABEL_AGENT, LABEL_MANAGED, LABEL_RUN, SandboxSpec, ultrawork_home
+from .mount_source import pin_mount_source
+from .spec import LABEL_AGENT, LABEL_MANAGED, LABEL_MCP_BOUND, LABEL_RUN, SandboxSpec, ultrawork_home
 
 ROLE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -22,11 +23,6 @@ ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
 
 SECRET_ENV_PATTERNS = ("*TOKEN*", "*SECRET*", "*PASSWORD*", "*PASSWD*", "*_KEY", "*CREDENTIAL*", "*API_KEY*")
-FORBIDDEN_SOURCES = ("/", "/proc", "/sys", "/etc", "/dev", "/boot", "/root", "/var/run", "/run")
-CREDENTIAL_PARTS = (
-    (".ssh",), (".aws",), (".gnupg",), (".docker",), (".kube",), (".azure",),
-    (".config", "gh"), (".config", "gcloud"), (".netrc",), (".git-credentials",), (".pypirc",),
-)
 FORBIDDEN_TARGET_PREFIXES = ("/proc", "/sys", "/dev", "/etc", "/usr", "/bin", "/sbin", "/lib")
 UNCONFINED_OPTS = ("seccomp=unconfined", "seccomp:unconfined", "apparmor=unconfined", "apparmor:unconfined")
 
@@ -64,31 +60,9 @@ def looks_secret(name: str) -> bool:
     return any(fnmatch.fnmatchcase(upper, pattern) for pattern in SECRET_ENV_PATTERNS)
 
 
-def _check_source(field: str, source: Path, policy: SandboxPolicy) -> Path:
-    if not source.is_absolute():
-        raise SandboxPolicyError(field, f"{source} is not an absolute path")
-    if source.name == "docker.sock" or "docker.sock" in str(source):
-        raise SandboxPolicyError(field, f"{source} is the Docker socket")
-    resolved = source.resolve()
-    for candidate in {source, resolved}:
-        if candidate.name == "docker.sock":
-            raise SandboxPolicyError(field, f"{source} is the Docker socket")
-        if str(candidate) in FORBIDDEN_SOURCES:
-            raise SandboxPolicyError(field, f"{source} is a system directory ({candidate})")
-        if candidate == Path.home().resolve() or candidate == Path.home():
-            raise SandboxPolicyError(field, f"{source} is the home directory")
-        parts = candidate.parts
-        for cred in CREDENTIAL_PARTS:
-            n = len(cred)
-            if any(parts[i : i + n] == cred for i in range(len(parts) - n + 1)):
-                raise SandboxPolicyError(field, f"{source} is a credential folder ({'/'.join(cred)})")
-    roots = [r.resolve() for r in policy.workspace_roots]
-    if not any(resolved != r and resolved.is_relative_to(r) for r in roots):
-        shown = ", ".join(str(r) for r in roots)
-        raise SandboxPolicyError(field, f"{source} is outside the workspace roots ({shown})")
-    if not resolved.exists():
-        raise SandboxPolicyError(field, f"{source} does not exist")
-    return resolved
+def check_mount_source(field: str, source: Path, policy: SandboxPolicy) -> Path:
+    """The resolved, pinned path Docker gets for ``source`` (see :mod:`sandbox.mount_source`)."""
+    return pin_mount_source(field, source, policy.workspace_roots)
 
 
 def _check_target(field: str, target: str) -> None:
@@ -139,14 +113,17 @@ def validate_spec(spec: SandboxSpec, policy: SandboxPolicy | None = None) -> Non
             raise SandboxPolicyError(f"env.{name}", "is not a valid variable name")
         if looks_secret(name) and name not in allowed:
             raise SandboxPolicyError(f"env.{name}", "looks like a secret; secrets never enter a sandbox")
-    for key in spec.labels:
+    for key, value in spec.labels.items():
+        if key == LABEL_MCP_BOUND and value == "true":  # asks only to be kept while its creator lives
+            continue
         if key in (LABEL_MANAGED, LABEL_RUN, LABEL_AGENT) or key.startswith("ultrawork."):
             raise SandboxPolicyError(f"labels.{key}", "ultrawork.* labels are set by the engine")
+    # Sources are replaced by their pinned, resolved paths: exactly what was checked is what Docker mounts.
     if spec.workspace is not None:
-        _check_source("workspace", spec.workspace, policy)
+        spec.workspace = check_mount_source("workspace", spec.workspace, policy)
     targets = {"/workspace"} if spec.workspace is not None else set()
     for i, mount in enumerate(spec.mounts):
-        _check_source(f"mounts[{i}].source", mount.source, policy)
+        mount.source = check_mount_source(f"mounts[{i}].source", mount.source, policy)
         _check_target(f"mounts[{i}].target", mount.target)
         if mount.target in targets:
             raise SandboxPolicyError(f"mounts[{i}].target", f"{mount.target} is mounted twice")

@@ -7,6 +7,11 @@ Runs at the start of every run and on ``ultrawork sandboxes reap``:
 - temporary integration checkouts of runs that are not active;
 - scratch volumes of sandboxes that are gone (removed from outside without ``-v``).
 
+Only what belongs to this ``$ULTRAWORK_HOME`` is touched: containers and volumes
+carry its tag (``ultrawork.home``), checkouts carry it in their name; another
+home's are left alone, and so are the sandboxes of an MCP server bound to a run
+while that server lives.
+
 Branches (in the target repository), Plan.md files and the superproject
 history are kept: they are the run's record.
 """
@@ -14,6 +19,7 @@ history are kept: they are the run's record.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -24,8 +30,10 @@ from workspace.superproject import ultrawork_home
 
 from .engine import SandboxEngine, SandboxInfo
 from .procs import owner_alive
+from .spec import home_tag
 
 CHECKOUT_PREFIX = "ultrawork-integrate-"
+_TAGGED = re.compile(r"^[0-9a-f]{16}-")
 
 
 @dataclass
@@ -85,8 +93,24 @@ def reap(engine: SandboxEngine | None, all: bool = False, older_than: float | No
         if finished:
             report.clones += release_clones(run_dir)
     for checkout in Path(tempfile.gettempdir()).glob(f"{CHECKOUT_PREFIX}*"):
-        run_id = checkout.name[len(CHECKOUT_PREFIX):].rsplit("-", 1)[0]
-        if checkout.is_dir() and not run_is_active(run_id):
+        run_id = checkout_run(checkout.name, runs)
+        if run_id and checkout.is_dir() and not checkout.is_symlink() and not run_is_active(run_id):
             shutil.rmtree(checkout, ignore_errors=True)
             report.checkouts.append(checkout)
     return report
+
+
+def checkout_run(name: str, runs: Path) -> str | None:
+    """The run a temporary checkout named ``name`` belongs to, if it is this home's.
+
+    ``ultrawork-integrate-<home tag>-<run>-<random>``; a name without a tag (made before
+    checkouts carried one) is this home's only when the home has that run.
+    """
+    rest = name[len(CHECKOUT_PREFIX):]
+    mine = f"{home_tag()}-"
+    if rest.startswith(mine):
+        return rest[len(mine):].rsplit("-", 1)[0] or None
+    if _TAGGED.match(rest):
+        return None  # another home's
+    run_id = rest.rsplit("-", 1)[0]
+    return run_id if run_id and (runs / run_id).is_dir() else None

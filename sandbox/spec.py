@@ -7,6 +7,7 @@ engine adds the hardened defaults that no spec can turn off.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Literal
@@ -26,11 +27,18 @@ LABEL_RUN = "ultrawork.run"
 LABEL_AGENT = "ultrawork.agent"
 LABEL_OWNER = "ultrawork.owner"  # host:pid:start-ticks of the process that created it
 LABEL_CREATED = "ultrawork.created"  # unix seconds
+LABEL_HOME = "ultrawork.home"  # home_tag() of the $ULTRAWORK_HOME it belongs to: a reaper removes only its own
+LABEL_MCP_BOUND = "ultrawork.mcp-bound"  # "true": made by an MCP server bound to a run, kept while that server lives
 
 
 def ultrawork_home() -> Path:
     """Where runs, logs and state live (``$ULTRAWORK_HOME``, default ``~/.ultrawork``)."""
     return Path(os.environ.get("ULTRAWORK_HOME") or Path.home() / ".ultrawork")
+
+
+def home_tag() -> str:
+    """A short, stable name of this ``$ULTRAWORK_HOME`` (the start of the SHA-256 of its resolved path)."""
+    return hashlib.sha256(str(ultrawork_home().expanduser().resolve()).encode()).hexdigest()[:16]
 
 
 class Limits(BaseModel):

@@ -63,6 +63,13 @@ def _dated(when: str) -> dict[str, str]:
     return {"GIT_AUTHOR_DATE": when, "GIT_COMMITTER_DATE": when}
 
 
+def checkout_prefix(run_id: str) -> str:
+    """Temporary checkouts carry their home's tag: a reaper removes only its own home's (see sandbox.reaper)."""
+    from sandbox.spec import home_tag
+
+    return f"ultrawork-integrate-{home_tag()}-{run_id}-"
+
+
 def integrate(target: Path, run_id: str, base_commit: str, approved: list[AgentBranch], when: str) -> IntegrationResult:
     """Merge ``approved`` branches (in order) onto ``base_commit`` and store the result in ``target``.
 
@@ -72,7 +79,7 @@ def integrate(target: Path, run_id: str, base_commit: str, approved: list[AgentB
     result = IntegrationResult("nothing-approved", branch, target)
     if not approved:
         return result
-    scratch = Path(tempfile.mkdtemp(prefix=f"ultrawork-integrate-{run_id}-"))  # see sandbox.reaper
+    scratch = Path(tempfile.mkdtemp(prefix=checkout_prefix(run_id)))
     try:
         run_git(["init", "--quiet", str(scratch)], cwd=scratch)
         run_git(["fetch", "--quiet", "--no-tags", "--", str(target), base_commit], cwd=scratch)
