@@ -62,6 +62,8 @@ def engine() -> SandboxEngine:
 class SandboxHandle:
     """The sandbox of one agent: recreated on demand, counted, always cleaned up."""
 
+    RECREATED = "sandbox was gone or broken: recreated it (recovery: recreate the sandbox, then retry)"
+
     def __init__(self, spec: SandboxSpec, files: dict[str, bytes | str] | None = None):
         self.spec = spec
         self.files = dict(files or {})
@@ -69,7 +71,7 @@ class SandboxHandle:
         self.created = 0
         self.attempts = 0
         self.broken = False
-        self.recreate_why = "sandbox was gone or broken: recreated it (recovery: recreate the sandbox, then retry)"
+        self.recreate_why = self.RECREATED
         self.recoveries: list[str] = []
 
     def ensure(self, note: Callable[[str], None] | None = None) -> Sandbox:
@@ -79,7 +81,7 @@ class SandboxHandle:
             self.sandbox = None
             if note:
                 note(self.recreate_why)
-            self.recreate_why = "sandbox was gone or broken: recreated it (recovery: recreate the sandbox, then retry)"
+            self.recreate_why = self.RECREATED
         if self.sandbox is None:
             validate_spec(self.spec, eng.policy)
             self.sandbox = eng.create(self.spec)
@@ -102,7 +104,7 @@ class SandboxHandle:
         limits, change = raised
         self.spec = self.spec.model_copy(update={"limits": limits})
         self.broken = True
-        self.recreate_why = f"sandbox recreated with the {change.resource} limit raised to {str(change).split(' → ')[1]}"
+        self.recreate_why = f"sandbox recreated with the {change.resource} limit raised to {change.after} {change.unit}".rstrip()
         exc.raised = str(change)
         return change.sentence()
 

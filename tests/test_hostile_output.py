@@ -126,7 +126,9 @@ def test_an_output_flood_ends_at_its_timeout_with_flat_memory_and_few_log_record
     marker = [m for m in messages if "[output truncated:" in m]
     assert len(marker) == 1 and "more bytes not logged; the tail is in Plan.md" in marker[0], messages[-3:]
     plan = Path(frontend.plan_path).read_text()
-    assert "bytes truncated" in plan, "Plan.md keeps the output's head and tail"
+    assert "Output (stdout, last" in plan and "y\ny\ny\n" in plan, "Plan.md keeps the output's tail"
+    print(f"flood: step {step_wall:.1f}s, run {wall:.1f}s, RSS {before:.0f} -> peak {sampler.peak:.0f} MB, "
+          f"{len(output)} output record(s), marker {marker[0]!r}")
 
 
 def test_a_detached_process_does_not_outlive_its_step(engine, sandbox_root, run_id, docker_client):
