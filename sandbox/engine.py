@@ -464,24 +464,25 @@ class SandboxEngine:
                 break
         cut = reader.is_alive()   # past the deadline, or stopped by the monitor
         probe = self._after_exec(container)
+        _close_stream(sock)
+        taken_down = False
         if cut:
-            _close_stream(sock)
             reader.join(1.0)
             if probe is None or probe.get("survivors") or reader.is_alive():
-                try:   # the command would not die: take the whole sandbox down
-                    _bounded(lambda: self.cleanup(sandbox), self.kill_grace)
+                taken_down = True   # the command would not die: take the whole sandbox down
+                try:
+                    _bounded(lambda: self.cleanup(sandbox), self.kill_grace / 2)
                 except (_Overdue, SandboxError):
                     pass
-        else:
-            _close_stream(sock)
         duration = time.monotonic() - started
         stdout, stderr = out.text(), err.text()
         killed = (probe or {}).get("killed", 0)
-        try:
-            self._raise_if_limited(sandbox, container, probe, cut)
-        except ResourceLimitExceeded as exc:
-            exc.leftovers_killed = killed
-            raise
+        if not taken_down:
+            try:
+                self._raise_if_limited(sandbox, container, probe, cut)
+            except ResourceLimitExceeded as exc:
+                exc.leftovers_killed = killed
+                raise
         if isinstance(stopped, ResourceLimitExceeded):
             raise stopped
         if stopped:
