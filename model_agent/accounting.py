@@ -1,0 +1,93 @@
+"""Usage, cost and budgets of one model agent, and the per-turn record callers log.
+
+Counting is pydantic-ai's (`RunUsage`: requests, tokens as the provider
+reported them); the cost is ours, from the configured per-million prices, so it
+is the same whatever pricing table the library ships.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, Field
+from pydantic_ai.usage import RunUsage, UsageLimits
+
+from .config import ModelAgentConfig
+
+# pydantic-ai's limit names (in its UsageLimitExceeded messages) -> ours
+_LIMIT_NAMES = {"request_limit": "max_requests", "input_tokens_limit": "max_input_tokens",
+                "output_tokens_limit": "max_output_tokens"}
+_LIMIT_IN_MESSAGE = re.compile(r"\b(" + "|".join(_LIMIT_NAMES) + r")\b")
+
+
+class AgentUsage(BaseModel):
+    """What one agent spent: model requests, tokens, tool calls, time and (when priced) cost."""
+
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    tool_calls: int = 0
+    seconds: float = 0.0
+    cost: float | None = Field(None, description="In the prices' currency; None when no price is set.")
+
+
+class ToolCallRecord(BaseModel):
+    """One tool call the model asked for (arguments cut to a few hundred characters)."""
+
+    name: str
+    arguments: str
+
+
+class ToolResultRecord(BaseModel):
+    """What a tool sent back to the model (an excerpt)."""
+
+    name: str
+    excerpt: str
+    retry: bool = False   # the call was refused by argument validation and the model asked to retry
+
+
+class TurnRecord(BaseModel):
+    """One model turn: the request sent (with the tool results it carried) and the response."""
+
+    role: str
+    turn: int
+    model: str | None = None
+    tool_results: list[ToolResultRecord] = Field(default_factory=list)
+    tool_calls: list[ToolCallRecord] = Field(default_factory=list)
+    text: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    seconds: float = 0.0
+    usage: AgentUsage = Field(default_factory=AgentUsage, description="The run's totals after this turn.")
+
+    def summary(self) -> str:
+        calls = ", ".join(c.name for c in self.tool_calls) or "no tool call"
+        return (f"{self.role} turn {self.turn}: {calls}; tokens in {self.input_tokens} out {self.output_tokens} "
+                f"(total in {self.usage.input_tokens} out {self.usage.output_tokens}, "
+                f"{self.usage.requests} request(s))")
+
+
+def usage_limits(config: ModelAgentConfig) -> UsageLimits:
+    """The request and token budgets as pydantic-ai enforces them (time is a run timeout)."""
+    return UsageLimits(request_limit=config.max_requests, input_tokens_limit=config.max_input_tokens,
+                       output_tokens_limit=config.max_output_tokens)
+
+
+def cost_of(config: ModelAgentConfig, input_tokens: int, output_tokens: int) -> float | None:
+    """Tokens times the per-million prices; a price left unset counts as zero, no price at all is None."""
+    if not config.priced:
+        return None
+    return round((input_tokens * (config.input_price_per_million or 0.0)
+                  + output_tokens * (config.output_price_per_million or 0.0)) / 1_000_000, 8)
+
+
+def agent_usage(config: ModelAgentConfig, usage: RunUsage, seconds: float) -> AgentUsage:
+    return AgentUsage(requests=usage.requests, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                      tool_calls=usage.tool_calls, seconds=round(seconds, 3),
+                      cost=cost_of(config, usage.input_tokens, usage.output_tokens))
+
+
+def exceeded_limit(message: str) -> str:
+    """Our budget name for pydantic-ai's UsageLimitExceeded message (``max_requests``...)."""
+    found = _LIMIT_IN_MESSAGE.search(message)
+    return _LIMIT_NAMES[found.group(1)] if found else "usage_limit"
