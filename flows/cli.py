@@ -145,8 +145,12 @@ def start_run(repo: str, task: str, agents: Optional[list[str]], base: str, comm
     drive(params, detach, decide)
 
 
-def drive(params: dict, detach: bool, decide=None) -> None:
-    """Run the Sisyphus flow here with a live display, or launch it in the background."""
+def drive(params: dict, detach: bool, decide=None, lock=None) -> None:
+    """Run the Sisyphus flow here with a live display, or launch it in the background.
+
+    ``lock`` (the run's driver lock, see ``flows.runs.claim_run``) goes with the run:
+    a background run inherits it and holds it until it exits.
+    """
     import asyncio
     import os
     import subprocess
@@ -158,9 +162,11 @@ def drive(params: dict, detach: bool, decide=None) -> None:
         logs = ultrawork_home() / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / f"{run_id}.log", "ab") as log:
-            subprocess.Popen([sys.executable, "-m", "flows.launch", json.dumps(params)], stdout=log,
-                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                             env=os.environ.copy())
+            child = subprocess.Popen([sys.executable, "-m", "flows.launch", json.dumps(params)], stdout=log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                     env=os.environ.copy(), pass_fds=(lock.fd,) if lock else ())
+        if lock:
+            lock.hand_to(child.pid, f"ultrawork resume {run_id}, in the background")
         out.print(f"running in the background (log: {logs / (run_id + '.log')}); "
                   f"follow it with 'ultrawork status {run_id}'")
         return
@@ -289,14 +295,22 @@ def resume_command(
     run_id: Annotated[str, typer.Argument(help="A run that crashed or failed.")],
     detach: Annotated[bool, typer.Option("--detach", help="Run in the background and return.")] = False,
 ) -> None:
-    """Continue a crashed or failed run from its last completed stage (finished agents are not rerun)."""
-    from flows.runs import prepare_resume
+    """Continue a crashed or failed run from its last completed stage (finished agents are not rerun).
+
+    One process drives a run at a time: a resume while another resume (or the
+    run's own process) still drives it is refused, naming that process.
+    """
+    from flows.runs import claim_run, prepare_resume
     from flows.server import ensure_server
 
-    ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
-    params = prepare_resume(run_id)
-    out.print(f"resuming run [bold]{run_id}[/]")
-    drive(params, detach)
+    lock = claim_run(run_id, f"ultrawork resume {run_id}")
+    try:
+        ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
+        params = prepare_resume(run_id)
+        out.print(f"resuming run [bold]{run_id}[/]")
+        drive(params, detach, lock=lock)
+    finally:
+        lock.release()
 
 
 @app.command("status")

@@ -12,11 +12,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox.procs import owner_alive
+from sandbox.procs import HolderLock, LockBusy, owner_alive
 from workspace.errors import UltraworkError, WorkspaceError
 from workspace.ledger import RunFinished, RunLedger, RunNotFound, RunStillActive
 from workspace.superproject import RunSuperproject, ultrawork_home
 
+DRIVER_LOCK = "driver.lock"
 STAGES = ("queued", "workspace created", "plan created", "step", "changes committed", "finalized")
 
 
@@ -56,6 +57,26 @@ def open_run(run_id: str) -> RunSuperproject:
         return RunSuperproject.open(run_id)
     except WorkspaceError as exc:
         raise RunNotFound(f"no run {run_id!r} under {ultrawork_home() / 'runs'}") from exc
+
+
+def driver_lock(run: RunSuperproject) -> HolderLock:
+    """The lock the process driving ``run`` holds while it drives it (in the run's host-private directory)."""
+    run.private_dir.mkdir(parents=True, exist_ok=True)
+    return HolderLock(run.private_dir / DRIVER_LOCK)
+
+
+def claim_run(run_id: str, what: str) -> HolderLock:
+    """Become the one process that drives ``run_id``, or raise RunStillActive naming the one that does.
+
+    The lock is the kernel's (``flock``): a second ``ultrawork resume`` is refused
+    before it changes anything, and a killed holder leaves it free.
+    """
+    lock = driver_lock(open_run(run_id))
+    try:
+        return lock.acquire(what)
+    except LockBusy as exc:
+        raise RunStillActive(f"run {run_id} is already driven by {exc.holder}; wait for it to end, "
+                             f"or stop that process and resume again") from None
 
 
 def _json(path: Path) -> dict:
@@ -107,7 +128,8 @@ def run_status(run_id: str, with_state: bool = True) -> RunStatus:
     if with_state:
         status.state = flow_run_state(status.flow_run_id)
         owner = orchestration.get("owner")
-        if status.state in ("Running", "Paused", "Pending") and owner and not owner_alive(owner):
+        if (status.state in ("Running", "Paused", "Pending") and owner and not owner_alive(owner)
+                and not driver_lock(run).held_elsewhere()):
             status.state = "Crashed"  # its process is gone: `ultrawork resume` continues it
     return status
 
@@ -118,7 +140,8 @@ FINAL_STATES = ("Completed", "Failed", "Cancelled", "Crashed", "Cancelling")
 def prepare_resume(run_id: str) -> dict:
     """Check a run can be resumed and return its parameters; changes nothing when it cannot.
 
-    Raises RunNotFound, RunFinished, RunStillActive or RunInconsistent.
+    Raises RunNotFound, RunFinished, RunStillActive or RunInconsistent. The caller
+    holds the run (:func:`claim_run`) so that no other resume passes the same checks.
     """
     ledger = RunLedger.open(run_id)
     why = ledger.finished()
