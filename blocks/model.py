@@ -1,0 +1,72 @@
+"""Model agent settings: which model the built-in model agent calls, with which key, prices and budgets."""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar, Literal, Mapping
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+from model_agent.config import ModelAgentConfig
+from model_agent.errors import ModelConfigError
+
+
+class ModelAgentSettings(Block):
+    """The model behind the built-in model agent, and what one agent may spend.
+
+    The key is given here (``api_key``, stored as a secret) or named as a host
+    environment variable (``api_key_env``, read where the flow runs). It is used
+    by the host-side loop only: it never enters a sandbox, a log or a Plan.md.
+    Ollama and vLLM are ``openai-compatible`` with their ``/v1`` URL (no key needed).
+    A run that reaches a budget stops with ``BudgetExceeded`` naming it, and is not retried.
+
+    Example:
+        Use a local Ollama model, at most 40 requests and 10 minutes per agent:
+        ```python
+        from blocks.model import ModelAgentSettings
+
+        ModelAgentSettings(provider="openai-compatible", model="qwen2.5-coder:7b",
+                           base_url="http://127.0.0.1:11434/v1", max_requests=40,
+                           max_seconds=600).save("default", overwrite=True)
+        config = ModelAgentSettings.load("default").config()
+        ```
+    """
+
+    _block_type_name: ClassVar[str] = "Ultrawork Model Agent"
+    _block_type_slug: ClassVar[str] = "ultrawork-model-agent"
+    _documentation_url: ClassVar[str] = "https://docs.prefect.io/v3/develop/blocks"
+
+    provider: Literal["openai", "anthropic", "openai-compatible"] = Field(
+        "openai", description="openai, anthropic, or openai-compatible (Ollama, vLLM, other gateways).")
+    model: str = Field(description="Model name as the provider knows it, e.g. gpt-4.1 or qwen2.5-coder:7b.")
+    base_url: str | None = Field(None, description="API base URL (required for openai-compatible, e.g. "
+                                 "http://127.0.0.1:11434/v1; empty: the provider's own).")
+    api_key: SecretStr | None = Field(None, description="API key, stored as a secret. Leave empty to use api_key_env.")
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                    description="Name of a host environment variable holding the API key "
+                                    "(read where the flow runs), e.g. OPENAI_API_KEY.")
+    input_price_per_million: float | None = Field(None, ge=0, description="Price of one million input tokens "
+                                                  "(for the cost shown per agent).")
+    output_price_per_million: float | None = Field(None, ge=0, description="Price of one million output tokens.")
+    max_requests: int | None = Field(50, ge=1, description="Most model requests one agent may make.")
+    max_input_tokens: int | None = Field(None, ge=1, description="Most input tokens one agent may use.")
+    max_output_tokens: int | None = Field(None, ge=1, description="Most output tokens one agent may use.")
+    max_seconds: float | None = Field(1800.0, gt=0, description="Longest one agent may run, in seconds.")
+
+    def config(self, environ: Mapping[str, str] | None = None) -> ModelAgentConfig:
+        """The model agent's settings with the key resolved; `ModelConfigError` names what is missing."""
+        if self.api_key is not None and self.api_key_env:
+            raise ModelConfigError("model agent settings rejected: set api_key or api_key_env, not both")
+        key = self.api_key
+        if self.api_key_env:
+            value = (os.environ if environ is None else environ).get(self.api_key_env, "")
+            if not value:
+                raise ModelConfigError(f"model agent settings rejected: api_key_env: the host environment "
+                                       f"variable {self.api_key_env} is not set or empty")
+            key = SecretStr(value)
+        return ModelAgentConfig(provider=self.provider, model=self.model, base_url=self.base_url, api_key=key,
+                                input_price_per_million=self.input_price_per_million,
+                                output_price_per_million=self.output_price_per_million,
+                                max_requests=self.max_requests, max_input_tokens=self.max_input_tokens,
+                                max_output_tokens=self.max_output_tokens, max_seconds=self.max_seconds)
