@@ -68,12 +68,13 @@ def explain(exc: BaseException) -> str:
 
 
 def _nul_argument(name: str, value: Any) -> str | None:
-    """The argument (``name``, ``name.key``, ``name[i]``) holding a NUL byte, if any."""
+    """The argument (``name``, ``name['key']``, ``name[i]``) holding a NUL byte, if any."""
     if isinstance(value, str):
         return name if "\x00" in value else None
     if isinstance(value, dict):
         for key, item in value.items():
-            found = _nul_argument(f"{name}.{key}", key) or _nul_argument(f"{name}.{key}", item)
+            where = f"{name}[{key!r}]"
+            found = _nul_argument(where, key) or _nul_argument(where, item)
             if found:
                 return found
     if isinstance(value, (list, tuple)):

@@ -29,8 +29,9 @@ TOOLS = {"create_sandbox", "deploy_agent_to_sandbox", "execute_in_sandbox", "cle
 
 def server_env(home: Path, roots: Path) -> dict[str, str]:
     env = {"ULTRAWORK_HOME": str(home), "ULTRAWORK_WORKSPACE_ROOTS": str(roots)}
-    if os.environ.get("DOCKER_HOST"):
-        env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
+    for name in ("DOCKER_HOST", "PYTHONPATH"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
     return env
 
 

@@ -79,3 +79,90 @@ def test_explicitly_allowed_secret_looking_env_passes(sandbox_root):
     validate_spec(spec, SandboxPolicy(workspace_roots=[sandbox_root]))
     with pytest.raises(SandboxPolicyError):
         validate_spec(spec.model_copy(update={"allow_env": []}), SandboxPolicy(workspace_roots=[sandbox_root]))
+
+
+# -- credential locations: a source that is, holds or lies inside one ---------------------------
+CREDENTIALS = (".ssh", ".gnupg", ".aws", ".azure", ".config/gcloud", ".kube", ".docker", ".config/gh", ".claude",
+               ".claude.json", ".codex", ".config/opencode", ".local/share/opencode", ".netrc", ".git-credentials",
+               ".npmrc", ".pypirc", ".config/git/credentials")
+
+
+def _refusal(source: Path, root: Path) -> str:
+    from sandbox import SandboxPolicy, validate_spec
+
+    spec = SandboxSpec(role="explore", run_id="r1", mounts=[Mount(source=source, target="/m")])
+    with pytest.raises(SandboxPolicyError) as info:
+        validate_spec(spec, SandboxPolicy(workspace_roots=[root]))
+    assert info.value.field == "mounts[0].source"
+    return info.value.problem
+
+
+def test_a_credential_location_is_refused_as_itself_inside_it_and_in_what_holds_it(sandbox_root, tmp_path,
+                                                                                   monkeypatch):
+    home = sandbox_root / "someone"                        # a home directory inside the workspace roots
+    monkeypatch.setenv("HOME", str(home))
+    for cred in CREDENTIALS:
+        project = sandbox_root / "proj" / cred.replace("/", "_")
+        location = project / cred
+        (location / "inner").mkdir(parents=True)
+        for source in (location, location / "inner"):      # is, inside
+            assert "credential" in _refusal(source, sandbox_root), source
+        for k in range(1, cred.count("/") + 1):             # holds: .config, .local, .local/share, .config/git
+            holder = project / "/".join(cred.split("/")[:k])
+            assert "contains a credential" in _refusal(holder, sandbox_root), holder
+        link = sandbox_root / f"link{cred.replace('/', '_')}"  # reached through a link: checked where it points
+        link.symlink_to(location)
+        assert "credential" in _refusal(link, sandbox_root), link
+    (home / "work").mkdir(parents=True)
+    assert "home directory" in _refusal(home, sandbox_root)          # the home holds credentials
+    looks_like_home = sandbox_root / "copy-of-a-home"
+    (looks_like_home / ".ssh").mkdir(parents=True)
+    assert "contains a credential location (.ssh)" in _refusal(looks_like_home, sandbox_root)
+    _pinned_ok(home / "work", sandbox_root)                          # inside a home, away from credentials: fine
+
+
+def test_system_locations_and_the_docker_socket_are_refused_with_their_names(sandbox_root):
+    for source, words in (("/etc/ssl", "system directory (/etc)"), ("/proc/self", "system directory (/proc)"),
+                          ("/sys/kernel", "system directory (/sys)"), ("/dev/shm", "system directory (/dev)"),
+                          ("/run/lock", "system directory (/run)"), ("/var/run", "holds the Docker socket"),
+                          ("/var", "holds the Docker socket"), ("/", "system directory"),
+                          ("/var/run/docker.sock", "Docker socket"), ("/root", "home directory")):
+        assert words in _refusal(Path(source), sandbox_root), source
+
+
+def _pinned_ok(source: Path, root: Path) -> Path:
+    from sandbox import SandboxPolicy, validate_spec
+
+    spec = SandboxSpec(role="explore", run_id="r1", workspace=source)
+    validate_spec(spec, SandboxPolicy(workspace_roots=[root]))
+    return spec.workspace
+
+
+def test_a_source_is_pinned_its_parents_may_not_be_links_or_sandbox_writable(sandbox_root, tmp_path):
+    import os
+
+    from sandbox.spec import SANDBOX_UID
+
+    real = sandbox_root / "projects" / "app"
+    real.mkdir(parents=True)
+    (sandbox_root / "via").symlink_to(sandbox_root / "projects")
+    assert _pinned_ok(sandbox_root / "via" / "app", sandbox_root) == real.resolve(), "Docker gets the resolved path"
+    os.chown(real, SANDBOX_UID, SANDBOX_UID)
+    real.chmod(0o777)
+    assert _pinned_ok(real, sandbox_root) == real.resolve(), "the source itself may be the sandbox's"
+    (real / "sub").mkdir()
+    problem = _refusal(real / "sub", sandbox_root)
+    assert f"its parent {real.resolve()} is writable by the sandbox user" in problem
+    for mode, owner in ((0o757, None), (0o775, (0, SANDBOX_UID)), (0o755, (SANDBOX_UID, 0))):
+        parent = sandbox_root / f"parent-{mode:o}-{owner}"
+        (parent / "ws").mkdir(parents=True)
+        if owner:
+            os.chown(parent, *owner)
+        parent.chmod(mode)
+        assert "writable by the sandbox user" in _refusal(parent / "ws", sandbox_root), (mode, owner)
+    sticky = sandbox_root / "shared-tmp"                  # like /tmp: all may write, none may rename others' entries
+    (sticky / "mine").mkdir(parents=True)
+    sticky.chmod(0o1777)
+    assert _pinned_ok(sticky / "mine", sandbox_root) == (sticky / "mine").resolve()
+    os.chown(sticky / "mine", SANDBOX_UID, SANDBOX_UID)   # an entry the sandbox user owns: it could rename it
+    assert "writable by the sandbox user" in _refusal(sticky / "mine" / ".." / "mine", sandbox_root)
