@@ -116,6 +116,18 @@ class ModelAgent:
 
     async def run_async(self, prompt: str, tools: SandboxTools, role: str, writable: bool, *,
                         history: str | None = None) -> ModelAgentResult:
+        """`run` inside an event loop. Tools run one at a time on a thread of this run; when the run
+        ends (a budget included) it waits for a command still running (bounded by the deadline), so
+        no step is recorded after it returns."""
+        executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"model-tools-{role}")
+        try:
+            with Agent.using_thread_executor(executor):
+                return await self._loop(prompt, tools, role, writable, history)
+        finally:
+            await asyncio.to_thread(executor.shutdown, True)
+
+    async def _loop(self, prompt: str, tools: SandboxTools, role: str, writable: bool,
+                    history: str | None) -> ModelAgentResult:
         config = self.config
         started = time.monotonic()
         deps = ToolDeps(tools=tools, role=role, writable=writable,
