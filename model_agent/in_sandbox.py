@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 
-SKIP_DIRS = {".git"}
+SKIP = {".git"}   # a clone's .git is a file pointing at the host-owned git directory
 PLAN = "/plan/Plan.md"
 SEARCH_FILE_LIMIT = 2 << 20   # larger files are not searched
 LINE_CUT = 400
@@ -27,17 +27,17 @@ def _decode(parts):
 
 def _walk(top):
     for root, dirs, files in os.walk(top):
-        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
-        yield root, dirs, sorted(files)
+        dirs[:] = sorted(d for d in dirs if d not in SKIP)
+        yield root, dirs, sorted(f for f in files if f not in SKIP)
 
 
 def list_files(path, limit):
     shown, total = [], 0
     for root, dirs, files in _walk(path):
-        for name in [d + "/" for d in dirs] + files:
+        for name, slash in [(d, "/") for d in dirs] + [(f, "") for f in files]:
             total += 1
             if len(shown) < limit:
-                shown.append(os.path.relpath(os.path.join(root, name), path))
+                shown.append(os.path.relpath(os.path.join(root, name), path) + slash)
     print("\n".join(sorted(shown)))
     if total > len(shown):
         print(f"[{total - len(shown)} more entries not listed; list a subdirectory]")
@@ -101,8 +101,7 @@ def apply_patch(parts):
                               capture_output=True, text=True)
     finally:
         os.unlink(fh.name)
-    sys.stdout.write(done.stdout)
-    sys.stderr.write(done.stderr)
+    (sys.stdout if done.returncode == 0 else sys.stderr).write(done.stdout + done.stderr)  # --verbose: stderr
     sys.exit(done.returncode)
 
 

@@ -181,6 +181,42 @@ def test_output_token_budget_and_time_budget(engine, model_run):
     assert caught.value.limit == "max_seconds" and caught.value.usage.seconds < 15
 
 
+PATCH = """\
+--- a/src/app.py
++++ b/src/app.py
+@@ -1 +1,2 @@
+ print('hi')
++print('patched')
+"""
+
+
+def test_listing_search_patch_and_bounded_output(engine, model_run):
+    from model_agent import MAX_CONTENT_BYTES, MAX_RESULT_CHARS
+
+    script = [
+        tool_call("list_files", path="."),
+        tool_call("search", pattern=r"print\(", path="src"),
+        tool_call("apply_patch", unified_diff=PATCH),
+        tool_call("run_command", argv=["python3", "-c", "print('x' * 100000); print('the end')"]),
+        tool_call("write_file", path="big.txt", content="y" * (MAX_CONTENT_BYTES + 1)),
+        final_answer("patched", ["src/app.py"]),
+    ]
+    with OpenAIStandIn(script) as server, agent_sandbox(engine, model_run, "frontend", "rw") as (ws, sandbox):
+        ModelAgent(config(server)).run("Patch it.", GuardedSandboxTools(engine, sandbox, ws), "frontend",
+                                       writable=True)
+        seen = [tool_messages(r)[-1] for r in server.chat_requests()[1:]]
+    listing, found, patched, output, too_big = seen
+    assert listing.splitlines() == ["README.md", "src/", "src/app.py"]
+    assert found.strip() == "src/app.py:1: print('hi')"
+    assert "Applied patch src/app.py cleanly" in patched
+    assert (ws.path / "src" / "app.py").read_text() == "print('hi')\nprint('patched')\n"
+    assert len(output) <= MAX_RESULT_CHARS + 100 and "characters left out" in output
+    assert output.startswith("exit code: 0") and "the end" in output
+    assert "over the 131072-byte limit" in too_big and not (ws.path / "big.txt").exists()
+    # four commands ran (the oversized write was refused before the sandbox)
+    assert PlanDocument(ws.plan_path).summary().steps == 4
+
+
 @pytest.mark.parametrize("settings, named", [
     ({"provider": "gemini", "model": "m", "api_key": API_KEY}, "provider"),
     ({"provider": "openai", "model": "gpt-test"}, "needs an API key"),
@@ -260,3 +296,19 @@ def test_settings_block_saved_on_the_server_keeps_the_key_secret(prefect_api):
         assert "host environment variable" in schema.fields["properties"]["api_key_env"]["description"]
     finally:
         ModelAgentSettings.delete(name)
+
+
+def test_openai_compatible_server_without_a_key_never_gets_the_hosts_openai_key(monkeypatch):
+    """An Ollama/vLLM server is sent no key at all, even when the host has OPENAI_API_KEY set."""
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+
+    class NoSandbox:  # the script calls no tool
+        def run(self, argv, timeout):
+            raise AssertionError("no tool was scripted")
+
+    with OpenAIStandIn([final_answer("nothing to do")]) as server:
+        local = ModelAgentConfig(provider="openai-compatible", model="qwen2.5-coder", base_url=server.base_url)
+        result = ModelAgent(local).run("Say hi.", NoSandbox(), "explore", writable=False)
+        sent = server.chat_requests()[0]
+    assert result.answer.summary == "nothing to do" and result.usage.requests == 1
+    assert API_KEY not in json.dumps(sent.headers) and sent.body["model"] == "qwen2.5-coder"
