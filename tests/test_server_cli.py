@@ -65,3 +65,17 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+def test_server_status_names_the_server_prefect_api_url_points_at(prefect_api, tmp_path):
+    home = tmp_path / "home"
+    env = {**os.environ, "ULTRAWORK_HOME": str(home), "PREFECT_API_URL": prefect_api, "COLUMNS": "200"}
+    status = subprocess.run([EXE, "server", "status"], env=env, capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"PREFECT_API_URL is set: ultrawork commands use {prefect_api} (answering), not the local server" \
+        in status.stdout
+    assert "no local Prefect server is running" in status.stdout
+
+    gone = subprocess.run([EXE, "server", "status"], env={**env, "PREFECT_API_URL": "http://127.0.0.1:9/api"},
+                          capture_output=True, text=True, timeout=120)
+    assert gone.returncode == 1 and "http://127.0.0.1:9/api (not answering)" in gone.stdout
