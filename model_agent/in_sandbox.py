@@ -26,6 +26,8 @@ def _decode(parts):
 
 
 def _walk(top):
+    if not os.path.isdir(top):
+        raise FileNotFoundError(f"no such folder: {top}")
     for root, dirs, files in os.walk(top):
         dirs[:] = sorted(d for d in dirs if d not in SKIP)
         yield root, dirs, sorted(f for f in files if f not in SKIP)

@@ -161,6 +161,27 @@ def test_request_budget_stops_the_agent_with_its_usage(engine, model_run):
     assert kinds == ["request", "response", "request", "response", "request"]
 
 
+def test_stopped_agent_continues_from_its_history(engine, model_run):
+    with OpenAIStandIn([tool_call("list_files"), tool_call("read_file", path="README.md")]) as server:
+        with agent_sandbox(engine, model_run, "explore", "ro") as (ws, sandbox):
+            with pytest.raises(BudgetExceeded) as caught:
+                ModelAgent(config(server, max_requests=2)).run("Map the repository.",
+                                                               GuardedSandboxTools(engine, sandbox, ws), "explore",
+                                                               writable=False)
+    history = caught.value.result.messages_json
+    with OpenAIStandIn([final_answer("mapped: README.md and src/app.py")]) as server:
+        with agent_sandbox(engine, model_run, "oracle", "ro") as (ws, sandbox):
+            result = ModelAgent(config(server)).run("Finish now.", GuardedSandboxTools(engine, sandbox, ws),
+                                                    "explore", writable=False, history=history)
+            sent = server.chat_requests()[0].body["messages"]
+    assert result.finished and result.answer.summary.startswith("mapped")
+    contents = [str(m.get("content")) for m in sent]
+    assert "Map the repository." in contents and "Finish now." in contents
+    assert any("src/app.py" in c for c in contents) and any("# target" in c for c in contents), \
+        "both earlier tool results reach the model"
+    assert result.usage.requests == 1
+
+
 def test_output_token_budget_and_time_budget(engine, model_run):
     with OpenAIStandIn([tool_call("list_files", completion_tokens=500), final_answer("done")]) as server:
         with agent_sandbox(engine, model_run, "librarian", "ro") as (ws, sandbox):
@@ -312,3 +333,27 @@ def test_openai_compatible_server_without_a_key_never_gets_the_hosts_openai_key(
         sent = server.chat_requests()[0]
     assert result.answer.summary == "nothing to do" and result.usage.requests == 1
     assert API_KEY not in json.dumps(sent.headers) and sent.body["model"] == "qwen2.5-coder"
+
+
+def test_model_text_never_reaches_a_shell_and_denied_commands_are_refused_by_name(engine, model_run):
+    """Shell syntax in paths, content, patterns and argv stays literal; a denied command never runs."""
+    script = [
+        tool_call("write_file", path="notes/$(touch /workspace/pwned1).txt",
+                  content="`touch /workspace/pwned2`; $(touch /workspace/pwned3)\n"),
+        tool_call("search", pattern="$(touch /workspace/pwned4)", path="; touch /workspace/pwned5"),
+        tool_call("run_command", argv=["ls", "; touch /workspace/pwned6", "$(touch /workspace/pwned7)"]),
+        tool_call("run_command", argv=["git", "push", "origin", "HEAD"]),
+        final_answer("tried"),
+    ]
+    with OpenAIStandIn(script) as server, agent_sandbox(engine, model_run, "frontend", "rw") as (ws, sandbox):
+        ModelAgent(config(server)).run("Try things.", GuardedSandboxTools(engine, sandbox, ws), "frontend",
+                                       writable=True)
+        wrote, searched, listed, pushed = [tool_messages(r)[-1] for r in server.chat_requests()[1:]]
+    assert not [n for n in range(1, 8) if (ws.path / f"pwned{n}").exists()], "a payload ran"
+    assert (ws.path / "notes" / "$(touch " / "workspace" / "pwned1).txt").read_text().startswith("`touch /workspace/")
+    assert "wrote" in wrote and "exit code: 2" in listed
+    assert "exit code 1" in searched and "no such folder: ; touch /workspace/pwned5" in searched
+    assert "refused before it ran" in pushed and "git push" in pushed
+    plan = ws.plan.text()
+    assert "step refused before it ran" in plan
+    assert PlanDocument(ws.plan_path).summary().steps == 3
