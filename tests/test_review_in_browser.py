@@ -9,6 +9,7 @@ Screenshots go to ``test-artifacts/browser/`` in the repository root.
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
@@ -44,6 +45,20 @@ def local_only(route) -> None:
         route.continue_()
     else:
         route.abort()
+
+
+def sign_in(page, ui: str) -> None:
+    """The local server asks for its auth string: sign in on the UI's login page, as a person does
+    (the string is in ``$ULTRAWORK_HOME/prefect/auth-string``); both UIs then keep it for this origin."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{ui}/runs")
+    password = page.get_by_placeholder("admin:pass")
+    expect(password).to_be_visible()
+    password.fill(os.environ["PREFECT_API_AUTH_STRING"])
+    page.get_by_role("button", name="Login").click()
+    expect(password).to_be_hidden()
+    assert page.evaluate("localStorage.getItem('prefect-password')")
 
 
 def resume(flow_run_id: str, run_input: dict) -> None:
@@ -94,6 +109,7 @@ def test_review_in_the_prefect_ui(prefect_api, uw_home, tmp_path, docker_client,
     page = context.new_page()
     try:
         fr = flow.wait_for_review()
+        sign_in(page, ui)
 
         # The older UI (where "View at" links in the logs lead): a blank form is refused in the page.
         page.goto(f"{ui}/runs/flow-run/{fr}")
