@@ -23,7 +23,7 @@ from pydantic_ai.exceptions import ModelAPIError, RunTimedOut, UnexpectedModelBe
 from .accounting import (AgentUsage, ToolCallRecord, ToolResultRecord, TurnRecord, agent_usage, exceeded_limit,
                          usage_limits)
 from .config import ModelAgentConfig
-from .errors import BudgetExceeded, ModelCallError
+from .errors import BudgetExceeded, ModelCallError, ModelConfigError
 from .tools import TOOLS, SandboxTools, ToolDeps, describe_call
 
 log = logging.getLogger("ultrawork.model_agent")
@@ -129,6 +129,7 @@ class ModelAgent:
     async def _loop(self, prompt: str, tools: SandboxTools, role: str, writable: bool,
                     history: str | None) -> ModelAgentResult:
         config = self.config
+        past = _history(history)
         started = time.monotonic()
         deps = ToolDeps(tools=tools, role=role, writable=writable,
                         deadline=None if config.max_seconds is None else started + config.max_seconds)
@@ -149,8 +150,7 @@ class ModelAgent:
             async with agent:
                 async with agent.iter(prompt, deps=deps, usage_limits=usage_limits(config),
                                       timeout=config.max_seconds,
-                                      message_history=ModelMessagesTypeAdapter.validate_json(history)
-                                      if history else None) as agent_run:
+                                      message_history=past) as agent_run:
                     request, sent = None, time.monotonic()
                     async for node in agent_run:
                         if Agent.is_model_request_node(node):
@@ -173,8 +173,9 @@ class ModelAgent:
         except (ModelAPIError, UnexpectedModelBehavior) as exc:
             if agent_run is not None:
                 close(type(exc).__name__, agent_run.usage, agent_run.all_messages())
-            raise ModelCallError(f"{role} agent: the model call failed: {type(exc).__name__}: "
-                                 f"{str(exc)[:500]}", result if agent_run is not None else None) from None
+            detail = _redact(f"{type(exc).__name__}: {str(exc)[:500]}", config)
+            raise ModelCallError(f"{role} agent: the model call failed: {detail}",
+                                 result if agent_run is not None else None) from None
 
     def _report(self, result: ModelAgentResult, role: str, request, response, seconds: float,
                 totals: AgentUsage) -> None:
@@ -197,6 +198,22 @@ class ModelAgent:
                 self.on_turn(turn)
             except Exception:  # noqa: BLE001 - a failing reporter must not stop the agent
                 log.warning("on_turn callback failed for %s turn %d", role, turn.turn, exc_info=True)
+
+
+def _history(history: str | None) -> list | None:
+    """A previous result's ``messages_json``, checked before anything starts."""
+    if not history:
+        return None
+    try:
+        return ModelMessagesTypeAdapter.validate_json(history)
+    except ValueError as exc:
+        raise ModelConfigError(f"history is not a model agent message history: {str(exc)[:300]}") from None
+
+
+def _redact(text: str, config: ModelAgentConfig) -> str:
+    """A provider's error text with the key taken out, should a server echo it back."""
+    key = config.api_key.get_secret_value() if config.api_key is not None else ""
+    return text.replace(key, "[api key]") if key else text
 
 
 def _spent(usage: AgentUsage) -> str:

@@ -28,6 +28,8 @@ class Reply:
     text: str | None = None
     prompt_tokens: int = 100
     completion_tokens: int = 20
+    status: int = 200   # another status answers with an error whose message is ``text``, where
+                        # "{authorization}" becomes the request's Authorization header (a server echoing it)
 
 
 def tool_call(name: str, prompt_tokens: int = 100, completion_tokens: int = 20, **arguments: Any) -> Reply:
@@ -110,6 +112,9 @@ class OpenAIStandIn:
                 return 500, {"error": {"message": f"script has {len(self.script)} replies; request {turn} "
                                                   "is past its end", "type": "server_error"}}
             reply = self.script[turn - 1]
+        if reply.status != 200:
+            message = (reply.text or "error").replace("{authorization}", headers.get("authorization", ""))
+            return reply.status, {"error": {"message": message, "type": "invalid_request_error"}}
         message: dict[str, Any] = {"role": "assistant", "content": reply.text}
         if reply.tool_calls:
             message["tool_calls"] = [

@@ -15,8 +15,8 @@ import pytest
 from pydantic import SecretStr
 
 from model_agent import (SANDBOX_FILES, BudgetExceeded, GuardedSandboxTools, ModelAgent, ModelAgentConfig,
-                         ModelAgentResult, ModelConfigError)
-from openai_standin import OpenAIStandIn, final_answer, tool_call
+                         ModelAgentResult, ModelCallError, ModelConfigError)
+from openai_standin import OpenAIStandIn, Reply, final_answer, tool_call
 from workspace.plan import PlanDocument
 
 pytestmark = pytest.mark.docker
@@ -357,3 +357,24 @@ def test_model_text_never_reaches_a_shell_and_denied_commands_are_refused_by_nam
     plan = ws.plan.text()
     assert "step refused before it ran" in plan
     assert PlanDocument(ws.plan_path).summary().steps == 3
+
+
+def test_failing_model_server_is_a_model_call_error_that_never_shows_the_key(monkeypatch):
+    class NoSandbox:
+        def run(self, argv, timeout):
+            raise AssertionError("no tool was scripted")
+
+    with OpenAIStandIn([]) as server:   # every request is past the end of the script: HTTP 500
+        with pytest.raises(ModelCallError) as caught:
+            ModelAgent(config(server)).run("Hello.", NoSandbox(), "explore", writable=False)
+        attempts = len(server.chat_requests())
+    assert "500" in str(caught.value) and "past its end" in str(caught.value)
+    assert attempts >= 1 and API_KEY not in str(caught.value)
+    echo = [Reply(status=401, text="Incorrect API key provided: {authorization}")]
+    with OpenAIStandIn(echo) as server:
+        with pytest.raises(ModelCallError) as caught:
+            ModelAgent(config(server)).run("Hello.", NoSandbox(), "explore", writable=False)
+    assert "401" in str(caught.value) and "Bearer [api key]" in str(caught.value)
+    assert API_KEY not in str(caught.value)
+    with pytest.raises(ModelConfigError, match="not a model agent message history"):
+        ModelAgent(config(server)).run("Hello.", NoSandbox(), "explore", writable=False, history='[{"x": 1}]')
