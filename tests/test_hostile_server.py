@@ -228,6 +228,25 @@ def test_a_resume_is_refused_while_another_process_drives_the_run(uw_home, tmp_p
     claim_run("held-run", "this test").release()      # its holder was killed: the lock went with it
 
 
+def test_a_background_run_keeps_the_lock_its_parent_handed_it(tmp_path):
+    """``ultrawork resume --detach``: the child inherits the lock and is named as its holder."""
+    from sandbox.procs import HolderLock, LockBusy
+
+    path = tmp_path / "driver.lock"
+    lock = HolderLock(path).acquire("parent")
+    child = subprocess.Popen(["sleep", "300"], pass_fds=(lock.fd,))
+    try:
+        lock.hand_to(child.pid, "in the background")
+        assert lock.fd is None
+        with pytest.raises(LockBusy) as busy:
+            HolderLock(path).acquire("a second driver")
+        assert busy.value.holder == f"process {child.pid} (in the background)"
+    finally:
+        child.kill()
+        child.wait()
+    HolderLock(path).acquire("after the child").release()
+
+
 @pytest.mark.docker
 @pytest.mark.prefect
 def test_two_resumes_of_a_crashed_run_run_its_agents_once(prefect_api, uw_home, tmp_path, docker_client):
