@@ -265,25 +265,22 @@ def server_report() -> dict:
             "servers": servers, "auth_file": str(home / AUTH_FILE)}
 
 
-def local_server() -> dict | None:
-    """The live local server of this home (``url``, ``pid``, ``healthy``), or None."""
-    servers = server_report()["servers"]
-    return next((s for s in servers if s["healthy"]), servers[0] if servers else None)
-
-
 def _terminate(server: dict, home: Path, sig: int = signal.SIGTERM, wait: float = 10.0) -> bool:
     """Stop ``server`` if, right now, its pid is still that process; never signal anything else."""
     current = _server_of(server["pid"], home)
     if current is None or current["start"] != server["start"]:
         return False
     pid = server["pid"]
-    group = os.getpgid(pid) == pid         # started as its own session: its group is its own
-    (os.killpg if group else os.kill)(pid, sig)
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and process_start(pid) == server["start"]:
-        time.sleep(0.1)
-    if process_start(pid) == server["start"]:
-        (os.killpg if group else os.kill)(pid, signal.SIGKILL)
+    try:
+        group = os.getpgid(pid) == pid     # started as its own session: its group is its own
+        (os.killpg if group else os.kill)(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and process_start(pid) == server["start"]:
+            time.sleep(0.1)
+        if process_start(pid) == server["start"]:
+            (os.killpg if group else os.kill)(pid, signal.SIGKILL)
+    except ProcessLookupError:             # it exited meanwhile
+        pass
     return True
 
 
