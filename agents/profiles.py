@@ -23,10 +23,16 @@ PLACEHOLDERS = {"role", "prompt_file", "plan_file", "workspace", "run_id"}
 
 COMMAND_TEMPLATES: dict[str, list[str]] = {
     "builtin": ["python3", "/agent/builtin_agent.py", "{role}"],
-    # CLI agents read the prompt file; they need network access to their model
-    # (set network="bridge" in the profile) and their own image with the CLI installed.
-    "opencode": ["opencode", "run", "--file", "{prompt_file}", "Do the task in the attached file."],
-    "claude-code": ["claude", "-p", "Read {prompt_file} and do the task. Write findings to {plan_file}."],
+    # CLI agents run non-interactively in their own image (sandbox.agent_image.agent_image(cli)),
+    # read the task from the prompt file and edit without asking: the sandbox, not a prompt,
+    # is what limits them. They reach their model through a base-URL setting and a network
+    # the profile allows. Telemetry and update checks are off in their images.
+    "claude-code": ["claude", "-p", "--permission-mode", "bypassPermissions", "--no-session-persistence",
+                    "Read {prompt_file} and do the task. Write findings to {plan_file}."],
+    # the message goes before --file: yargs would take a later positional as another file
+    "opencode": ["opencode", "run", "--auto", "Do the task in the attached file.", "--file", "{prompt_file}"],
+    "codex": ["codex", "exec", "--dangerously-bypass-approvals-and-sandbox", "--skip-git-repo-check",
+              "Read {prompt_file} and do the task. Write findings to {plan_file}."],
 }
 
 
@@ -130,3 +136,22 @@ def resolve_profiles(
             profile = AgentProfile.model_validate(data)
         chosen[role] = profile
     return chosen
+
+
+def cli_profile(role: str, cli: str, **fields) -> AgentProfile:
+    """``role``'s default profile running coding-agent CLI ``cli`` in that CLI's image.
+
+    The image tag comes from :func:`sandbox.agent_image.agent_image` (build it with
+    ``ultrawork sandbox build --agent CLI``); the network stays ``none`` unless
+    ``fields`` say otherwise: the CLI needs one that reaches its model.
+    """
+    from sandbox.agent_image import agent_image
+
+    if role not in DEFAULT_PROFILES:
+        raise UnknownRoleError(f"unknown role {role!r}; known roles: {', '.join(DEFAULT_PROFILES)}")
+    if cli not in COMMAND_TEMPLATES or cli == "builtin":
+        raise ValueError(f"no command template for CLI {cli!r}; known: "
+                         f"{', '.join(c for c in COMMAND_TEMPLATES if c != 'builtin')}")
+    data = {**DEFAULT_PROFILES[role].model_dump(), "command": list(COMMAND_TEMPLATES[cli]),
+            "image": agent_image(cli), **fields}
+    return AgentProfile.model_validate(data)

@@ -59,27 +59,37 @@ def sandbox_build(
     tag: Annotated[Optional[str], typer.Option(help="Image tag (default: the version this release uses).")] = None,
     method: Annotated[str, typer.Option(help="auto, offline (debootstrap + import) or dockerfile.")] = "auto",
     if_missing: Annotated[bool, typer.Option("--if-missing", help="Do nothing when the image exists.")] = False,
+    agent: Annotated[Optional[str], typer.Option(help="Also build this coding-agent CLI's image on top: "
+                                                      "claude-code, codex or opencode (cached by its inputs).")] = None,
 ) -> None:
-    """Build the sandbox image (python3, git, user 1000, /workspace)."""
+    """Build the sandbox image (python3, git, user 1000, /workspace), and with --agent a CLI's image on it."""
     import docker.errors
 
+    from sandbox.agent_image import AGENT_CLIS, build_agent_image
     from sandbox.image import build_image
     from sandbox.spec import DEFAULT_IMAGE
 
     tag = tag or DEFAULT_IMAGE
     if method not in ("auto", "offline", "dockerfile"):
         fail(f"--method must be auto, offline or dockerfile, not {method!r}", 2)
+    if agent is not None and agent not in AGENT_CLIS:
+        fail(f"--agent must be one of {', '.join(AGENT_CLIS)}, not {agent!r}", 2)
+    say = lambda line: err.print(f"[dim]{line}[/]", highlight=False)  # noqa: E731
     client = _engine().client
-    if if_missing:
-        try:
-            client.images.get(tag)
-            err.print(f"sandbox image {tag} is present")
-            return
-        except docker.errors.ImageNotFound:
-            pass
-    started = time.monotonic()
-    used = build_image(tag, method, say=lambda line: err.print(f"[dim]{line}[/]", highlight=False))
-    err.print(f"built {tag} ({used}) in {time.monotonic() - started:.0f}s")
+    try:
+        client.images.get(tag)
+        present = True
+    except docker.errors.ImageNotFound:
+        present = False
+    if present and (if_missing or agent):
+        err.print(f"sandbox image {tag} is present")
+    else:
+        started = time.monotonic()
+        used = build_image(tag, method, say=say)
+        err.print(f"built {tag} ({used}) in {time.monotonic() - started:.0f}s")
+    if agent:
+        built = build_agent_image(agent, base=tag, say=say)
+        err.print(f"agent image {built.tag} " + ("is up to date" if built.cached else f"built in {built.seconds:.0f}s"))
 
 
 @sandboxes_app.command("list")

@@ -63,8 +63,7 @@ AGENT_CLIS: dict[str, AgentCli] = {
              "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1", "CLAUDE_CODE_DISABLE_FEEDBACK_SURVEY": "1"}),
     "codex": AgentCli(
         "codex", "@openai/codex", "0.171.0", "codex",
-        "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex",
-        env={"CODEX_HOME": "/home/agent/.codex"}),
+        "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"),
     "opencode": AgentCli(
         "opencode", "opencode-ai", "1.18.33", "opencode", "node_modules/opencode-linux-x64/bin/opencode",
         env={"OPENCODE_DISABLE_AUTOUPDATE": "1", "OPENCODE_DISABLE_SHARE": "1",
