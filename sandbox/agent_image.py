@@ -179,4 +179,6 @@ def build_agent_image(name: str, base: str = DEFAULT_IMAGE, say: Say = print, fo
                               capture_output=True, text=True, env={**os.environ, "DOCKER_BUILDKIT": "0"})
         if proc.returncode != 0:
             raise SandboxError(f"docker build of {tag} failed: {proc.stderr.strip()[-1500:]}")
+    if current is not None and current["_id"] != proc.stdout.strip():   # the image this build replaced
+        subprocess.run(["docker", "image", "rm", current["_id"]], capture_output=True)   # kept while in use
     return AgentImageBuild(tag, False, time.monotonic() - started)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agents.profiles import COMMAND_TEMPLATES, UnknownRoleError, cli_profile
+from agents.profiles import UnknownRoleError, cli_profile
 from sandbox import Limits, SandboxPolicy, SandboxSpec
 from sandbox.agent_image import AGENT_CLIS, UnknownAgentCli, agent_image, build_agent_image, dockerfile
 from sandbox.spec import DEFAULT_IMAGE
