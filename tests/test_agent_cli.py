@@ -68,6 +68,36 @@ def test_dockerfile_only_copies_onto_the_local_base_and_the_tag_follows_the_inpu
     assert profile.network == "none"
 
 
+def test_standin_streams_the_script_to_agent_turns_and_records_every_request():
+    import requests
+
+    from model_standin import ModelStandin
+
+    turn = {"model": "m", "max_tokens": 10, "tools": [{"name": "Read"}], "messages": [{"role": "user", "content": "hi"}]}
+    with ModelStandin(SCRIPT[:1] + SCRIPT[-1:]) as server:
+        side = requests.post(f"{server.url}/v1/messages", json={"model": "m", "messages": []}, timeout=10).json()
+        stream = requests.post(f"{server.url}/v1/messages?beta=true", json={**turn, "stream": True},
+                               headers={"x-api-key": PLACEHOLDER_KEY}, timeout=10)
+        plain = requests.post(f"{server.url}/v1/messages", json=turn, timeout=10).json()
+        count = requests.post(f"{server.url}/v1/messages/count_tokens", json=turn, timeout=10)
+        missing = requests.get(f"{server.url}/v1/models", timeout=10)
+        records = server.records
+    assert side["content"] == [{"type": "text", "text": "ok"}]          # a side request leaves the script alone
+    assert stream.headers["content-type"] == "text/event-stream"
+    events = [line.split(": ", 1)[1] for line in stream.text.splitlines() if line.startswith("event: ")]
+    assert events == ["message_start", "ping", "content_block_start", "content_block_delta",
+                      "content_block_stop", "message_delta", "message_stop"]
+    data = [json.loads(line[6:]) for line in stream.text.splitlines() if line.startswith("data: ")]
+    assert data[2]["content_block"]["name"] == "Read" and data[5]["delta"]["stop_reason"] == "tool_use"
+    assert json.loads(data[3]["delta"]["partial_json"]) == {"file_path": "/agent/prompt.md"}
+    assert plain["content"] == SCRIPT[-1]["content"] and plain["stop_reason"] == "end_turn"
+    assert count.json() == {"input_tokens": 100} and missing.status_code == 404
+    assert [(r["method"], r["path"]) for r in records] == [
+        ("POST", "/v1/messages"), ("POST", "/v1/messages?beta=true"), ("POST", "/v1/messages"),
+        ("POST", "/v1/messages/count_tokens"), ("GET", "/v1/models")]
+    assert records[1]["headers"]["x-api-key"] == PLACEHOLDER_KEY and records[1]["body"]["stream"] is True
+
+
 # -- with the engine ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def claude_image(docker_client) -> str:
