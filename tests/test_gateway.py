@@ -221,7 +221,7 @@ def lab(docker_client, tmp_path_factory):
             engine.policy = SandboxPolicy(workspace_roots=[home], allowed_networks=["none", *gateway.networks.values()])
             sandboxes[agent] = engine.create(SandboxSpec(
                 role=agent, run_id=run_id, network=net.network, env=net.env, allow_env=list(net.env)))
-        yield {"gateway": gateway, "engine": engine, "sandboxes": sandboxes, "standin": standin,
+        yield {"gateway": gateway, "upstream": upstream.name, "ca_pem": ca_pem, "engine": engine, "sandboxes": sandboxes, "standin": standin,
                "standin_ip": standin_ip, "real_key": real_key, "listeners": listeners, "run_id": run_id,
                "start_seconds": start_seconds, "home": home}
     finally:
@@ -407,6 +407,36 @@ def test_the_gateway_container_is_hardened_and_labelled(lab, docker_client):
         assert net["Internal"] is True and net["Options"]["com.docker.network.bridge.inhibit_ipv4"] == "true"
         members = {c["Name"] for c in net["Containers"].values()}
         assert len(members) == 2, members    # that agent's sandbox and the gateway, nothing else
+
+
+@pytest.mark.docker
+def test_an_allowed_host_at_a_private_address_the_rules_do_not_name_is_refused(lab):
+    """An allowlisted name that resolves into a private range (a rebinding attack, a host service) is not
+    connected to unless the rules name that network."""
+    rules = GatewayRules(agents={"frontend": _profiles()["frontend"]}, upstream_ca=lab["ca_pem"])
+    gateway = EgressGateway(f"{lab['run_id']}p", rules, resolver={KEY_NAME: lab["real_key"]}.__getitem__,
+                            upstream_network=lab["upstream"], client=lab["engine"].client)
+    engine, sandbox = lab["engine"], None
+    try:
+        gateway.start()
+        net = gateway.network_for("frontend")
+        engine.policy = SandboxPolicy(workspace_roots=[lab["home"]], allowed_networks=[net.network])
+        sandbox = engine.create(SandboxSpec(role="frontend", run_id=gateway.run_id, network=net.network,
+                                            env=net.env, allow_env=list(net.env)))
+        marker = f"/v1/messages/{secrets.token_hex(4)}"
+        result = engine.execute(sandbox, ["python3", "-c", CLIENT, "POST", net.env["ANTHROPIC_BASE_URL"] + marker,
+                                          "{}"], timeout=60)
+        reply = json.loads(result.stdout.strip().splitlines()[-1])
+        assert reply.get("status") == 502, reply
+        assert "ultrawork gateway: api.model.test resolves to a blocked address" in reply["body"]
+        assert "is a private address" in reply["body"]
+        assert _standin_saw(lab, marker) == []
+        [logged] = [r for r in gateway.requests("frontend") if r["path"] == marker]
+        assert logged["decision"] == "refused" and lab["real_key"] not in json.dumps(logged)
+    finally:
+        if sandbox is not None:
+            engine.cleanup(sandbox)
+        gateway.stop()
 
 
 @pytest.mark.docker
