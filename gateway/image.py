@@ -56,8 +56,9 @@ def gateway_image(base: str = BASE_IMAGE) -> str:
     return f"{REPOSITORY}:{hashlib.sha256(inputs.encode()).hexdigest()[:16]}"
 
 
-def _exists(tag: str) -> bool:
-    return subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0
+def _image_id(tag: str) -> str | None:
+    proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
 
 
 def _run(argv: list[str], what: str, env: dict | None = None) -> str:
@@ -70,7 +71,8 @@ def _run(argv: list[str], what: str, env: dict | None = None) -> str:
 def build_gateway_image(base: str = BASE_IMAGE, say: Say = lambda _: None, force: bool = False) -> str:
     """The gateway image's tag, building it first unless it exists for the same inputs."""
     tag = gateway_image(base)
-    if _exists(tag) and not force:
+    replaced = _image_id(tag)
+    if replaced and not force:
         return tag
     if sys.version_info[:2] != (3, 11):
         raise GatewayImageError(f"the gateway's mitmproxy is installed for the base image's Python 3.11; "
@@ -91,5 +93,7 @@ def build_gateway_image(base: str = BASE_IMAGE, say: Say = lambda _: None, force
     if version != MITMPROXY_VERSION:
         subprocess.run(["docker", "image", "rm", tag], capture_output=True)
         raise GatewayImageError(f"{tag} has mitmproxy {version!r}, not {MITMPROXY_VERSION}")
+    if replaced and replaced != _image_id(tag):   # a forced rebuild leaves no untagged image behind
+        subprocess.run(["docker", "image", "rm", replaced], capture_output=True)
     say(f"built {tag} in {time.monotonic() - started:.0f}s")
     return tag
