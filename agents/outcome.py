@@ -1,7 +1,11 @@
-"""What one agent's run produced: the record the review and the integration read."""
+"""What a run produced: each agent's outcome, the reviewer's verdicts and the run's result.
+
+Plain data, carried as data: the review, the integration, the backlog sweep and
+the command line read these instead of parsing messages."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -25,3 +29,48 @@ class AgentOutcome(BaseModel):
     plan_summary: str = ""
     started_at: float = 0.0
     ended_at: float = 0.0
+
+
+class RunOutcome(StrEnum):
+    """How a run ended (the one list of these words)."""
+
+    INTEGRATED = "integrated"                  # approved work merged (and its pull request opened)
+    CONFLICT = "conflict"                      # some approved branches conflict: the others are merged
+    NOTHING_APPROVED = "nothing-approved"      # every agent rejected
+    CHECK_FAILED = "check-failed"              # the checks failed on the integration branch: no pull request
+    REVIEW_TIMED_OUT = "review-timed-out"      # nobody reviewed in time
+    ABORTED = "aborted"                        # the reviewer aborted the run
+
+
+class Verdict(BaseModel):
+    role: str
+    approved: bool
+    comment: str = ""
+
+
+class CheckResult(BaseModel):
+    """The repository's own check command, run on the integration branch in a sandbox."""
+
+    command: list[str]
+    exit_code: int
+    passed: bool
+    duration: float = 0.0
+    output_tail: str = ""
+
+
+class RunResult(BaseModel):
+    run_id: str
+    outcome: RunOutcome
+    message: str
+    target_repo: str
+    integration_branch: str | None = None
+    pull_request: str | None = None
+    agents: list[AgentOutcome] = Field(default_factory=list)
+    verdicts: list[Verdict] = Field(default_factory=list)
+    merged: list[str] = Field(default_factory=list)
+    left_out: dict[str, list[str]] = Field(default_factory=dict)   # role -> its conflicting files
+    check: CheckResult | None = None
+
+    @property
+    def conflicts(self) -> list[str]:
+        return sorted({f for files in self.left_out.values() for f in files})

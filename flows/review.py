@@ -14,12 +14,14 @@ field's own description repeats that agent's numbers in one sentence.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Literal
 
 from prefect.input import RunInput
 from pydantic import BaseModel, Field, create_model
 
-from agents.outcome import AgentOutcome
+
+from agents.outcome import AgentOutcome, Verdict
 from workspace.integration import integration_branch
 
 Choice = Literal["approve", "reject"]
@@ -29,12 +31,6 @@ SHORT_SUMMARY = 400       # summaries up to this long (and a few lines) are show
 
 class ReviewDecision(RunInput):
     """Per-agent fields are added for each run by :func:`review_form`."""
-
-
-class Verdict(BaseModel):
-    role: str
-    approved: bool
-    comment: str = ""
 
 
 def _count(n: int, one: str, many: str) -> str:
@@ -125,7 +121,7 @@ def review_description(run_id: str, task: str, outcomes: list[AgentOutcome]) -> 
     return "\n".join(lines)
 
 
-def review_form(run_id: str, task: str, outcomes: list[AgentOutcome]) -> type[ReviewDecision]:
+def review_form(run_id: str, task: str, outcomes: list[AgentOutcome], checks: bool = False) -> type[ReviewDecision]:
     """A RunInput class with one choice and one comment per agent that ran."""
     fields: dict = {}
     for o in outcomes:
@@ -134,6 +130,10 @@ def review_form(run_id: str, task: str, outcomes: list[AgentOutcome]) -> type[Re
         fields[f"{o.role}_comment"] = (str, Field(
             "", title=f"{name}: comment",
             description=f"Why you approve or reject {name}'s work; kept in the run's record."))
+    if checks:
+        fields["open_pull_request_if_checks_fail"] = (bool, Field(
+            False, title="Open the pull request even if the checks fail",
+            description="The run's checks run on the integration branch before its pull request."))
     model = create_model("ReviewDecision", __base__=ReviewDecision, **fields)
     model._description = review_description(run_id, task, outcomes)
     return model
@@ -159,3 +159,40 @@ def review_input(roles: list[str], approve: list[str], reject: list[str], commen
     if comment:
         data.update({f"{r}_comment": comment for r in roles})
     return data
+
+
+@dataclass
+class ReviewOutcome:
+    decided: list[Verdict] | None          # None: nobody reviewed in time
+    open_anyway: bool = False               # open the pull request even when the checks fail
+
+
+async def review_run(run_id: str, ledger, task: str, outcomes: list[AgentOutcome],
+                     timeout: float, checks: bool = False) -> ReviewOutcome:
+    """Ask a person to decide every agent (the form in the UI, ``ultrawork review``), or take the
+    decision recorded before a crash; the request and the decision are stages of the ledger."""
+    from prefect.exceptions import FlowPauseTimeout     # here, not at import: importing the form
+    from prefect.flow_runs import pause_flow_run        # helpers must not load Prefect's settings
+
+    roles = [o.role for o in outcomes]
+    done = ledger.read("review")
+    if done.get("state") == "decided":
+        return ReviewOutcome([Verdict.model_validate(v) for v in done["verdicts"]], bool(done.get("open_anyway")))
+    await ledger.arecord("review", {"state": "requested", "roles": roles}, "review requested")
+    from tasks.logs import get_logger
+
+    get_logger().info("run %s paused for review: approve or reject each agent in the UI or with "
+                      "'ultrawork review %s --approve ROLES --reject ROLES'", run_id, run_id)
+    try:
+        decision = await pause_flow_run(wait_for_input=review_form(run_id, task, outcomes, checks), timeout=timeout,
+                                        poll_interval=1, key="review")
+    except FlowPauseTimeout:
+        await ledger.arecord("review", {"state": "timed-out"}, "review timed out")
+        return ReviewOutcome(None)
+    decided = verdicts(decision, roles)
+    open_anyway = bool(getattr(decision, "open_pull_request_if_checks_fail", False))
+    await ledger.arecord("review", {"state": "decided", "verdicts": [v.model_dump() for v in decided],
+                                    "open_anyway": open_anyway},
+                         f"review: approved {', '.join(v.role for v in decided if v.approved) or 'none'}; "
+                         f"rejected {', '.join(v.role for v in decided if not v.approved) or 'none'}")
+    return ReviewOutcome(decided, open_anyway)

@@ -63,7 +63,8 @@ def run_is_active(run_id: str) -> bool:
 
 
 def release_clones(run_dir: Path) -> list[Path]:
-    """Empty ``agents/<role>`` (full clones of the target); the submodule entries stay."""
+    """Empty ``agents/<role>`` and remove its git directory ``.git/modules/<role>`` (full clones of
+    the target, whose branches are in the target already); the submodule entries stay."""
     removed = []
     agents = run_dir / "agents"
     for clone in sorted(agents.iterdir()) if agents.is_dir() else []:
@@ -71,6 +72,9 @@ def release_clones(run_dir: Path) -> list[Path]:
             shutil.rmtree(clone)
             clone.mkdir()
             removed.append(clone)
+        git_dir = run_dir / ".git" / "modules" / clone.name
+        if git_dir.is_dir() and not git_dir.is_symlink():
+            shutil.rmtree(git_dir)
     return removed
 
 

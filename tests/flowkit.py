@@ -61,8 +61,10 @@ class Reviewer(threading.Thread):
                 time.sleep(0.2)
             self.paused_seen = True
             self.act(self.run_id)
-        except BaseException as exc:  # surfaced by the test
+        except BaseException as exc:  # surfaced by the test, and shown at once (the run may wait on)
             self.error = exc
+            import traceback
+            traceback.print_exc()
 
 
 def run_sisyphus(params: dict, act: Callable[[str], None] | None = None):

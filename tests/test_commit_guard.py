@@ -78,3 +78,61 @@ def test_the_integration_push_runs_none_of_the_target_repositorys_hooks(run, tar
     assert result.outcome == "merged"
     assert git(target_repo, "rev-parse", result.branch) == result.head
     assert not marker.exists(), marker.read_text()
+
+
+def test_a_conflicting_branch_is_left_out_and_integrating_again_after_a_fix_finishes(run, target_repo):
+    """Conflicts are a state: the other approved branches are merged, the conflicting one is named
+    with its files; once a person resolved it on the agent's branch, integrating again fast-forwards
+    the integration branch, and a further call changes nothing."""
+    from workspace.integration import AgentBranch, integrate
+
+    one, two = run.add_agent("frontend"), run.add_agent("oracle")
+    for ws, text in ((one, "print('one')\n"), (two, "print('two')\n")):
+        (ws.path / "src" / "app.py").write_text(text)
+        (ws.path / f"{ws.role}.txt").write_text("mine\n")
+        ws.commit_changes()
+        run.publish_branch(ws.role)
+    branches = [AgentBranch(ws.role, ws.branch, target_repo) for ws in (one, two)]
+    first = integrate(target_repo, run.run_id, run.base_sha, branches, when=run.meta["created_at"])
+    assert first.outcome == "conflict" and first.merged == ["frontend"]
+    assert first.left_out == {"oracle": ["src/app.py"]}
+    assert git(target_repo, "show", f"{first.branch}:src/app.py") == "print('one')"
+    assert "oracle.txt" not in git(target_repo, "ls-tree", "--name-only", first.branch)
+
+    # a person resolves it on the oracle's branch: merges the integration branch, keeps both lines
+    fix = target_repo.parent / "fix"
+    git(target_repo.parent, "clone", "-q", "-b", two.branch, str(target_repo), str(fix))
+    git(fix, "merge", "-q", "origin/" + first.branch, check=False)
+    (fix / "src" / "app.py").write_text("print('one')\nprint('two')\n")
+    git(fix, "commit", "-qam", "resolve the conflict with frontend")
+    git(fix, "push", "-q", "origin", f"HEAD:{two.branch}")
+
+    second = integrate(target_repo, run.run_id, run.base_sha, branches, when=run.meta["created_at"])
+    assert second.outcome == "merged" and second.merged == ["frontend", "oracle"] and not second.left_out
+    assert git(target_repo, "merge-base", "--is-ancestor", first.head, second.head, check=False) == ""
+    assert git(target_repo, "show", f"{second.branch}:src/app.py") == "print('one')\nprint('two')"
+    third = integrate(target_repo, run.run_id, run.base_sha, branches, when=run.meta["created_at"])
+    assert third.head == second.head == git(target_repo, "rev-parse", second.branch)
+
+
+@pytest.mark.docker
+def test_the_repositorys_check_runs_on_the_integration_head_in_a_sandbox(run, target_repo, docker_client):
+    """A failing check is a failed result (exit code and output tail); a passing one passes; the
+    check's container and clone are gone afterwards either way."""
+    from sandbox import SandboxEngine
+    from sandbox.checks import run_check
+    from workspace.integration import AgentBranch, integrate
+
+    ws = run.add_agent("frontend")
+    (ws.path / "ok.txt").write_text("ok\n")
+    ws.commit_changes()
+    run.publish_branch("frontend")
+    head = integrate(target_repo, run.run_id, run.base_sha, [AgentBranch("frontend", ws.branch, target_repo)],
+                     when=run.meta["created_at"]).head
+    engine = SandboxEngine(client=docker_client)
+    passed = run_check(engine, run, head, ["sh", "-c", "test -f ok.txt && echo checked ok.txt"], timeout=60)
+    failed = run_check(engine, run, head, ["sh", "-c", "echo missing >&2; test -f missing.txt"], timeout=60)
+    assert passed.passed and passed.exit_code == 0 and "checked ok.txt" in passed.output_tail
+    assert not failed.passed and failed.exit_code == 1 and "missing" in failed.output_tail
+    assert engine.list(run_id=run.run_id) == []
+    assert not (run.path / "checks").exists()

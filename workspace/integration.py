@@ -39,9 +39,16 @@ class IntegrationResult:
     branch: str
     repository: Path
     merged: list[str] = field(default_factory=list)
-    conflict_role: str | None = None
-    conflicts: list[str] = field(default_factory=list)
+    left_out: dict[str, list[str]] = field(default_factory=dict)   # role -> its conflicting files
     head: str | None = None
+
+    @property
+    def conflict_role(self) -> str | None:
+        return next(iter(self.left_out), None)
+
+    @property
+    def conflicts(self) -> list[str]:
+        return sorted({f for files in self.left_out.values() for f in files})
 
 
 RECEIVE_PACK_NO_HOOKS = "git -c core.hooksPath=/dev/null receive-pack"
@@ -71,9 +78,15 @@ def checkout_prefix(run_id: str) -> str:
 
 
 def integrate(target: Path, run_id: str, base_commit: str, approved: list[AgentBranch], when: str) -> IntegrationResult:
-    """Merge ``approved`` branches (in order) onto ``base_commit`` and store the result in ``target``.
+    """Merge ``approved`` branches one by one, in the given order, onto ``base_commit`` and store
+    the result as the integration branch in ``target``.
 
-    A conflict stops the merge: the conflicting files are listed and nothing is written to ``target``.
+    A branch that conflicts with what is merged so far is left out (its files named) and the
+    others still go in: the outcome is then ``conflict``. Merges are dated by the run, so the
+    same branches give the same commits: integrating again after a person resolved a conflict
+    on the agent's branch extends the integration branch (a fast-forward), and integrating
+    again with nothing new changes nothing. An integration branch moved by anything else is
+    never overwritten (`PushRejected`).
     """
     branch = integration_branch(run_id)
     result = IntegrationResult("nothing-approved", branch, target)
@@ -81,7 +94,7 @@ def integrate(target: Path, run_id: str, base_commit: str, approved: list[AgentB
         return result
     scratch = Path(tempfile.mkdtemp(prefix=checkout_prefix(run_id)))
     try:
-        run_git(["init", "--quiet", str(scratch)], cwd=scratch)
+        run_git(["init", "--quiet", "--template=", str(scratch)], cwd=scratch)
         run_git(["fetch", "--quiet", "--no-tags", "--", str(target), base_commit], cwd=scratch)
         run_git(["checkout", "--quiet", "-B", branch, base_commit], cwd=scratch)
         for agent in approved:
@@ -91,24 +104,28 @@ def integrate(target: Path, run_id: str, base_commit: str, approved: list[AgentB
                              f"Merge {agent.role} agent work ({agent.branch})", "FETCH_HEAD"],
                             cwd=scratch, identity=INTEGRATOR, env=_dated(when), check=False)
             if merge.returncode != 0:
-                files = git_out(["diff", "--name-only", "--diff-filter=U"], cwd=scratch).split("\n")
-                result.outcome, result.conflict_role = "conflict", agent.role
-                result.conflicts = [f for f in files if f]
-                if not result.conflicts:
+                files = [f for f in git_out(["diff", "--name-only", "--diff-filter=U"], cwd=scratch).split("\n") if f]
+                if not files:
                     raise GitError(merge.argv, merge.returncode, merge.stderr, merge.stdout)
-                return result
+                run_git(["merge", "--abort"], cwd=scratch)
+                result.left_out[agent.role] = files
+                continue
             result.merged.append(agent.role)
+        result.outcome = "conflict" if result.left_out else "merged"
+        if not result.merged:
+            return result
         head = git_out(["rev-parse", "HEAD"], cwd=scratch)
         existing = run_git(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}"],
                            cwd=target, check=False).stdout.strip()
-        if existing and existing != head:
+        if existing and existing != head and run_git(
+                ["merge-base", "--is-ancestor", existing, head], cwd=scratch, check=False).returncode != 0:
             raise PushRejected(f"{branch} already exists in {target} at {existing[:12]} with other commits; "
                                "not overwriting it")
-        if not existing:
+        if existing != head:
             # the target's side of the push runs with hooks off too: its receive-pack is ours
             run_git(["push", "--quiet", f"--receive-pack={RECEIVE_PACK_NO_HOOKS}", "--", str(target),
                      f"HEAD:refs/heads/{branch}"], cwd=scratch)
-        result.outcome, result.head = "merged", head
+        result.head = head
         return result
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

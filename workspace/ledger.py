@@ -10,6 +10,7 @@ rerun of the same run reads them and skips what is done; the side effects
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,10 @@ class RunLedger:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, indent=2, default=str) + "\n")
         self.run.commit_stage(subject, [path])
+
+    async def arecord(self, name: str, data: dict[str, Any], subject: str) -> None:
+        """:meth:`record` off the event loop that a run's agents share."""
+        await asyncio.to_thread(self.record, name, data, subject)
 
     # -- checking ------------------------------------------------------------------------
     def check_consistent(self) -> None:

@@ -1,0 +1,27 @@
+"""The repository's checks on the integration branch, as a Prefect task (see ``sandbox.checks``)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from agents.outcome import CheckResult
+from sandbox.checks import run_check
+from workspace.superproject import RunSuperproject
+
+from .logs import get_logger
+from .sandboxes import engine
+
+
+@task(name="run-checks", cache_policy=NO_CACHE)
+async def run_checks(run_id: str, head: str, command: list[str], timeout: float = 900.0) -> CheckResult:
+    """Run ``command`` on the integration head in a hardened sandbox; never raises for a failing check."""
+    result = await asyncio.to_thread(run_check, engine(), RunSuperproject.open(run_id), head, command,
+                                     timeout=timeout)
+    log = get_logger()
+    (log.info if result.passed else log.warning)(
+        "checks %s on %s: exit %d in %.1fs\n%s", " ".join(command), head[:12], result.exit_code,
+        result.duration, result.output_tail[-2000:])
+    return result
