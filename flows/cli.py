@@ -194,10 +194,23 @@ def drive(params: dict, detach: bool, decide=None, lock=None) -> None:
         display.join(5)
     if display.error:
         err.print(f"[yellow]progress display stopped: {display.error}[/]")
+    report(result)
+
+
+# How a run ended, as the exit code of the command that drove it (failures of the command itself: 1, 2).
+EXIT_CODES = {"integrated": 0, "nothing-approved": 3, "conflict": 4, "check-failed": 5,
+              "review-timed-out": 6, "aborted": 7}
+
+
+def report(result) -> None:
+    """Print how the run ended and exit with its outcome's code."""
     color = "green" if result.outcome == "integrated" else "yellow"
     out.print(f"[{color}]{result.outcome}[/]: {result.message}")
     for agent in result.agents:
         out.print(f"  {agent.role:<10} {agent.status:<10} {agent.branch}  (Plan.md: {agent.plan_path})")
+    if result.check is not None:
+        out.print(f"  checks: {'passed' if result.check.passed else 'failed'} (exit {result.check.exit_code})")
+    raise typer.Exit(EXIT_CODES.get(str(result.outcome), 1))
 
 
 @server_app.command("status")
@@ -321,6 +334,24 @@ def resume_command(
         drive(params, detach, lock=lock)
     finally:
         lock.release()
+
+
+@app.command("integrate")
+def integrate_command(
+    run_id: Annotated[str, typer.Argument(help="A reviewed run whose integration ended in a conflict.")],
+) -> None:
+    """Integrate a reviewed run again, after its conflict was resolved on the agent's branch (idempotent)."""
+    import asyncio
+
+    from flows.integrate import integrate
+    from flows.server import ensure_server
+
+    ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
+    state = asyncio.run(integrate(run_id, return_state=True))
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        fail(f"{type(result).__name__}: {result}")
+    report(result)
 
 
 @app.command("status")
