@@ -31,6 +31,7 @@ from tasks.logs import get_logger
 from tasks.reaper import reap_stale_work
 from tasks.together import together
 from tasks.workspaces import create_run
+from workspace.errors import WorkspaceError
 from workspace.ledger import RunLedger
 from workspace.names import validate_run_id
 from workspace.superproject import RunSuperproject
@@ -112,7 +113,12 @@ async def sisyphus(
 
     async def one(profile: AgentProfile) -> AgentOutcome:
         async def shown() -> None:   # its Plan.md and the progress in the UI, while the outcome is recorded
-            plan = await asyncio.to_thread(lambda: RunSuperproject.open(run_id).agent(profile.role).plan.text())
+            def plan_text() -> str:
+                try:
+                    return RunSuperproject.open(run_id).agent(profile.role).plan.text()
+                except WorkspaceError as exc:    # its setup failed: no workspace, no Plan.md
+                    return f"# {profile.role}\n\nNo Plan.md: {exc}\n"
+            plan = await asyncio.to_thread(plan_text)
             await together(publish_plan(run_id, profile.role, plan), progress.advance())
 
         done = ledger.outcome(profile.role)

@@ -112,3 +112,26 @@ def test_a_huge_file_is_not_committed_and_the_outcome_names_it(prefect_api, uw_h
     assert "big.bin" not in git(repo, "ls-tree", "-r", "--name-only", branch)
     assert "# kept" in git(repo, "show", f"{branch}:widgets/core.py")       # the rest is not lost
     assert "not committed: big.bin" in Path(front.plan_path).read_text()
+
+
+@pytest.mark.parametrize("point", ["git:create-workspace", "git:commit"])
+def test_a_git_error_past_its_retries_is_that_agents_outcome(point, prefect_api, uw_home, tmp_path, docker_client,
+                                                             monkeypatch):
+    """Setup or commit failing more often than its retries: the agent fails with the error named,
+    its sibling's work reaches the review, no sandbox is left."""
+    import json
+
+    from tasks.sandboxes import engine
+
+    monkeypatch.setenv("ULTRAWORK_FAULTS", json.dumps([{"at": point, "role": "frontend", "times": 20,
+                                                         "action": "git_error"}]))
+    repo = make_target_repo(tmp_path / "widgets")
+    run_id = f"hg-{uuid.uuid4().hex[:6]}"
+    result = run_sisyphus({"task": "Fix the TODO", "repo": str(repo), "agents": ["explore", "frontend"],
+                           "run_id": run_id, "review_timeout": 2})
+    assert result.outcome == "review-timed-out"
+    by_role = {o.role: o for o in result.agents}
+    assert by_role["explore"].status == "succeeded"
+    assert by_role["frontend"].status == "failed"
+    assert any("GitError" in e for e in by_role["frontend"].errors), by_role["frontend"].errors
+    assert engine().list(run_id=run_id) == []
