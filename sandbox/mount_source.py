@@ -121,7 +121,11 @@ def pin_mount_source(field: str, source: Path, roots: list[Path]) -> Path:
         raise SandboxPolicyError(field, f"{source} is not an absolute path")
     if "docker.sock" in text:
         raise SandboxPolicyError(field, f"{source} is the Docker socket")
-    resolved = Path(os.path.realpath(source))
+    try:
+        resolved = Path(os.path.realpath(source))
+    except OSError as exc:   # a link changed under the resolution itself (lstat said link, readlink found none)
+        raise SandboxPolicyError(field, f"{source} changed while it was resolved ({exc.strerror}); "
+                                        "something is rewriting it") from None
     if resolved == Path(resolved.anchor):
         raise SandboxPolicyError(field, f"{source} is a system directory ({resolved})")
     check_not_credentials(field, source, resolved)
