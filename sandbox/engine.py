@@ -182,6 +182,7 @@ class Sandbox:
     spec: SandboxSpec
     created_at: float = field(default_factory=time.time)
     counters: dict[str, int] = field(default_factory=dict)
+    volumes: list[str] = field(default_factory=list)   # its scratch volumes, removed with it
 
     @property
     def role(self) -> str:
@@ -342,7 +343,9 @@ class SandboxEngine:
             raise ImageMissing(f"sandbox image {spec.image} is missing; build it with 'ultrawork sandbox build'") from None
         except docker.errors.APIError as exc:
             raise SandboxError(f"creating the sandbox failed: {exc.explanation or exc}") from None
-        sandbox = Sandbox(id=container.id, name=name, spec=spec)
+        sandbox = Sandbox(id=container.id, name=name, spec=spec,
+                          volumes=[m["Name"] for m in container.attrs.get("Mounts") or []
+                                   if m.get("Type") == "volume" and m.get("Name")])
         try:
             container.start()
         except docker.errors.APIError as exc:
@@ -685,7 +688,12 @@ class SandboxEngine:
         try:
             self.client.api.remove_container(cid, v=True, force=True)
             return True
-        except docker.errors.NotFound:
+        except docker.errors.NotFound:   # removed from outside (without -v): its scratch volume stays
+            for volume in sandbox.volumes if isinstance(sandbox, Sandbox) else []:
+                try:
+                    self.client.api.remove_volume(volume, force=True)
+                except docker.errors.APIError:
+                    pass
             return False
         except docker.errors.APIError as exc:
             if exc.status_code == 409 and "already in progress" in str(exc):

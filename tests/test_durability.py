@@ -166,6 +166,8 @@ def test_container_removed_from_outside_is_recreated_and_the_step_retried(
     assert removed, "the container was removed mid-step"
     assert explore.status == "succeeded" and explore.sandboxes_created == 2 and explore.retries == 1
     assert engine().list(run_id=run_id) == []
+    leftover = docker_client.volumes.list(filters={"label": f"ultrawork.run={run_id}"})
+    assert leftover == [], "the removed container's scratch volume was left behind"
 
 
 def test_engine_stopped_for_ten_seconds_the_run_completes_and_leaves_nothing(
