@@ -33,7 +33,8 @@ async def finish_run(run_id: str, ledger: RunLedger, task: str, outcomes: list[A
     stage = {"outcome": result.outcome, "branch": result.branch, "head": result.head, "order": approved,
              "merged": result.merged, "left_out": result.left_out}
     if ledger.read("integration") != stage:
-        await ledger.arecord("integration", stage, f"integration: {result.outcome} ({', '.join(result.merged) or 'none'} merged)")
+        merged = ", ".join(result.merged) or "none"
+        await ledger.arecord("integration", stage, f"integration: {result.outcome} ({merged} merged)")
     summary.merged, summary.left_out = result.merged, result.left_out
     if result.outcome == "nothing-approved":
         summary.outcome, summary.message = RunOutcome.NOTHING_APPROVED, f"no agent approved; branches kept in {target_repo}"

@@ -232,7 +232,7 @@ def sanitize_clone(clone, baseline_config: bytes) -> list[str]:
             _remove(git_dir / rel)
             reset.append(f"git directory {rel}")
     gitfile = clone.work_tree / ".git"
-    if read_regular_file(gitfile) != clone.gitfile() or os.path.islink(gitfile):
+    if read_regular_file(gitfile) != clone.gitfile():      # None for a link, a folder, a fifo
         _remove(gitfile)
         write_private_file(gitfile, clone.gitfile())
         reset.append(".git in the work tree (the agent had replaced it)")
