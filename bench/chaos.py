@@ -1,7 +1,7 @@
 """Chaos: N ultrawork runs with faults injected at random points (seeded), then the damage counted.
 
 Each run works on its own small repository with a local GitHub stand-in, in its
-own process (``python -m flows.launch``). Faults are drawn from: a container
+own process (``python -m ultrawork.cli.launch``). Faults are drawn from: a container
 removed mid-step, an agent command failing, the engine reporting an error, git
 failing (commit, publish, integrate), and the orchestrating process killed
 (after an agent finished, or after the pull request was opened). A killed run is
@@ -77,7 +77,7 @@ class Reviewer(threading.Thread):
         self.home, self.stop, self.done = home, threading.Event(), set()
 
     def run(self) -> None:
-        from flows.runs import ReviewRejected, submit_review
+        from ultrawork.cli.runs import ReviewRejected, submit_review
 
         while not self.stop.is_set():
             for review in (self.home / "runs").glob("*/review.json"):
@@ -98,7 +98,7 @@ class Reviewer(threading.Thread):
 
 
 def one_run(index: int, rng: random.Random, work: Path, stub, env: dict) -> dict:
-    from sandbox import SandboxEngine
+    from ultrawork.sandbox import SandboxEngine
 
     run_id = f"chaos-{index:03d}-{rng.randrange(16**4):04x}"
     repo, remote = make_repo(work / f"repo{index}")
@@ -109,7 +109,7 @@ def one_run(index: int, rng: random.Random, work: Path, stub, env: dict) -> dict
                "ULTRAWORK_GITHUB_API_URL": stub.url, "ULTRAWORK_GITHUB_PUSH_URL": str(remote)}
     params = {"task": TASK, "repo": str(repo), "agents": ROLES, "run_id": run_id, "review_timeout": 300}
     log = open(work / f"{run_id}.log", "ab")
-    argv = [sys.executable, "-m", "flows.launch", json.dumps(params)]
+    argv = [sys.executable, "-m", "ultrawork.cli.launch", json.dumps(params)]
     attempts, killed = 0, 0
     while attempts < 4:
         attempts += 1
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     from github_stub import GitHubStub
 
-    from flows.server import ensure_server, stop_server
+    from ultrawork.local_server.manager import ensure_server, stop_server
 
     work = Path(tempfile.mkdtemp(prefix="ultrawork-chaos-"))
     saved_home = os.environ.get("ULTRAWORK_HOME")

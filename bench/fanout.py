@@ -64,7 +64,7 @@ def make_repo(path: Path) -> Path:
 
 def baseline(repo: Path, workdir: Path, workload: float, agents: int) -> dict:
     """The same per-agent work in threads: branch + clone, Plan.md, hardened container, exec, cleanup."""
-    from sandbox import Limits, Mount, SandboxEngine, SandboxPolicy, SandboxSpec
+    from ultrawork.sandbox import Limits, Mount, SandboxEngine, SandboxPolicy, SandboxSpec
 
     engine = SandboxEngine(SandboxPolicy(workspace_roots=[workdir]))
     stages: dict[str, list[float]] = {"clone": [], "sandbox": [], "exec": [], "cleanup": []}
@@ -101,8 +101,8 @@ def baseline(repo: Path, workdir: Path, workload: float, agents: int) -> dict:
 
 
 def ultrawork(repo: Path, workload: float, agents: int) -> dict:
-    from flows.runs import submit_review
-    from flows.sisyphus import sisyphus
+    from ultrawork.cli.runs import submit_review
+    from ultrawork.flows.sisyphus import sisyphus
 
     roles = ROLES[:agents]
     run_id = f"bench-{int(time.time())}-{os.urandom(2).hex()}"
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     work = Path(tempfile.mkdtemp(prefix="ultrawork-bench-"))
     os.environ["ULTRAWORK_HOME"] = str(work / "home")
-    from flows.server import ensure_server, stop_server
+    from ultrawork.local_server.manager import ensure_server, stop_server
 
     own_server = not os.environ.get("PREFECT_API_URL")
     pairs = []

@@ -1,7 +1,7 @@
 """Prefect blocks: the configuration users edit in the Prefect UI.
 
-Register them with ``prefect block register -m blocks``. Runs load the blocks
-named ``default`` (``tasks.config``) and fall back to built-in defaults (and the
+Register them with ``prefect block register -m ultrawork.blocks``. Runs load the blocks
+named ``default`` (``ultrawork.runtime.config``) and fall back to built-in defaults (and the
 ``ULTRAWORK_GITHUB_*`` variables) when none is saved.
 """
 

@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.profiles import ROLES, AgentProfile
+from ultrawork.agents.profiles import ROLES, AgentProfile
 
 
 class RoleSettings(BaseModel):
@@ -48,7 +48,7 @@ class AgentProfiles(Block):
     Example:
         Run Claude Code as the frontend agent, with network access and more memory:
         ```python
-        from blocks import AgentProfiles, RoleSettings
+        from ultrawork.blocks import AgentProfiles, RoleSettings
 
         AgentProfiles(frontend=RoleSettings(
             command=["claude", "-p", "Read {prompt_file} and do the task. Write findings to {plan_file}."],

@@ -7,7 +7,7 @@ from typing import ClassVar
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from workspace.github import GitHubTarget
+from ultrawork.workspace.github import GitHubTarget
 
 
 class GitHubSettings(Block):
@@ -19,7 +19,7 @@ class GitHubSettings(Block):
 
     Example:
         ```python
-        from blocks import GitHubSettings
+        from ultrawork.blocks import GitHubSettings
 
         GitHubSettings(repository="acme/widgets", token="ghp_...").save("default", overwrite=True)
         target = GitHubSettings.load("default").target()

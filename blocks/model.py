@@ -8,8 +8,8 @@ from typing import ClassVar, Literal, Mapping
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from model_agent.config import ModelAgentConfig
-from model_agent.errors import ModelConfigError
+from ultrawork.model_agent.config import ModelAgentConfig
+from ultrawork.model_agent.errors import ModelConfigError
 
 
 class ModelAgentSettings(Block):
@@ -24,7 +24,7 @@ class ModelAgentSettings(Block):
     Example:
         Use a local Ollama model, at most 40 requests and 10 minutes per agent:
         ```python
-        from blocks.model import ModelAgentSettings
+        from ultrawork.blocks.model import ModelAgentSettings
 
         ModelAgentSettings(provider="openai-compatible", model="qwen2.5-coder:7b",
                            base_url="http://127.0.0.1:11434/v1", max_requests=40,

@@ -8,9 +8,9 @@ from typing import ClassVar
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from sandbox.limits import LimitRaise
-from sandbox.policy import SandboxPolicy
-from sandbox.spec import DEFAULT_IMAGE, Limits
+from ultrawork.sandbox.limits import LimitRaise
+from ultrawork.sandbox.policy import SandboxPolicy
+from ultrawork.sandbox.spec import DEFAULT_IMAGE, Limits
 
 
 class SandboxSettings(Block):
@@ -27,7 +27,7 @@ class SandboxSettings(Block):
     Example:
         Save the settings runs load by default:
         ```python
-        from blocks import SandboxSettings
+        from ultrawork.blocks import SandboxSettings
 
         SandboxSettings(memory_mb=1024, pids=512, max_memory_mb=4096).save("default", overwrite=True)
         settings = SandboxSettings.load("default")

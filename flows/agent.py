@@ -18,14 +18,14 @@ import time
 from prefect import flow
 from prefect.states import Completed, Failed
 
-from agents.outcome import AgentOutcome
-from agents.profiles import BUILTIN_AGENT, AgentProfile
-from sandbox.access import agent_sandbox_spec
-from tasks.logs import get_logger
-from tasks.sandboxes import SandboxHandle, cleanup_sandbox, run_step, start_sandbox
-from tasks.together import together
-from tasks.workspaces import commit_work, create_workspace, finalize_plan, publish_branch
-from workspace.names import agent_branch
+from ultrawork.agents.outcome import AgentOutcome
+from ultrawork.agents.profiles import BUILTIN_AGENT, AgentProfile
+from ultrawork.sandbox.access import agent_sandbox_spec
+from ultrawork.runtime.logs import get_logger
+from ultrawork.tasks.sandboxes import SandboxHandle, cleanup_sandbox, run_step, start_sandbox
+from ultrawork.runtime.together import together
+from ultrawork.tasks.workspaces import commit_work, create_workspace, finalize_plan, publish_branch
+from ultrawork.workspace.names import agent_branch
 
 
 def plan_excerpt(plan_text: str, limit: int = 1200) -> str:

@@ -12,14 +12,14 @@ from __future__ import annotations
 from prefect import flow
 from prefect.states import Completed
 
-from agents.outcome import AgentOutcome, CheckResult, RunOutcome, RunResult, Verdict
-from tasks.checks import run_checks
-from tasks.config import load_config, use_config
-from tasks.faults import fault
-from tasks.integration import integrate_branches, open_pull_request_task
-from tasks.logs import get_logger
-from tasks.reaper import release_run_clones
-from workspace.ledger import RunLedger, RunNotFound
+from ultrawork.agents.outcome import AgentOutcome, CheckResult, RunOutcome, RunResult, Verdict
+from ultrawork.tasks.checks import run_checks
+from ultrawork.runtime.config import load_config, use_config
+from ultrawork.failpoints import fault
+from ultrawork.tasks.integration import integrate_branches, open_pull_request_task
+from ultrawork.runtime.logs import get_logger
+from ultrawork.tasks.reaper import release_run_clones
+from ultrawork.workspace.ledger import RunLedger, RunNotFound
 
 
 async def finish_run(run_id: str, ledger: RunLedger, task: str, outcomes: list[AgentOutcome],

@@ -21,8 +21,8 @@ from prefect.input import RunInput
 from pydantic import BaseModel, Field, create_model
 
 
-from agents.outcome import AgentOutcome, Verdict
-from workspace.integration import integration_branch
+from ultrawork.agents.outcome import AgentOutcome, Verdict
+from ultrawork.workspace.integration import integration_branch
 
 Choice = Literal["approve", "reject"]
 SUMMARY_LIMIT = 1500      # characters of one agent's Plan.md summary in the form
@@ -179,7 +179,7 @@ async def review_run(run_id: str, ledger, task: str, outcomes: list[AgentOutcome
     if done.get("state") == "decided":
         return ReviewOutcome([Verdict.model_validate(v) for v in done["verdicts"]], bool(done.get("open_anyway")))
     await ledger.arecord("review", {"state": "requested", "roles": roles}, "review requested")
-    from tasks.logs import get_logger
+    from ultrawork.runtime.logs import get_logger
 
     get_logger().info("run %s paused for review: approve or reject each agent in the UI or with "
                       "'ultrawork review %s --approve ROLES --reject ROLES'", run_id, run_id)

@@ -1,9 +1,9 @@
 """Sisyphus: the main flow. One task in, parallel agents, a human review, one integration branch out.
 
 classify -> write the run's plan -> fan out one agent subflow per role (concurrently)
--> publish Plan.md artifacts and results -> review (``flows.review``) -> merge the
+-> publish Plan.md artifacts and results -> review (``ultrawork.flows.review``) -> merge the
 approved branches one by one, run the checks, push and open a pull request
-(``flows.integrate``).
+(``ultrawork.flows.integrate``).
 """
 
 from __future__ import annotations
@@ -17,24 +17,24 @@ import prefect.utilities.visualization  # noqa: F401
 from prefect import flow
 from prefect.context import get_run_context
 
-from agents.outcome import AgentOutcome, RunOutcome, RunResult
-from agents.profiles import AgentProfile
-from flows.agent import agent
-from flows.request import check_request, new_run_id
-from flows.integrate import ended, finish_run
-from flows.review import review_run
-from sandbox.procs import owner_token
-from tasks.artifacts import Progress, publish_plan, publish_results
-from tasks.config import load_config, use_config
-from tasks.faults import fault
-from tasks.logs import get_logger
-from tasks.reaper import reap_stale_work
-from tasks.together import together
-from tasks.workspaces import create_run
-from workspace.errors import WorkspaceError
-from workspace.ledger import RunLedger
-from workspace.names import validate_run_id
-from workspace.superproject import RunSuperproject
+from ultrawork.agents.outcome import AgentOutcome, RunOutcome, RunResult
+from ultrawork.agents.profiles import AgentProfile
+from ultrawork.flows.agent import agent
+from ultrawork.cli.request import check_request, new_run_id
+from ultrawork.flows.integrate import ended, finish_run
+from ultrawork.flows.review import review_run
+from ultrawork.sandbox.procs import owner_token
+from ultrawork.runtime.artifacts import Progress, publish_plan, publish_results
+from ultrawork.runtime.config import load_config, use_config
+from ultrawork.failpoints import fault
+from ultrawork.runtime.logs import get_logger
+from ultrawork.tasks.reaper import reap_stale_work
+from ultrawork.runtime.together import together
+from ultrawork.tasks.workspaces import create_run
+from ultrawork.workspace.errors import WorkspaceError
+from ultrawork.workspace.ledger import RunLedger
+from ultrawork.workspace.names import validate_run_id
+from ultrawork.workspace.superproject import RunSuperproject
 
 
 def prompt_for(task: str, profile: AgentProfile, run_id: str) -> str:
@@ -69,7 +69,7 @@ async def sisyphus(
     ``agents`` overrides the classification; ``agent_commands`` maps a role to the
     argument list it runs instead of the built-in offline agent; ``hooks`` adds
     user hooks (``{"target": "pkg.mod:func", "point": "after_step"}``). With ``resume``
-    an existing run continues from its last completed stage (see ``workspace.ledger``).
+    an existing run continues from its last completed stage (see ``ultrawork.workspace.ledger``).
 
     Args:
         task: What the agents should do; a ```diff or ```ultrawork-edit block may follow.

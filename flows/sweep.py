@@ -4,7 +4,7 @@ read the backlog -> claim each eligible issue with an optimistic write (two swee
 never take the same issue) -> start one Sisyphus run per claim with
 ``run_deployment`` (any worker of the pool picks it up) -> follow each run:
 paused for review -> the issue is in ``review``; finished -> the run's outcome
-fires its event (``backlog.machine.OUTCOME_TRIGGERS``) -> a summary table.
+fires its event (``ultrawork.backlog.machine.OUTCOME_TRIGGERS``) -> a summary table.
 
 At most ``concurrency`` runs do agent work at a time; a run waiting for its
 human review gives its slot back, since it holds no sandbox while it waits.
@@ -23,12 +23,12 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel, Field
 
-from backlog import Backlog, BacklogError, Claim, default_backlog, open_backlog, outcome_trigger
-from backlog.machine import OUTCOME_TRIGGERS
-from tasks.backlog import claim_issues, publish_sweep, record_event, scan_backlog
-from tasks.config import load_config
-from tasks.logs import get_logger
-from workspace.names import validate_run_id
+from ultrawork.backlog import Backlog, BacklogError, Claim, default_backlog, open_backlog, outcome_trigger
+from ultrawork.backlog.machine import OUTCOME_TRIGGERS
+from ultrawork.tasks.backlog import claim_issues, publish_sweep, record_event, scan_backlog
+from ultrawork.runtime.config import load_config
+from ultrawork.runtime.logs import get_logger
+from ultrawork.workspace.names import validate_run_id
 
 
 class SweptIssue(BaseModel):

@@ -12,9 +12,9 @@ import shutil
 import time
 from pathlib import Path
 
-from agents.outcome import CheckResult
-from workspace.clones import AgentClone, clone_on_branch
-from workspace.plan import excerpt
+from ultrawork.agents.outcome import CheckResult
+from ultrawork.workspace.clones import AgentClone, clone_on_branch
+from ultrawork.workspace.plan import excerpt
 
 from .access import GIT_DIR_TARGET, SANDBOX_GIT_ENV, grant_sandbox_access
 from .engine import SandboxEngine

@@ -7,7 +7,7 @@ sandbox, then retry"; a ``SandboxPolicyError`` is never retried.
 
 from __future__ import annotations
 
-from workspace.errors import UltraworkError
+from ultrawork.workspace.errors import UltraworkError
 
 
 class SandboxError(UltraworkError):

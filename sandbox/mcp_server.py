@@ -29,7 +29,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
-from workspace.errors import SafetyViolation, UltraworkError
+from ultrawork.workspace.errors import SafetyViolation, UltraworkError
 
 from .errors import ContainerGone, EngineUnavailable, ResourceLimitExceeded, SandboxPolicyError, SandboxTimeout
 from .mcp_session import Cleaned, Deployed, Executed, McpSession, SandboxCreated, SandboxList

@@ -9,8 +9,8 @@ it ends), workspaces must lie in the agent's clone, every command is a step in
 the agent's Plan.md, and sandboxes of other runs (or, with ``--role``, of other
 agents) are refused.
 
-Plain Python without MCP imports: `sandbox.mcp_server` only maps these methods
-to tools. Commands go through `sandbox.steps.guarded_execute`, the same hooks the
+Plain Python without MCP imports: `ultrawork.sandbox.mcp_server` only maps these methods
+to tools. Commands go through `ultrawork.sandbox.steps.guarded_execute`, the same hooks the
 flows' steps pass.
 """
 
@@ -27,7 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from workspace.superproject import RunSuperproject
+from ultrawork.workspace.superproject import RunSuperproject
 
 from .engine import AGENT_DIR, Sandbox, SandboxEngine
 from .errors import McpError, SandboxError, SandboxPolicyError

@@ -61,7 +61,7 @@ def looks_secret(name: str) -> bool:
 
 
 def check_mount_source(field: str, source: Path, policy: SandboxPolicy) -> Path:
-    """The resolved, pinned path Docker gets for ``source`` (see :mod:`sandbox.mount_source`)."""
+    """The resolved, pinned path Docker gets for ``source`` (see :mod:`ultrawork.sandbox.mount_source`)."""
     return pin_mount_source(field, source, policy.workspace_roots)
 
 

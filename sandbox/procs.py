@@ -12,7 +12,7 @@ import socket
 import time
 from pathlib import Path
 
-from workspace.errors import UltraworkError
+from ultrawork.workspace.errors import UltraworkError
 
 
 def _start_ticks(pid: int) -> str:

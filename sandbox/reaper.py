@@ -25,8 +25,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workspace.ledger import RunInconsistent, run_finished
-from workspace.superproject import ultrawork_home
+from ultrawork.workspace.ledger import RunInconsistent, run_finished
+from ultrawork.workspace.superproject import ultrawork_home
 
 from .engine import SandboxEngine, SandboxInfo
 from .procs import owner_alive

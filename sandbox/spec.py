@@ -1,7 +1,7 @@
 """What a sandbox is asked to be: the spec a caller fills in and the policy checks.
 
 The spec describes intent (image, role, workspace, limits, network...). It is
-checked by :func:`sandbox.policy.validate_spec` before any Docker call, and the
+checked by :func:`ultrawork.sandbox.policy.validate_spec` before any Docker call, and the
 engine adds the hardened defaults that no spec can turn off.
 """
 

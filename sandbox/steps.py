@@ -14,11 +14,11 @@ import threading
 import time
 from typing import Callable, Mapping, Sequence
 
-from workspace.builtin_hooks import container_safety_enforcer
-from workspace.command_policy import DEFAULT_DENY_LIST, DeniedCommand
-from workspace.errors import ResourceLimitError
-from workspace.hooks import HookContext, HookPoint
-from workspace.plan import StepRecord
+from ultrawork.workspace.builtin_hooks import container_safety_enforcer
+from ultrawork.workspace.command_policy import DEFAULT_DENY_LIST, DeniedCommand
+from ultrawork.workspace.errors import ResourceLimitError
+from ultrawork.workspace.hooks import HookContext, HookPoint
+from ultrawork.workspace.plan import StepRecord
 
 from .engine import ExecResult, Sandbox, SandboxEngine
 from .errors import ResourceLimitExceeded, SandboxError

@@ -1,0 +1,1 @@
+"""The Prefect tasks a run is made of, and the retry table (``recovery``) they are built from."""

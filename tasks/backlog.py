@@ -8,9 +8,9 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from backlog import Backlog, BacklogError, Claim, Issue, Skip, claim_eligible
+from ultrawork.backlog import Backlog, BacklogError, Claim, Issue, Skip, claim_eligible
 
-from .logs import get_logger
+from ultrawork.runtime.logs import get_logger
 
 
 @task(name="scan-backlog", cache_policy=NO_CACHE)

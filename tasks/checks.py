@@ -1,4 +1,4 @@
-"""The repository's checks on the integration branch, as a Prefect task (see ``sandbox.checks``)."""
+"""The repository's checks on the integration branch, as a Prefect task (see ``ultrawork.sandbox.checks``)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import asyncio
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from agents.outcome import CheckResult
-from sandbox.checks import run_check
-from workspace.superproject import RunSuperproject
+from ultrawork.agents.outcome import CheckResult
+from ultrawork.sandbox.checks import run_check
+from ultrawork.workspace.superproject import RunSuperproject
 
-from .logs import get_logger
-from .sandboxes import engine
+from ultrawork.runtime.logs import get_logger
+from ultrawork.tasks.sandboxes import engine
 
 
 @task(name="run-checks", cache_policy=NO_CACHE)

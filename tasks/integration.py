@@ -7,13 +7,13 @@ import asyncio
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from workspace.errors import GitError
-from workspace.github import GitHubTarget, PullRequestRef
-from workspace.integration import AgentBranch, IntegrationResult, integrate, publish_pull_request
-from workspace.superproject import RunSuperproject
+from ultrawork.workspace.errors import GitError
+from ultrawork.workspace.github import GitHubTarget, PullRequestRef
+from ultrawork.workspace.integration import AgentBranch, IntegrationResult, integrate, publish_pull_request
+from ultrawork.workspace.superproject import RunSuperproject
 
-from .faults import fault
-from .recovery import task_options
+from ultrawork.failpoints import fault
+from ultrawork.tasks.recovery import task_options
 
 
 @task(name="integrate", cache_policy=NO_CACHE, **task_options(GitError))

@@ -7,11 +7,11 @@ import asyncio
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from sandbox.reaper import reap, release_clones
-from workspace.superproject import RunSuperproject
+from ultrawork.sandbox.reaper import reap, release_clones
+from ultrawork.workspace.superproject import RunSuperproject
 
-from .logs import get_logger
-from .sandboxes import engine
+from ultrawork.runtime.logs import get_logger
+from ultrawork.tasks.sandboxes import engine
 
 
 @task(name="reap-stale-work", cache_policy=NO_CACHE)

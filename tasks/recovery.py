@@ -19,9 +19,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from agents.errors import AgentExecutionError
-from sandbox.errors import McpError, ResourceLimitExceeded, SandboxError
-from workspace.errors import GitError, HookError
+from ultrawork.agents.errors import AgentExecutionError
+from ultrawork.sandbox.errors import McpError, ResourceLimitExceeded, SandboxError
+from ultrawork.workspace.errors import GitError, HookError
 
 log = logging.getLogger("ultrawork.recovery")
 

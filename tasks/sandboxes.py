@@ -4,7 +4,7 @@ A :class:`SandboxHandle` is the agent's sandbox across retries: when a step
 fails with a ``SandboxError`` the next attempt finds the container gone or
 broken and recreates it (with the same agent files mounted) before running the step
 again; when it hits its memory or pids limit, the handle's spec gets the raised
-limit first -- the recoveries the table in ``tasks.recovery`` names.
+limit first -- the recoveries the table in ``ultrawork.tasks.recovery`` names.
 
 A step's output reaches the run's log in batches (several lines a record) and
 at most ``LOG_LINES`` lines / ``LOG_BYTES`` bytes a step, then one marker line:
@@ -22,19 +22,19 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
-from agents.errors import AgentExecutionError
-from sandbox import SandboxEngine, SandboxError, SandboxSpec, validate_spec
-from sandbox.engine import Sandbox
-from sandbox.errors import ResourceLimitExceeded
-from sandbox.limits import raise_limit
-from sandbox.output import OutputLog
-from sandbox.steps import guarded_execute
-from sandbox.spec import ultrawork_home
+from ultrawork.agents.errors import AgentExecutionError
+from ultrawork.sandbox import SandboxEngine, SandboxError, SandboxSpec, validate_spec
+from ultrawork.sandbox.engine import Sandbox
+from ultrawork.sandbox.errors import ResourceLimitExceeded
+from ultrawork.sandbox.limits import raise_limit
+from ultrawork.sandbox.output import OutputLog
+from ultrawork.sandbox.steps import guarded_execute
+from ultrawork.sandbox.spec import ultrawork_home
 
-from .config import active_limit_raise, active_policy
-from .faults import fault
-from .logs import get_logger
-from .recovery import recovery_for, task_options, will_retry
+from ultrawork.runtime.config import active_limit_raise, active_policy
+from ultrawork.failpoints import fault
+from ultrawork.runtime.logs import get_logger
+from ultrawork.tasks.recovery import recovery_for, task_options, will_retry
 
 _ENGINE: SandboxEngine | None = None
 _ENGINE_KEY: tuple[str, ...] | None = None
@@ -48,7 +48,7 @@ LOG_MARKER = "[output truncated: {dropped} more bytes not logged; the tail is in
 
 def engine() -> SandboxEngine:
     """One engine per process (it holds the Docker client); its policy follows $ULTRAWORK_HOME
-    and the caps of the run's sandbox settings (``tasks.config.active_policy``)."""
+    and the caps of the run's sandbox settings (``ultrawork.runtime.config.active_policy``)."""
     global _ENGINE, _ENGINE_KEY
     policy = active_policy()
     key = (str(ultrawork_home()), os.environ.get("ULTRAWORK_WORKSPACE_ROOTS", ""), policy.model_dump_json())
@@ -135,7 +135,7 @@ async def start_sandbox(handle: SandboxHandle) -> str:
 @task(name="run-step", cache_policy=NO_CACHE,
       **task_options(*STEP_ERRORS))
 async def run_step(handle: SandboxHandle, ws, argv: list[str], timeout: float) -> dict:
-    """One step of the execute loop (``sandbox.steps.guarded_execute``: safety hooks before,
+    """One step of the execute loop (``ultrawork.sandbox.steps.guarded_execute``: safety hooks before,
     resource monitor during, isolation checker and Plan.md after); failures go to Plan.md
     with the recovery the table gives them."""
     log = get_logger()

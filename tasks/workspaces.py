@@ -1,6 +1,6 @@
 """Prefect tasks over the run superproject and the agents' workspaces (git).
 
-Git operations retry with exponential backoff and jitter (``tasks.recovery``);
+Git operations retry with exponential backoff and jitter (``ultrawork.tasks.recovery``);
 bad input (``WorkspaceError``) is never retried.
 """
 
@@ -12,12 +12,12 @@ from typing import Any, Callable
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from workspace.errors import GitError
-from workspace.integration import shortstat
-from workspace.superproject import RunSuperproject
+from ultrawork.workspace.errors import GitError
+from ultrawork.workspace.integration import shortstat
+from ultrawork.workspace.superproject import RunSuperproject
 
-from .faults import fault
-from .recovery import task_options
+from ultrawork.failpoints import fault
+from ultrawork.tasks.recovery import task_options
 
 GIT_RETRIES = task_options(GitError)
 

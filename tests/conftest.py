@@ -35,7 +35,7 @@ def assert_hardened(attrs: dict) -> None:
 @pytest.fixture(scope="session")
 def docker_client():
     """The real Docker engine; a missing engine fails the run in CI and skips elsewhere."""
-    from sandbox import EngineUnavailable, SandboxEngine
+    from ultrawork.sandbox import EngineUnavailable, SandboxEngine
 
     try:
         client = SandboxEngine().client
@@ -43,7 +43,7 @@ def docker_client():
         if IN_CI:
             pytest.fail(f"CI=true and no Docker engine: {exc}")
         pytest.skip(f"no Docker engine: {exc}")
-    from sandbox.spec import DEFAULT_IMAGE
+    from ultrawork.sandbox.spec import DEFAULT_IMAGE
 
     try:
         client.images.get(DEFAULT_IMAGE)
@@ -70,7 +70,7 @@ def engine(docker_client, sandbox_root, run_id):
 
     At teardown, no container of this test's run may remain.
     """
-    from sandbox import SandboxEngine, SandboxPolicy
+    from ultrawork.sandbox import SandboxEngine, SandboxPolicy
 
     class CheckedEngine(SandboxEngine):
         def create(self, spec):
@@ -95,7 +95,7 @@ def managed_container_ids(client) -> set[str]:
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory):
     """One real Prefect server (SQLite) for the whole session, started the way ``ultrawork`` starts it."""
-    from flows.server import ensure_server, stop_server
+    from ultrawork.local_server.manager import ensure_server, stop_server
 
     home = tmp_path_factory.mktemp("prefect-server")
     saved = {k: os.environ.get(k) for k in ("ULTRAWORK_HOME", "PREFECT_API_URL", "PREFECT_API_AUTH_STRING")}

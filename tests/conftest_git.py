@@ -59,7 +59,7 @@ def target_repo(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def run(ultrawork_home: Path, target_repo: Path):
-    from workspace import RunSuperproject
+    from ultrawork.workspace import RunSuperproject
     return RunSuperproject.create("run-1", target_repo, "Make the app say hello.\n")
 
 

@@ -35,7 +35,7 @@ def git(repo: Path, *args: str) -> str:
 
 
 def review_state(run_id: str) -> str | None:
-    from sandbox.spec import ultrawork_home
+    from ultrawork.sandbox.spec import ultrawork_home
 
     try:
         return json.loads((ultrawork_home() / "runs" / run_id / "review.json").read_text()).get("state")
@@ -69,7 +69,7 @@ class Reviewer(threading.Thread):
 
 def run_sisyphus(params: dict, act: Callable[[str], None] | None = None):
     """Run the flow in this process; ``act`` reviews it from another thread."""
-    from flows.sisyphus import sisyphus
+    from ultrawork.flows.sisyphus import sisyphus
 
     reviewer = Reviewer(params["run_id"], act) if act else None
     if reviewer:
@@ -98,7 +98,7 @@ class FlowThread(threading.Thread):
     def _run(self) -> None:
         from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
-        from flows.sisyphus import sisyphus
+        from ultrawork.flows.sisyphus import sisyphus
 
         # The server answers SQLite lock contention with 503 and a short Retry-After, so the
         # client's default 5 retries span about a second; a suite-wide server can stay busy longer.
@@ -117,7 +117,7 @@ class FlowThread(threading.Thread):
 
     def wait_for_review(self, timeout: float = 240) -> str:
         """The flow run id, once the run is paused and its form is stored."""
-        from flows.runs import run_status, wait_for_review_form
+        from ultrawork.cli.runs import run_status, wait_for_review_form
 
         deadline = time.monotonic() + timeout
         while review_state(self.params["run_id"]) != "requested":

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agents.profiles import UnknownRoleError, cli_profile
-from sandbox import Limits, SandboxPolicy, SandboxSpec
-from sandbox.agent_image import AGENT_CLIS, UnknownAgentCli, agent_image, build_agent_image, dockerfile
-from sandbox.spec import DEFAULT_IMAGE
+from ultrawork.agents.profiles import UnknownRoleError, cli_profile
+from ultrawork.sandbox import Limits, SandboxPolicy, SandboxSpec
+from ultrawork.sandbox.agent_image import AGENT_CLIS, UnknownAgentCli, agent_image, build_agent_image, dockerfile
+from ultrawork.sandbox.spec import DEFAULT_IMAGE
 
 from conftest import IN_CI
 
@@ -38,7 +38,7 @@ SCRIPT = [  # what the stand-in model answers to the agent's turns, in order
 
 # -- no engine needed -----------------------------------------------------------------
 def test_unknown_cli_is_refused_by_name_before_anything():
-    from flows.cli import app
+    from ultrawork.cli.main import app
 
     result = CliRunner().invoke(app, ["sandbox", "build", "--agent", "vim"])
     assert result.exit_code == 2

@@ -6,10 +6,10 @@ import multiprocessing
 import threading
 from collections import Counter
 
-from backlog import ConcurrencyError, FileBacklog, claim_eligible
-from backlog.github_issues import GitHubBacklog
+from ultrawork.backlog import ConcurrencyError, FileBacklog, claim_eligible
+from ultrawork.backlog.github_issues import GitHubBacklog
 from github_stub import GitHubStub
-from workspace.github import GitHubTarget
+from ultrawork.workspace.github import GitHubTarget
 
 SPEC = {"repo": "/srv/widgets", "task": "Fix the TODO"}
 

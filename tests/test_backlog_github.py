@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from backlog import BacklogError, IssueFileError, UnknownLabelError, open_backlog
-from backlog.github_issues import event_comment
+from ultrawork.backlog import BacklogError, IssueFileError, UnknownLabelError, open_backlog
+from ultrawork.backlog.github_issues import event_comment
 from github_stub import GitHubStub
-from workspace.github import GitHubTarget
+from ultrawork.workspace.github import GitHubTarget
 
 SPEC_BODY = "The widget crashes on empty names.\n\n```ultrawork\nagents: [explore, frontend]\nbase: main\n```\n"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from backlog import (STATES, TRANSITIONS, ConcurrencyError, FileBacklog, GuardFailed, IllegalTransition, Issue,
+from ultrawork.backlog import (STATES, TRANSITIONS, ConcurrencyError, FileBacklog, GuardFailed, IllegalTransition, Issue,
                      IssueFileError, UnknownStateError, allowed, fire, replay)
-from backlog.machine import OUTCOME_TRIGGERS, TRIGGERS
+from ultrawork.backlog.machine import OUTCOME_TRIGGERS, TRIGGERS
 
 DATA = {"run_id": "r1", "flow_run_id": "f1", "reason": "because"}   # satisfies every guard
 SPEC = {"title": "Fix it", "repo": "/srv/repo", "task": "Fix the TODO"}

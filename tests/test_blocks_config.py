@@ -54,9 +54,9 @@ def test_block_register_cli_registers_the_three_block_types(prefect_api):
 
 
 def test_config_falls_back_to_defaults_and_to_the_environment(prefect_api, monkeypatch):
-    from agents.profiles import DEFAULT_PROFILES
-    from blocks import GitHubSettings
-    from tasks.config import load_config
+    from ultrawork.agents.profiles import DEFAULT_PROFILES
+    from ultrawork.blocks import GitHubSettings
+    from ultrawork.runtime.config import load_config
 
     monkeypatch.delenv("ULTRAWORK_GITHUB_REPOSITORY", raising=False)
     config = asyncio.run(load_config())
@@ -75,7 +75,7 @@ def test_config_falls_back_to_defaults_and_to_the_environment(prefect_api, monke
 
 def watch_containers(run_id: str, seen: dict, stop: threading.Event) -> None:
     """Inspect the run's sandbox while it runs."""
-    from tasks.sandboxes import engine
+    from ultrawork.tasks.sandboxes import engine
 
     client = engine().client
     while not stop.is_set() and not seen:
@@ -86,7 +86,7 @@ def watch_containers(run_id: str, seen: dict, stop: threading.Event) -> None:
 
 @pytest.mark.docker
 def test_saved_blocks_are_what_the_next_run_uses(prefect_api, uw_home, tmp_path, docker_client):
-    from blocks import AgentProfiles, RoleSettings, SandboxSettings
+    from ultrawork.blocks import AgentProfiles, RoleSettings, SandboxSettings
 
     repo = make_target_repo(tmp_path / "widgets")
     slow = ["sh", "-c", "sleep 2; exec python3 /agent/builtin_agent.py explore"]
@@ -121,7 +121,7 @@ def test_saved_blocks_are_what_the_next_run_uses(prefect_api, uw_home, tmp_path,
     assert "500 is outside 8..64" in explore.errors[0]
 
     # Nothing saved any more: the next run is back to the defaults.
-    from tasks.config import load_config
-    from agents.profiles import DEFAULT_PROFILES
+    from ultrawork.runtime.config import load_config
+    from ultrawork.agents.profiles import DEFAULT_PROFILES
 
     assert asyncio.run(load_config()).profiles == DEFAULT_PROFILES

@@ -8,8 +8,8 @@ import pytest
 
 from conftest_git import git
 
-from workspace.commit_guard import scan_worktree
-from workspace.errors import DiskLimitExceeded
+from ultrawork.workspace.commit_guard import scan_worktree
+from ultrawork.workspace.errors import DiskLimitExceeded
 
 pytest_plugins = ["conftest_git"]  # fixtures: ultrawork_home, target_repo, run
 
@@ -62,7 +62,7 @@ def test_too_many_entries_is_refused(tmp_path):
 def test_the_integration_push_runs_none_of_the_target_repositorys_hooks(run, target_repo, tmp_path):
     """Pushing the integration branch into the target used to run the target's receive hooks
     as the orchestrating user; the target's side of the push now runs with hooks off."""
-    from workspace.integration import AgentBranch, integrate
+    from ultrawork.workspace.integration import AgentBranch, integrate
 
     ws = run.add_agent("frontend")
     (ws.path / "ok.txt").write_text("ok\n")
@@ -84,7 +84,7 @@ def test_a_conflicting_branch_is_left_out_and_integrating_again_after_a_fix_fini
     """Conflicts are a state: the other approved branches are merged, the conflicting one is named
     with its files; once a person resolved it on the agent's branch, integrating again fast-forwards
     the integration branch, and a further call changes nothing."""
-    from workspace.integration import AgentBranch, integrate
+    from ultrawork.workspace.integration import AgentBranch, integrate
 
     one, two = run.add_agent("frontend"), run.add_agent("oracle")
     for ws, text in ((one, "print('one')\n"), (two, "print('two')\n")):
@@ -119,9 +119,9 @@ def test_a_conflicting_branch_is_left_out_and_integrating_again_after_a_fix_fini
 def test_the_repositorys_check_runs_on_the_integration_head_in_a_sandbox(run, target_repo, docker_client):
     """A failing check is a failed result (exit code and output tail); a passing one passes; the
     check's container and clone are gone afterwards either way."""
-    from sandbox import SandboxEngine
-    from sandbox.checks import run_check
-    from workspace.integration import AgentBranch, integrate
+    from ultrawork.sandbox import SandboxEngine
+    from ultrawork.sandbox.checks import run_check
+    from ultrawork.workspace.integration import AgentBranch, integrate
 
     ws = run.add_agent("frontend")
     (ws.path / "ok.txt").write_text("ok\n")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from backlog import FileBacklog
+from ultrawork.backlog import FileBacklog
 from flowkit import git, make_target_repo
 
 pytestmark = [pytest.mark.docker, pytest.mark.prefect]
@@ -108,8 +108,8 @@ def test_nightly_sweep_deployment_runs_one_sisyphus_per_issue_on_two_workers(pre
     from prefect.client.schemas.filters import ArtifactFilter, DeploymentFilter, FlowRunFilter
     from prefect.exceptions import ObjectAlreadyExists
 
-    from flows.runs import submit_review
-    from tasks.sandboxes import engine
+    from ultrawork.cli.runs import submit_review
+    from ultrawork.tasks.sandboxes import engine
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ULTRAWORK_GITHUB", "PREFECT_LOGGING"))}
     env.update({"PREFECT_API_URL": prefect_api, "ULTRAWORK_HOME": str(uw_home), "PWD": str(ROOT),

@@ -37,7 +37,7 @@ def once_slow(role: str, seconds: int = 120) -> list[str]:
 
 
 def launch(params: dict, env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "flows.launch", json.dumps(params)], env=env,
+    return subprocess.Popen([sys.executable, "-m", "ultrawork.cli.launch", json.dumps(params)], env=env,
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT)
 
 
@@ -49,7 +49,7 @@ def created_containers(docker_client, run_id: str, since: float) -> Counter:
 
 def review_when_asked(run_id: str, approve: list[str], reject: list[str], timeout: float = 240) -> threading.Thread:
     def act() -> None:
-        from flows.runs import submit_review
+        from ultrawork.cli.runs import submit_review
 
         deadline = time.monotonic() + timeout
         while review_state(run_id) != "requested" and time.monotonic() < deadline:
@@ -63,7 +63,7 @@ def review_when_asked(run_id: str, approve: list[str], reject: list[str], timeou
 
 def test_sigkill_after_two_agents_then_resume_completes_without_rerunning_them(
         prefect_api, uw_home, tmp_path, docker_client):
-    from tasks.sandboxes import engine
+    from ultrawork.tasks.sandboxes import engine
 
     repo = make_target_repo(tmp_path / "widgets")
     base = git(repo, "rev-parse", "HEAD")
@@ -139,8 +139,8 @@ def test_kill_after_the_pull_request_opened_does_not_open_a_second(prefect_api, 
 
 def test_container_removed_from_outside_is_recreated_and_the_step_retried(
         prefect_api, uw_home, tmp_path, docker_client):
-    from flows.runs import submit_review
-    from tasks.sandboxes import engine
+    from ultrawork.cli.runs import submit_review
+    from ultrawork.tasks.sandboxes import engine
 
     repo = make_target_repo(tmp_path / "widgets")
     run_id = f"rm-{uuid.uuid4().hex[:6]}"
@@ -172,8 +172,8 @@ def test_container_removed_from_outside_is_recreated_and_the_step_retried(
 
 def test_engine_stopped_for_ten_seconds_the_run_completes_and_leaves_nothing(
         prefect_api, uw_home, tmp_path, docker_client, monkeypatch):
-    from flows.runs import submit_review
-    from tasks.sandboxes import engine
+    from ultrawork.cli.runs import submit_review
+    from ultrawork.tasks.sandboxes import engine
 
     repo = make_target_repo(tmp_path / "widgets")
     run_id = f"eng-{uuid.uuid4().hex[:6]}"
@@ -190,8 +190,8 @@ def test_engine_stopped_for_ten_seconds_the_run_completes_and_leaves_nothing(
 
 
 def test_resume_refuses_unknown_finished_and_inconsistent_runs(prefect_api, uw_home, tmp_path, docker_client):
-    from flows.runs import prepare_resume, submit_review
-    from workspace.ledger import RunFinished, RunInconsistent, RunNotFound
+    from ultrawork.cli.runs import prepare_resume, submit_review
+    from ultrawork.workspace.ledger import RunFinished, RunInconsistent, RunNotFound
 
     with pytest.raises(RunNotFound):
         prepare_resume("never-was")
@@ -232,8 +232,8 @@ def test_resume_refuses_unknown_finished_and_inconsistent_runs(prefect_api, uw_h
 def test_reap_removes_clones_of_finished_runs_and_stray_checkouts(uw_home, tmp_path):
     import tempfile
 
-    from sandbox.reaper import reap
-    from workspace.superproject import RunSuperproject
+    from ultrawork.sandbox.reaper import reap
+    from ultrawork.workspace.superproject import RunSuperproject
 
     repo = make_target_repo(tmp_path / "widgets")
     run = RunSuperproject.create("reaped-1", repo, "task")
@@ -250,7 +250,7 @@ def test_reap_removes_clones_of_finished_runs_and_stray_checkouts(uw_home, tmp_p
 
 
 def test_stale_index_lock_is_cleared_and_a_live_one_waited_for(tmp_path):
-    from workspace.gitcmd import run_git
+    from ultrawork.workspace.gitcmd import run_git
 
     repo = make_target_repo(tmp_path / "widgets")
     (repo / "new.txt").write_text("x\n")

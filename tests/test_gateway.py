@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway import (
+from ultrawork.gateway import (
     PLACEHOLDER, AgentProfile, Credential, CredentialHostNotAllowed, EgressGateway, GatewayError, GatewayRules,
     HostRule, Route, SecretUnavailable,
 )
-from gateway.host import host_addresses
-from gateway.policy import address_blocked, credential_for, host_matches
-from sandbox import SandboxEngine, SandboxPolicy, SandboxSpec
-from sandbox.spec import DEFAULT_IMAGE
+from ultrawork.gateway.host import host_addresses
+from ultrawork.gateway.policy import address_blocked, credential_for, host_matches
+from ultrawork.sandbox import SandboxEngine, SandboxPolicy, SandboxSpec
+from ultrawork.sandbox.spec import DEFAULT_IMAGE
 
 API = "https://api.model.test:8443"
 PKGS = "https://pkgs.model.test:8443"

@@ -59,7 +59,7 @@ sleep 1
 
 def test_git_takeover_with_a_detached_process_runs_nothing_on_the_host(prefect_api, uw_home, tmp_path,
                                                                         docker_client):
-    from tasks.sandboxes import engine
+    from ultrawork.tasks.sandboxes import engine
 
     markers = tmp_path / "host-only-markers"
     markers.mkdir()
@@ -121,7 +121,7 @@ def test_a_git_error_past_its_retries_is_that_agents_outcome(point, prefect_api,
     its sibling's work reaches the review, no sandbox is left."""
     import json
 
-    from tasks.sandboxes import engine
+    from ultrawork.tasks.sandboxes import engine
 
     monkeypatch.setenv("ULTRAWORK_FAULTS", json.dumps([{"at": point, "role": "frontend", "times": 20,
                                                          "action": "git_error"}]))

@@ -54,8 +54,8 @@ def _flip_in_background(engine, sandbox, name: str, target: str, seconds: float)
 
 
 def _writable_workspace(engine, run_id: str, folder: Path):
-    from sandbox import SandboxSpec
-    from sandbox.access import grant_sandbox_access
+    from ultrawork.sandbox import SandboxSpec
+    from ultrawork.sandbox.access import grant_sandbox_access
 
     folder.mkdir(parents=True, exist_ok=True)
     grant_sandbox_access(folder)
@@ -69,8 +69,8 @@ def _bind_sources(client, run: str) -> list[str]:
 
 def test_a_link_flipped_during_create_sandbox_never_mounts_outside_the_roots(engine, run_id, sandbox_root,
                                                                              docker_client, uw_home):
-    from sandbox import SandboxPolicyError
-    from sandbox.mcp_session import McpSession
+    from ultrawork.sandbox import SandboxPolicyError
+    from ultrawork.sandbox.mcp_session import McpSession
 
     ws = sandbox_root / "ws"
     flipper = _writable_workspace(engine, run_id, ws)
@@ -103,7 +103,7 @@ def test_a_link_flipped_during_create_sandbox_never_mounts_outside_the_roots(eng
 
 def test_a_folder_swapped_for_a_link_during_deploy_never_copies_the_hosts_files(engine, run_id, sandbox_root,
                                                                                 tmp_path, uw_home):
-    from sandbox.mcp_session import McpSession
+    from ultrawork.sandbox.mcp_session import McpSession
 
     secret_dir = tmp_path / "host-secrets"
     secret_dir.mkdir()
@@ -143,8 +143,8 @@ def test_deploy_bounds_are_named_errors(sandbox_root):
     import io
     import tarfile
 
-    from sandbox import SandboxPolicyError
-    from sandbox.deploy_files import add_directory
+    from ultrawork.sandbox import SandboxPolicyError
+    from ultrawork.sandbox.deploy_files import add_directory
 
     src = sandbox_root / "many"
     src.mkdir()
@@ -160,9 +160,9 @@ def test_deploy_bounds_are_named_errors(sandbox_root):
 
 def test_an_unbound_session_sees_and_touches_only_its_own_sandboxes(engine, sandbox_root, uw_home, tmp_path,
                                                                     docker_client):
-    from sandbox import SandboxEngine, SandboxPolicy, SandboxPolicyError
-    from sandbox.mcp_session import McpSession
-    from workspace import RunSuperproject
+    from ultrawork.sandbox import SandboxEngine, SandboxPolicy, SandboxPolicyError
+    from ultrawork.sandbox.mcp_session import McpSession
+    from ultrawork.workspace import RunSuperproject
 
     run = RunSuperproject.create("victim-run", make_repo(tmp_path / "target"), "task\n")
     ws = run.add_agent("explore")
@@ -212,8 +212,8 @@ def test_nul_bytes_in_tool_arguments_are_named_errors(docker_client, sandbox_roo
 
 # -- the reaper stays in its own home ---------------------------------------------------------
 def test_the_reaper_leaves_another_homes_checkouts_alone(tmp_path, monkeypatch):
-    from sandbox.reaper import reap
-    from workspace.integration import checkout_prefix
+    from ultrawork.sandbox.reaper import reap
+    from ultrawork.workspace.integration import checkout_prefix
 
     scratch = tmp_path / "tmpdir"
     scratch.mkdir()
@@ -230,10 +230,10 @@ def test_the_reaper_leaves_another_homes_checkouts_alone(tmp_path, monkeypatch):
 
 def test_the_reaper_leaves_another_homes_and_a_live_bound_sessions_sandboxes_alone(docker_client, tmp_path,
                                                                                    monkeypatch):
-    from sandbox import SandboxEngine, SandboxPolicy, SandboxSpec
-    from sandbox.mcp_session import McpSession
-    from sandbox.reaper import reap
-    from workspace import RunSuperproject
+    from ultrawork.sandbox import SandboxEngine, SandboxPolicy, SandboxSpec
+    from ultrawork.sandbox.mcp_session import McpSession
+    from ultrawork.sandbox.reaper import reap
+    from ultrawork.workspace import RunSuperproject
 
     run_id = f"t{secrets.token_hex(5)}"
     home_a, home_b = tmp_path / "home-a", tmp_path / "home-b"

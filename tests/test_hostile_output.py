@@ -27,7 +27,7 @@ TIMEOUT = 20
 @contextmanager
 def sandbox_settings(**fields):
     """Save the sandbox settings runs load (``default``) for the duration; always delete them."""
-    from blocks import SandboxSettings
+    from ultrawork.blocks import SandboxSettings
 
     SandboxSettings(**fields).save("default", overwrite=True)
     try:
@@ -131,7 +131,7 @@ def test_an_output_flood_ends_at_its_timeout_with_flat_memory_and_few_log_record
 
 
 def test_a_detached_process_does_not_outlive_its_step(engine, sandbox_root, run_id, docker_client):
-    from sandbox import SandboxSpec
+    from ultrawork.sandbox import SandboxSpec
 
     ws = sandbox_root / "ws"
     ws.mkdir()

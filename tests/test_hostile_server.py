@@ -44,7 +44,7 @@ def server_processes(home: Path) -> list[int]:
         if not proc.name.isdigit():
             continue
         try:
-            if b"flows.prefect_server" in (proc / "cmdline").read_bytes() and \
+            if b"ultrawork.local_server.process" in (proc / "cmdline").read_bytes() and \
                     want in (proc / "environ").read_bytes().split(b"\0") and \
                     (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
                 found.append(int(proc.name))
@@ -204,8 +204,8 @@ def test_a_starter_killed_mid_start_leaves_a_server_that_status_reports_and_stop
 
 def test_a_resume_is_refused_while_another_process_drives_the_run(uw_home, tmp_path):
     """Without Docker or a server: the refusal comes first and changes nothing (no server is started)."""
-    from flows.runs import claim_run
-    from workspace.superproject import RunSuperproject
+    from ultrawork.cli.runs import claim_run
+    from ultrawork.workspace.superproject import RunSuperproject
 
     run = RunSuperproject.create("held-run", make_target_repo(tmp_path / "widgets"), "task")
     before = git(run.path, "rev-parse", "HEAD")
@@ -230,7 +230,7 @@ def test_a_resume_is_refused_while_another_process_drives_the_run(uw_home, tmp_p
 
 def test_a_background_run_keeps_the_lock_its_parent_handed_it(tmp_path):
     """``ultrawork resume --detach``: the child inherits the lock and is named as its holder."""
-    from sandbox.procs import HolderLock, LockBusy
+    from ultrawork.sandbox.procs import HolderLock, LockBusy
 
     path = tmp_path / "driver.lock"
     lock = HolderLock(path).acquire("parent")
@@ -252,7 +252,7 @@ def test_a_background_run_keeps_the_lock_its_parent_handed_it(tmp_path):
 def test_two_resumes_of_a_crashed_run_run_its_agents_once(prefect_api, uw_home, tmp_path, docker_client):
     from collections import Counter
 
-    from flows.runs import submit_review
+    from ultrawork.cli.runs import submit_review
 
     repo = make_target_repo(tmp_path / "widgets")
     run_id = f"race-{uuid.uuid4().hex[:6]}"
@@ -271,7 +271,7 @@ def test_two_resumes_of_a_crashed_run_run_its_agents_once(prefect_api, uw_home, 
             created[event["Actor"]["Attributes"].get("ultrawork.agent")] += 1
 
     threading.Thread(target=count, daemon=True).start()
-    first = subprocess.Popen([sys.executable, "-m", "flows.launch", json.dumps(params)], env=env,
+    first = subprocess.Popen([sys.executable, "-m", "ultrawork.cli.launch", json.dumps(params)], env=env,
                              stdout=open(tmp_path / "first.log", "ab"), stderr=subprocess.STDOUT)
     assert first.wait(timeout=180) == -9, (tmp_path / "first.log").read_text()[-3000:]
 

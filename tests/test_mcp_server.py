@@ -207,7 +207,7 @@ def test_oversize_output_is_bounded_with_a_marker(mcp, sandbox_id):
 
 
 def test_a_sandbox_of_another_run_is_refused(mcp, docker_client, roots):
-    from sandbox import SandboxEngine, SandboxPolicy, SandboxSpec
+    from ultrawork.sandbox import SandboxEngine, SandboxPolicy, SandboxSpec
 
     engine = SandboxEngine(SandboxPolicy(workspace_roots=[roots]), client=docker_client)
     foreign = engine.create(SandboxSpec(role="explore", run_id="someone-else"))
@@ -224,7 +224,7 @@ def test_a_sandbox_of_another_run_is_refused(mcp, docker_client, roots):
 
 
 def test_attach_rebuilds_the_spec_of_a_running_sandbox(docker_client, roots):
-    from sandbox import Limits, SandboxEngine, SandboxPolicy, SandboxSpec
+    from ultrawork.sandbox import Limits, SandboxEngine, SandboxPolicy, SandboxSpec
 
     engine = SandboxEngine(SandboxPolicy(workspace_roots=[roots]), client=docker_client)
     spec = SandboxSpec(role="oracle", run_id="attach-test", workspace=roots / "ws", workspace_mode="rw",
@@ -317,9 +317,9 @@ def test_killing_the_client_removes_the_servers_sandboxes(docker_client, roots, 
 
 # -- bound to a run ----------------------------------------------------------------------------
 def test_bound_to_a_run_each_call_is_a_plan_step_and_sandboxes_stay_the_runs(docker_client, tmp_path, monkeypatch):
-    from sandbox import SandboxEngine, SandboxPolicy, SandboxSpec
-    from workspace import RunSuperproject
-    from workspace.plan import PlanDocument
+    from ultrawork.sandbox import SandboxEngine, SandboxPolicy, SandboxSpec
+    from ultrawork.workspace import RunSuperproject
+    from ultrawork.workspace.plan import PlanDocument
 
     home, roots = tmp_path / "home", tmp_path / "roots"
     roots.mkdir()

@@ -14,10 +14,10 @@ from contextlib import contextmanager
 import pytest
 from pydantic import SecretStr
 
-from model_agent import (SANDBOX_FILES, BudgetExceeded, GuardedSandboxTools, ModelAgent, ModelAgentConfig,
+from ultrawork.model_agent import (SANDBOX_FILES, BudgetExceeded, GuardedSandboxTools, ModelAgent, ModelAgentConfig,
                          ModelAgentResult, ModelCallError, ModelConfigError)
 from openai_standin import OpenAIStandIn, Reply, final_answer, tool_call
-from workspace.plan import PlanDocument
+from ultrawork.workspace.plan import PlanDocument
 
 pytestmark = pytest.mark.docker
 pytest_plugins = ["conftest_git"]  # fixtures: ultrawork_home, target_repo
@@ -35,14 +35,14 @@ def sandbox_root(ultrawork_home):
 
 @pytest.fixture
 def model_run(ultrawork_home, target_repo, run_id, sandbox_root):
-    from workspace import RunSuperproject
+    from ultrawork.workspace import RunSuperproject
     return RunSuperproject.create(run_id, target_repo, "Make the app say hello.\n")
 
 
 @contextmanager
 def agent_sandbox(engine, run, role: str, mode: str):
-    from sandbox.access import agent_sandbox_spec
-    from sandbox.spec import DEFAULT_IMAGE, Limits
+    from ultrawork.sandbox.access import agent_sandbox_spec
+    from ultrawork.sandbox.spec import DEFAULT_IMAGE, Limits
 
     ws = run.add_agent(role)
     spec = agent_sandbox_spec(ws, image=DEFAULT_IMAGE, workspace_mode=mode, network="none", limits=Limits(),
@@ -212,7 +212,7 @@ PATCH = """\
 
 
 def test_listing_search_patch_and_bounded_output(engine, model_run):
-    from model_agent import MAX_CONTENT_BYTES, MAX_RESULT_CHARS
+    from ultrawork.model_agent import MAX_CONTENT_BYTES, MAX_RESULT_CHARS
 
     script = [
         tool_call("list_files", path="."),
@@ -253,7 +253,7 @@ def test_bad_settings_fail_by_name_before_anything_starts(settings, named):
 
 
 def test_sandbox_without_the_tool_helper_is_refused_before_any_step(engine, model_run):
-    from sandbox import SandboxSpec
+    from ultrawork.sandbox import SandboxSpec
 
     ws = model_run.add_agent("explore")
     sandbox = engine.create(SandboxSpec(role="explore", run_id=model_run.run_id, workspace=ws.path))
@@ -280,7 +280,7 @@ def test_key_stays_out_of_the_sandbox_process_environment(engine, model_run):
 
 
 def test_settings_block_resolves_the_key_from_the_host_environment_or_names_what_is_missing(monkeypatch):
-    from blocks.model import ModelAgentSettings
+    from ultrawork.blocks.model import ModelAgentSettings
 
     monkeypatch.setenv("UW_TEST_MODEL_KEY", API_KEY)
     config = ModelAgentSettings(model="gpt-test", api_key_env="UW_TEST_MODEL_KEY", max_requests=7).config()
@@ -301,7 +301,7 @@ def test_settings_block_resolves_the_key_from_the_host_environment_or_names_what
 def test_settings_block_saved_on_the_server_keeps_the_key_secret(prefect_api):
     from prefect.client.orchestration import get_client
 
-    from blocks.model import ModelAgentSettings
+    from ultrawork.blocks.model import ModelAgentSettings
 
     name = f"model-agent-test-{API_KEY[-6:]}"
     ModelAgentSettings(model="gpt-test", api_key=API_KEY, input_price_per_million=2.5).save(name, overwrite=True)

@@ -30,7 +30,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def flow_run_state(uw_home: Path, run_id: str) -> str:
-    from flows.runs import flow_run_state as state
+    from ultrawork.cli.runs import flow_run_state as state
 
     fr = json.loads((uw_home / "runs" / run_id / "orchestration.json").read_text())["flow_run_id"]
     return state(fr)
@@ -41,7 +41,7 @@ def test_review_from_cli_rejects_bad_input_and_keeps_the_run_paused(prefect_api,
 
     from prefect.flow_runs import resume_flow_run
 
-    from flows.runs import run_status, wait_for_review_form
+    from ultrawork.cli.runs import run_status, wait_for_review_form
 
     repo = make_target_repo(tmp_path / "widgets")
     base = git(repo, "rev-parse", "HEAD")
@@ -84,9 +84,9 @@ def test_review_from_cli_rejects_bad_input_and_keeps_the_run_paused(prefect_api,
 
 def test_pull_request_is_opened_once_and_the_token_stays_on_the_host(prefect_api, uw_home, tmp_path,
                                                                      docker_client, monkeypatch):
-    from flows.runs import submit_review
-    from workspace.github import github_target_from_env
-    from workspace.integration import integrate, publish_pull_request, AgentBranch
+    from ultrawork.cli.runs import submit_review
+    from ultrawork.workspace.github import github_target_from_env
+    from ultrawork.workspace.integration import integrate, publish_pull_request, AgentBranch
 
     repo = make_target_repo(tmp_path / "widgets")
     remote = tmp_path / "remote.git"
@@ -113,7 +113,7 @@ def test_pull_request_is_opened_once_and_the_token_stays_on_the_host(prefect_api
         assert pushed == git(repo, "rev-parse", f"ultrawork/{run_id}/integration")
 
         # A second integration attempt finds the same merge and the same pull request.
-        from workspace.superproject import RunSuperproject
+        from ultrawork.workspace.superproject import RunSuperproject
 
         run = RunSuperproject.open(run_id)
         again = integrate(run.target.path, run_id, run.base_sha,

@@ -1,6 +1,6 @@
 """The review form as data (what the UI renders from it) and the UI the local server serves.
 
-``flows.review`` is imported inside the tests: importing prefect while tests are collected
+``ultrawork.flows.review`` is imported inside the tests: importing prefect while tests are collected
 would freeze its settings before the session's server exports ``PREFECT_API_URL``.
 """
 
@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from agents.outcome import AgentOutcome
+from ultrawork.agents.outcome import AgentOutcome
 
 
 def outcome(role: str, **kw) -> AgentOutcome:
@@ -29,7 +29,7 @@ OUTCOMES = [
 
 
 def test_the_form_has_one_required_choice_and_one_optional_comment_per_agent_with_titles_for_people():
-    from flows.review import review_form
+    from ultrawork.flows.review import review_form
 
     form = review_form("r1", "Fix the TODO | <b>now</b>\nsecond line", OUTCOMES)
     schema = form.model_json_schema()
@@ -48,7 +48,7 @@ def test_the_form_has_one_required_choice_and_one_optional_comment_per_agent_wit
 
 
 def test_the_description_tables_every_agent_and_collapses_long_plan_summaries():
-    from flows.review import review_form
+    from ultrawork.flows.review import review_form
 
     text = review_form("r1", "Fix the TODO | <b>now</b>\nsecond line", OUTCOMES)._description
     assert "**Task:** Fix the TODO \\| &lt;b>now&lt;/b>" in text and "second line" not in text
@@ -67,7 +67,7 @@ def test_the_description_tables_every_agent_and_collapses_long_plan_summaries():
 
 
 def test_a_decision_maps_to_verdicts_and_the_cli_input_decides_every_agent_once():
-    from flows.review import review_form, review_input, verdicts
+    from ultrawork.flows.review import review_form, review_input, verdicts
 
     roles = [o.role for o in OUTCOMES]
     form = review_form("r1", "task", OUTCOMES)

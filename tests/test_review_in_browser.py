@@ -34,7 +34,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "browser"
 
 
 def flow_run_state(flow_run_id: str) -> str:
-    from flows.runs import flow_run_state as state
+    from ultrawork.cli.runs import flow_run_state as state
 
     return state(flow_run_id)
 

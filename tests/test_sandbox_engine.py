@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import (
+from ultrawork.sandbox import (
     ContainerGone,
     EngineUnavailable,
     ImageMissing,
@@ -24,7 +24,7 @@ from sandbox import (
     SandboxSpec,
     SandboxTimeout,
 )
-from sandbox.output import OutputLog
+from ultrawork.sandbox.output import OutputLog
 
 pytestmark = pytest.mark.docker
 
@@ -174,7 +174,7 @@ def test_reap_removes_the_sandbox_of_a_killed_process(engine, sandbox_root, run_
     script.write_text(textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from sandbox import SandboxEngine, SandboxPolicy, SandboxSpec
+        from ultrawork.sandbox import SandboxEngine, SandboxPolicy, SandboxSpec
         eng = SandboxEngine(SandboxPolicy(workspace_roots=[Path({str(sandbox_root)!r})]))
         sb = eng.create(SandboxSpec(role="explore", run_id={run_id!r}))
         print(sb.id, flush=True)

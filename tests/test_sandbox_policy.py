@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import Limits, Mount, SandboxPolicyError, SandboxSpec
+from ultrawork.sandbox import Limits, Mount, SandboxPolicyError, SandboxSpec
 
 
 def _bad_specs(root: Path, home: Path) -> list[tuple[str, dict, str]]:
@@ -73,7 +73,7 @@ def test_each_policy_rejection_names_its_field_and_creates_nothing(engine, sandb
 
 
 def test_explicitly_allowed_secret_looking_env_passes(sandbox_root):
-    from sandbox import SandboxPolicy, validate_spec
+    from ultrawork.sandbox import SandboxPolicy, validate_spec
 
     spec = SandboxSpec(role="explore", run_id="r1", env={"TOKENIZER_MODE": "fast"}, allow_env=["TOKENIZER_MODE"])
     validate_spec(spec, SandboxPolicy(workspace_roots=[sandbox_root]))
@@ -88,7 +88,7 @@ CREDENTIALS = (".ssh", ".gnupg", ".aws", ".azure", ".config/gcloud", ".kube", ".
 
 
 def _refusal(source: Path, root: Path) -> str:
-    from sandbox import SandboxPolicy, validate_spec
+    from ultrawork.sandbox import SandboxPolicy, validate_spec
 
     spec = SandboxSpec(role="explore", run_id="r1", mounts=[Mount(source=source, target="/m")])
     with pytest.raises(SandboxPolicyError) as info:
@@ -131,7 +131,7 @@ def test_system_locations_and_the_docker_socket_are_refused_with_their_names(san
 
 
 def _pinned_ok(source: Path, root: Path) -> Path:
-    from sandbox import SandboxPolicy, validate_spec
+    from ultrawork.sandbox import SandboxPolicy, validate_spec
 
     spec = SandboxSpec(role="explore", run_id="r1", workspace=source)
     validate_spec(spec, SandboxPolicy(workspace_roots=[root]))
@@ -141,7 +141,7 @@ def _pinned_ok(source: Path, root: Path) -> Path:
 def test_a_source_is_pinned_its_parents_may_not_be_links_or_sandbox_writable(sandbox_root, tmp_path):
     import os
 
-    from sandbox.spec import SANDBOX_UID
+    from ultrawork.sandbox.spec import SANDBOX_UID
 
     real = sandbox_root / "projects" / "app"
     real.mkdir(parents=True)

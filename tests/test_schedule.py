@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from sandbox.procs import own_processes, process_cmdline
+from ultrawork.sandbox.procs import own_processes, process_cmdline
 
 pytestmark = pytest.mark.prefect
 
@@ -38,7 +38,7 @@ def server_log(api_url: str) -> Path:
     port = str(urlparse(api_url).port)
     for pid in own_processes():
         argv = process_cmdline(pid)
-        if "flows.prefect_server" in argv and argv[argv.index("--port") + 1] == port and "--home" in argv:
+        if "ultrawork.local_server.process" in argv and argv[argv.index("--port") + 1] == port and "--home" in argv:
             return Path(argv[argv.index("--home") + 1]) / "server.log"
     raise AssertionError(f"no local Prefect server process listens on port {port}")
 

@@ -38,7 +38,7 @@ def test_server_status_and_stop_refuse_while_a_run_uses_it(tmp_path):
         run = home / "runs" / "busy-run"
         run.mkdir(parents=True)
         (run / "run.json").write_text("{}")
-        from sandbox.procs import owner_token
+        from ultrawork.sandbox.procs import owner_token
         (run / "orchestration.json").write_text(json.dumps({"owner": owner_token()}))
         refused = ultrawork(home, "server", "stop")
         assert refused.returncode == 1 and "busy-run" in refused.stderr

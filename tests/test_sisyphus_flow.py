@@ -44,8 +44,8 @@ def orchestration(uw_home: Path, run_id: str) -> dict:
 
 
 def test_four_agents_in_parallel_then_review_then_integration(prefect_api, uw_home, tmp_path, docker_client):
-    from flows.runs import submit_review
-    from tasks.sandboxes import engine
+    from ultrawork.cli.runs import submit_review
+    from ultrawork.tasks.sandboxes import engine
 
     repo = make_target_repo(tmp_path / "widgets")
     base = git(repo, "rev-parse", "HEAD")
@@ -54,7 +54,7 @@ def test_four_agents_in_parallel_then_review_then_integration(prefect_api, uw_ho
     seen_paused = {}
 
     def review(rid: str) -> None:
-        from flows.runs import flow_run_state, wait_for_review_form
+        from ultrawork.cli.runs import flow_run_state, wait_for_review_form
 
         fr = orchestration(uw_home, rid)["flow_run_id"]
         wait_for_review_form(fr)
@@ -129,7 +129,7 @@ def test_the_prompt_reaches_the_agent_as_a_file_it_cannot_change(prefect_api, uw
 
 
 def test_each_error_class_triggers_its_own_recovery(prefect_api, uw_home, tmp_path, docker_client, monkeypatch):
-    from flows.runs import submit_review
+    from ultrawork.cli.runs import submit_review
 
     repo = make_target_repo(tmp_path / "widgets")
     run_id = f"rc-{uuid.uuid4().hex[:6]}"
@@ -178,8 +178,8 @@ def test_a_setup_retried_after_its_sandbox_started_gets_a_fresh_sandbox(prefect_
                                                                        docker_client, monkeypatch):
     """The sandbox starts as soon as the clone exists; a setup that then fails and re-clones
     must not leave the agent working in (or the engine holding) the first clone's sandbox."""
-    from flows.runs import submit_review
-    from tasks.sandboxes import engine
+    from ultrawork.cli.runs import submit_review
+    from ultrawork.tasks.sandboxes import engine
 
     repo = make_target_repo(tmp_path / "widgets")
     run_id = f"rs-{uuid.uuid4().hex[:6]}"
@@ -198,9 +198,9 @@ def test_a_setup_retried_after_its_sandbox_started_gets_a_fresh_sandbox(prefect_
 
 
 def test_bad_input_is_refused_before_anything_is_created(prefect_api, uw_home, tmp_path):
-    from agents.profiles import UnknownRoleError
-    from flows.sisyphus import sisyphus
-    from workspace.errors import WorkspaceError
+    from ultrawork.agents.profiles import UnknownRoleError
+    from ultrawork.flows.sisyphus import sisyphus
+    from ultrawork.workspace.errors import WorkspaceError
     import asyncio
 
     repo = make_target_repo(tmp_path / "widgets")

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from workspace import (BUILTIN_HOOKS, BranchNameError, CommandDeniedError, HookError, HookPoint, HookRegistry,
+from ultrawork.workspace import (BUILTIN_HOOKS, BranchNameError, CommandDeniedError, HookError, HookPoint, HookRegistry,
                        HookSpec, ResourceLimitError, ResourceThresholds, RunSuperproject, SafetyViolation,
                        StepRecord, denied_reason, hook, load_hook)
-from workspace.resources import ResourceMonitor
+from ultrawork.workspace.resources import ResourceMonitor
 
 pytest_plugins = ["conftest_git"]  # fixtures: ultrawork_home, target_repo, run
 
@@ -29,7 +29,7 @@ def test_builtin_order_is_the_documented_table():
     assert len(BUILTIN_HOOKS) == 9
     assert {h.name for h in BUILTIN_HOOKS if h.safety} == {
         "container-safety-enforcer", "isolation-checker", "resource-limit-monitor"}
-    import workspace.hooks
+    import ultrawork.workspace.hooks
     for spec in BUILTIN_HOOKS:
         assert spec.name in workspace.hooks.__doc__
 
@@ -195,13 +195,13 @@ def test_resource_limit_monitor_stops_after_the_grace_period(run):
 
 
 def test_load_hook_from_dotted_path_and_bad_targets():
-    spec = load_hook("workspace.builtin_hooks:plan_updater", point="after_step")
+    spec = load_hook("ultrawork.workspace.builtin_hooks:plan_updater", point="after_step")
     assert spec.name == "plan-updater" and spec.point is HookPoint.AFTER_STEP and not spec.safety
     for bad in ("os.system", "os:system; rm", "-x:y", ""):
         with pytest.raises(HookError):
             load_hook(bad, point="after_step")
     with pytest.raises(ValueError):
-        load_hook("workspace.builtin_hooks:plan_updater", point="whenever")
+        load_hook("ultrawork.workspace.builtin_hooks:plan_updater", point="whenever")
 
 
 def test_bad_hook_config_creates_no_run(ultrawork_home, target_repo):
@@ -213,7 +213,7 @@ def test_bad_hook_config_creates_no_run(ultrawork_home, target_repo):
 
 def test_hooks_from_the_entry_point_group(ultrawork_home, target_repo, tmp_path, monkeypatch):
     (tmp_path / "uw_ep_hooks.py").write_text(textwrap.dedent("""
-        from workspace import hook
+        from ultrawork.workspace import hook
 
         SEEN = []
 

@@ -10,8 +10,8 @@ import pytest
 
 from conftest_git import craft_index_with_path, git
 
-from workspace import StepRecord, WorkspaceEscapeError
-from workspace.repo_guard import read_regular_file
+from ultrawork.workspace import StepRecord, WorkspaceEscapeError
+from ultrawork.workspace.repo_guard import read_regular_file
 
 pytest_plugins = ["conftest_git"]  # fixtures: ultrawork_home, target_repo, run
 

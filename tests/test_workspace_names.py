@@ -8,9 +8,9 @@ import pytest
 
 from conftest_git import git, refs
 
-from workspace import (BranchNameError, GitError, RunSuperproject, WorkspaceError, agent_branch,
+from ultrawork.workspace import (BranchNameError, GitError, RunSuperproject, WorkspaceError, agent_branch,
                        validate_branch_name, validate_role, validate_run_id)
-from workspace.names import resolve_base_ref, validate_agent_branch
+from ultrawork.workspace.names import resolve_base_ref, validate_agent_branch
 
 pytest_plugins = ["conftest_git"]  # fixtures: ultrawork_home, target_repo, run
 
@@ -94,7 +94,7 @@ def test_base_ref_resolves_to_commit(target_repo):
 
 
 def test_git_error_carries_argv_and_stderr(tmp_path):
-    from workspace import run_git
+    from ultrawork.workspace import run_git
     with pytest.raises(GitError) as info:
         run_git(["rev-parse", "--verify", "nope"], cwd=tmp_path)
     assert info.value.argv[0] == "git" and "rev-parse" in info.value.argv

@@ -6,8 +6,8 @@ import pytest
 
 from conftest_git import git
 
-from workspace import PlanDocument, PlanHeader, StepRecord, WorkspaceError
-from workspace.plan import EXCERPT_BYTES, excerpt, render_sandbox_spec
+from ultrawork.workspace import PlanDocument, PlanHeader, StepRecord, WorkspaceError
+from ultrawork.workspace.plan import EXCERPT_BYTES, excerpt, render_sandbox_spec
 
 pytest_plugins = ["conftest_git"]  # fixtures: ultrawork_home, target_repo, run
 

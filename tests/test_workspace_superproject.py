@@ -12,7 +12,7 @@ import pytest
 
 from conftest_git import git, make_repo, refs
 
-from workspace import RunSuperproject, StepRecord, WorkspaceError
+from ultrawork.workspace import RunSuperproject, StepRecord, WorkspaceError
 
 pytest_plugins = ["conftest_git"]  # fixtures: ultrawork_home, target_repo, run
 
@@ -30,7 +30,7 @@ def test_create_records_task_and_run_metadata(run, target_repo, ultrawork_home):
 
 
 def test_home_defaults_to_dot_ultrawork(monkeypatch, tmp_path):
-    from workspace import ultrawork_home as home
+    from ultrawork.workspace import ultrawork_home as home
     monkeypatch.delenv("ULTRAWORK_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert home() == (tmp_path / ".ultrawork").resolve()
@@ -217,16 +217,16 @@ def test_commit_changes_keeps_agent_commits_and_detached_heads(run):
 
 
 def test_setup_failure_cleans_up(run, monkeypatch):
-    from workspace import clones
+    from ultrawork.workspace import clones
 
     def broken_clone(*args, **kwargs):
         raise RuntimeError("disk full")
-    monkeypatch.setattr("workspace.builtin_hooks.clone_on_branch", broken_clone)
+    monkeypatch.setattr("ultrawork.workspace.builtin_hooks.clone_on_branch", broken_clone)
     with pytest.raises(Exception, match="disk full"):
         run.add_agent("explore")
     assert not (run.path / "agents" / "explore").exists()
     assert not (run.path / "plans" / "explore").exists()
-    monkeypatch.setattr("workspace.builtin_hooks.clone_on_branch", clones.clone_on_branch)
+    monkeypatch.setattr("ultrawork.workspace.builtin_hooks.clone_on_branch", clones.clone_on_branch)
     assert run.add_agent("explore").path.is_dir()
     assert os.listdir(run.path / "agents") == ["explore"]
 
@@ -247,7 +247,7 @@ def test_paths_are_strings_or_paths(ultrawork_home, target_repo):
 
 
 def test_failed_submodule_commit_leaves_the_shared_index_clean(run, monkeypatch):
-    from workspace import GitError
+    from ultrawork.workspace import GitError
     run.add_agent("oracle")
     original = type(run)._git
 

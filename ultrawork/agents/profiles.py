@@ -1,0 +1,157 @@
+"""Agent roles: what each role may touch and which command it runs.
+
+Explore, Librarian and Oracle are read-only roles: their workspace is mounted
+read-only, so the sandbox itself (not the prompt) stops them editing code;
+they report through Plan.md. Frontend is the writer role.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ultrawork.sandbox.spec import DEFAULT_IMAGE, Limits
+
+ROLES = ("explore", "librarian", "oracle", "frontend")
+BUILTIN_AGENT = Path(__file__).with_name("builtin_agent.py")
+PROMPT_FILE = "/agent/prompt.md"
+PLAN_FILE = "/plan/Plan.md"
+PLACEHOLDERS = {"role", "prompt_file", "plan_file", "workspace", "run_id"}
+
+COMMAND_TEMPLATES: dict[str, list[str]] = {
+    "builtin": ["python3", "/agent/builtin_agent.py", "{role}"],
+    # CLI agents run non-interactively in their own image (sandbox.agent_image.agent_image(cli)),
+    # read the task from the prompt file and edit without asking: the sandbox, not a prompt,
+    # is what limits them. They reach their model through a base-URL setting and a network
+    # the profile allows. Telemetry and update checks are off in their images.
+    "claude-code": ["claude", "-p", "--permission-mode", "bypassPermissions", "--no-session-persistence",
+                    "Read {prompt_file} and do the task. Write findings to {plan_file}."],
+    # the message goes before --file: yargs would take a later positional as another file
+    "opencode": ["opencode", "run", "--auto", "Do the task in the attached file.", "--file", "{prompt_file}"],
+    "codex": ["codex", "exec", "--dangerously-bypass-approvals-and-sandbox", "--skip-git-repo-check",
+              "Read {prompt_file} and do the task. Write findings to {plan_file}."],
+}
+
+
+class AgentProfile(BaseModel):
+    """How one role runs: its command, image, mount mode, network, limits and timeout."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: str
+    command: list[str] = Field(default_factory=lambda: list(COMMAND_TEMPLATES["builtin"]),
+                               description="Argument list; {role} {prompt_file} {plan_file} {workspace} {run_id} are filled in.")
+    image: str = DEFAULT_IMAGE
+    workspace_mode: Literal["ro", "rw"] = "ro"
+    network: str = "none"
+    limits: Limits = Field(default_factory=Limits)
+    timeout: float = Field(600.0, description="Seconds one step may run.")
+    checklist: list[str] = Field(default_factory=list, description="Acceptance checklist written to Plan.md.")
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _argv(cls, value):
+        if not isinstance(value, list) or not value or not all(isinstance(a, str) and a for a in value):
+            raise ValueError("the agent command template must be a non-empty list of argument strings")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _known_placeholders(cls, value: list[str]) -> list[str]:
+        for arg in value:
+            unknown = set(re.findall(r"{(\w*)}", arg)) - PLACEHOLDERS
+            if unknown:
+                raise ValueError(f"unknown placeholder(s) {sorted(unknown)} in {arg!r}; known: {sorted(PLACEHOLDERS)}")
+        return value
+
+    def argv(self, run_id: str) -> list[str]:
+        """The command with its placeholders filled in (no shell ever sees it)."""
+        values = {"role": self.role, "prompt_file": PROMPT_FILE, "plan_file": PLAN_FILE,
+                  "workspace": "/workspace", "run_id": run_id}
+        return [re.sub(r"{(\w+)}", lambda m: values[m.group(1)], arg) for arg in self.command]
+
+
+DEFAULT_PROFILES: dict[str, AgentProfile] = {
+    "explore": AgentProfile(role="explore", checklist=[
+        "Map the repository's layout", "List the files relevant to the task"]),
+    "librarian": AgentProfile(role="librarian", checklist=[
+        "List dependencies and their versions", "Point to the local docs that matter"]),
+    "oracle": AgentProfile(role="oracle", checklist=[
+        "Review the relevant code for defects", "Name the risks of the change"]),
+    "frontend": AgentProfile(role="frontend", workspace_mode="rw", checklist=[
+        "Make the change the task asks for", "Leave the work committed on the agent's branch"]),
+}
+
+# Which roles a task needs: the first rule whose pattern matches adds its roles.
+# Explore always runs; the others join when the task's words call for them.
+CLASSIFICATION_RULES: list[tuple[str, tuple[str, ...]]] = [
+    (r".", ("explore",)),
+    (r"\b(depend\w*|librar\w*|version\w*|upgrade|docs?|documentation|api)\b", ("librarian",)),
+    (r"\b(review|risk\w*|audit|secur\w*|bug\w*|fix\w*|refactor\w*)\b", ("oracle",)),
+    (r"\b(add|change|implement\w*|edit|fix\w*|write|create|update|rename|ui|frontend|page)\b|```", ("frontend",)),
+]
+
+
+def classify(task: str) -> list[str]:
+    """Roles the task needs, in the canonical order."""
+    wanted = set()
+    for pattern, roles in CLASSIFICATION_RULES:
+        if re.search(pattern, task, re.I):
+            wanted.update(roles)
+    return [role for role in ROLES if role in wanted]
+
+
+class UnknownRoleError(ValueError):
+    """A role name that no profile defines."""
+
+
+def resolve_profiles(
+    task: str,
+    agents: list[str] | None = None,
+    agent_commands: dict[str, list[str]] | None = None,
+    profiles: dict[str, AgentProfile] | None = None,
+) -> dict[str, AgentProfile]:
+    """The profiles a run will use: classified or chosen roles, with command overrides applied.
+
+    Raises before anything is started: ``ValueError`` for an empty task or a bad
+    command template, :class:`UnknownRoleError` for a role no profile defines.
+    """
+    if not isinstance(task, str) or not task.strip():
+        raise ValueError("the task is empty: say what the agents should do")
+    known = dict(DEFAULT_PROFILES, **(profiles or {}))
+    roles = list(dict.fromkeys(agents)) if agents else classify(task)
+    unknown = [r for r in roles if r not in known]
+    unknown += [r for r in (agent_commands or {}) if r not in roles and r not in unknown]
+    if unknown:
+        raise UnknownRoleError(f"unknown role(s) {', '.join(map(repr, unknown))}; known roles: {', '.join(known)}")
+    chosen = {}
+    for role in roles:
+        profile = known[role]
+        if agent_commands and role in agent_commands:
+            data = profile.model_dump()
+            data["command"] = agent_commands[role]
+            profile = AgentProfile.model_validate(data)
+        chosen[role] = profile
+    return chosen
+
+
+def cli_profile(role: str, cli: str, **fields) -> AgentProfile:
+    """``role``'s default profile running coding-agent CLI ``cli`` in that CLI's image.
+
+    The image tag comes from :func:`ultrawork.sandbox.agent_image.agent_image` (build it with
+    ``ultrawork sandbox build --agent CLI``); the network stays ``none`` unless
+    ``fields`` say otherwise: the CLI needs one that reaches its model.
+    """
+    from ultrawork.sandbox.agent_image import agent_image
+
+    if role not in DEFAULT_PROFILES:
+        raise UnknownRoleError(f"unknown role {role!r}; known roles: {', '.join(DEFAULT_PROFILES)}")
+    if cli not in COMMAND_TEMPLATES or cli == "builtin":
+        raise ValueError(f"no command template for CLI {cli!r}; known: "
+                         f"{', '.join(c for c in COMMAND_TEMPLATES if c != 'builtin')}")
+    data = {**DEFAULT_PROFILES[role].model_dump(), "command": list(COMMAND_TEMPLATES[cli]),
+            "image": agent_image(cli), **fields}
+    return AgentProfile.model_validate(data)

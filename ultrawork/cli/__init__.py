@@ -1,0 +1,1 @@
+"""The ``ultrawork`` command: run, status, review, diff, integrate, sweep, server, sandbox."""

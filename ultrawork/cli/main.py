@@ -1,0 +1,432 @@
+"""The ``ultrawork`` command line.
+
+Prefect is imported only by the commands that talk to runs, so sandbox
+commands start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ultrawork.cli.backlog import issues_app, sweep_command
+
+app = typer.Typer(help="Parallel AI coding agents in hardened sandboxes, orchestrated by Prefect.", no_args_is_help=True)
+sandbox_app = typer.Typer(help="The sandbox image.", no_args_is_help=True)
+sandboxes_app = typer.Typer(help="Sandboxes (containers) managed by ultrawork.", no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(sandboxes_app, name="sandboxes")
+app.add_typer(issues_app, name="issues")
+server_app = typer.Typer(help="The local Prefect server that run, status and review share.", no_args_is_help=True)
+app.add_typer(server_app, name="server")
+app.command("sweep")(sweep_command)
+
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``2h``, ``1d`` -> seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise typer.BadParameter(f"{text!r} is not a duration like 90s, 30m, 2h or 1d")
+    value, unit = float(match.group(1)), match.group(2) or "s"
+    return value * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _engine():
+    from ultrawork.sandbox import SandboxEngine
+
+    return SandboxEngine()
+
+
+@sandbox_app.command("build")
+def sandbox_build(
+    tag: Annotated[Optional[str], typer.Option(help="Image tag (default: the version this release uses).")] = None,
+    method: Annotated[str, typer.Option(help="auto, offline (debootstrap + import) or dockerfile.")] = "auto",
+    if_missing: Annotated[bool, typer.Option("--if-missing", help="Do nothing when the image exists.")] = False,
+    agent: Annotated[Optional[str], typer.Option(help="Also build this coding-agent CLI's image on top: "
+                                                      "claude-code, codex or opencode (cached by its inputs).")] = None,
+) -> None:
+    """Build the sandbox image (python3, git, user 1000, /workspace), and with --agent a CLI's image on it."""
+    import docker.errors
+
+    from ultrawork.sandbox.agent_image import AGENT_CLIS, build_agent_image
+    from ultrawork.sandbox.image import build_image
+    from ultrawork.sandbox.spec import DEFAULT_IMAGE
+
+    tag = tag or DEFAULT_IMAGE
+    if method not in ("auto", "offline", "dockerfile"):
+        fail(f"--method must be auto, offline or dockerfile, not {method!r}", 2)
+    if agent is not None and agent not in AGENT_CLIS:
+        fail(f"--agent must be one of {', '.join(AGENT_CLIS)}, not {agent!r}", 2)
+    say = lambda line: err.print(f"[dim]{line}[/]", highlight=False)  # noqa: E731
+    client = _engine().client
+    try:
+        client.images.get(tag)
+        present = True
+    except docker.errors.ImageNotFound:
+        present = False
+    if present and (if_missing or agent):
+        err.print(f"sandbox image {tag} is present")
+    else:
+        started = time.monotonic()
+        used = build_image(tag, method, say=say)
+        err.print(f"built {tag} ({used}) in {time.monotonic() - started:.0f}s")
+    if agent:
+        built = build_agent_image(agent, base=tag, say=say)
+        err.print(f"agent image {built.tag} " + ("is up to date" if built.cached else f"built in {built.seconds:.0f}s"))
+
+
+@sandboxes_app.command("list")
+def sandboxes_list(
+    run: Annotated[Optional[str], typer.Option(help="Only this run's sandboxes.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the containers ultrawork manages."""
+    infos = _engine().list(run_id=run)
+    if as_json:
+        rows = [
+            {"id": i.id, "name": i.name, "run": i.run_id, "agent": i.role, "status": i.status,
+             "image": i.image, "age_seconds": round(i.age), "owner": i.owner}
+            for i in infos
+        ]
+        print(json.dumps(rows, indent=2))
+        return
+    if not infos:
+        out.print("no ultrawork sandboxes")
+        return
+    table = Table("ID", "RUN", "AGENT", "STATUS", "AGE", "IMAGE")
+    for i in infos:
+        table.add_row(i.id[:12], i.run_id, i.role, i.status, f"{i.age:.0f}s", i.image)
+    out.print(table)
+
+
+@sandboxes_app.command("reap")
+def sandboxes_reap(
+    all_: Annotated[bool, typer.Option("--all", help="Remove every managed sandbox, live runs included.")] = False,
+    older_than: Annotated[Optional[str], typer.Option(help="Also remove sandboxes older than this (e.g. 2h).")] = None,
+) -> None:
+    """Remove what inactive runs left: sandboxes, clones of finished runs, temporary checkouts.
+
+    Branches and Plan.md files are kept.
+    """
+    from ultrawork.sandbox.reaper import reap
+
+    age = parse_duration(older_than) if older_than else None
+    report = reap(_engine(), all=all_, older_than=age)
+    for info in report.containers:
+        out.print(f"removed sandbox {info.name} (run {info.run_id}, agent {info.role})")
+    for path in report.clones + report.checkouts:
+        out.print(f"removed {path}")
+    out.print(f"{len(report.containers)} sandbox(es), {len(report.clones)} clone(s), "
+              f"{len(report.checkouts)} checkout(s), {len(report.volumes)} leftover volume(s) removed")
+
+
+def start_run(repo: str, task: str, agents: Optional[list[str]], base: str, commands: dict[str, list[str]],
+              review_timeout: int, detach: bool, decide=None) -> None:
+    """Validate, make sure the shared server runs, then run (or launch) the Sisyphus flow."""
+    from ultrawork.cli.request import check_request, new_run_id
+    from ultrawork.local_server.manager import ensure_server
+
+    try:
+        check_request(task, repo, agents, base, commands)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
+    run_id = new_run_id()
+    params = {"task": task, "repo": str(repo), "agents": agents, "base": base, "run_id": run_id,
+              "agent_commands": commands or None, "review_timeout": review_timeout}
+    out.print(f"run [bold]{run_id}[/] on {repo}")
+    drive(params, detach, decide)
+
+
+def drive(params: dict, detach: bool, decide=None, lock=None) -> None:
+    """Run the Sisyphus flow here with a live display, or launch it in the background.
+
+    ``lock`` (the run's driver lock, see ``ultrawork.cli.runs.claim_run``) goes with the run:
+    a background run inherits it and holds it until it exits.
+    """
+    import asyncio
+    import os
+    import subprocess
+
+    from ultrawork.sandbox.spec import ultrawork_home
+
+    run_id = params["run_id"]
+    if detach:
+        logs = ultrawork_home() / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / f"{run_id}.log", "ab") as log:
+            child = subprocess.Popen([sys.executable, "-m", "ultrawork.cli.launch", json.dumps(params)], stdout=log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                     env=os.environ.copy(), pass_fds=(lock.fd,) if lock else ())
+        if lock:
+            lock.hand_to(child.pid, f"ultrawork resume {run_id}, in the background")
+        out.print(f"running in the background (log: {logs / (run_id + '.log')}); "
+                  f"follow it with 'ultrawork status {run_id}'")
+        return
+    # Prefect's console logs would tear the live display; they still reach the server and the UI.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    from ultrawork.cli.progress import RunDisplay, stdin_is_terminal
+    from ultrawork.flows.sisyphus import sisyphus
+
+    display = RunDisplay(run_id, out, interactive=stdin_is_terminal(), decide=decide)
+    display.start()
+    try:
+        result = asyncio.run(sisyphus(**params))
+    finally:
+        display.done.set()
+        display.join(5)
+    if display.error:
+        err.print(f"[yellow]progress display stopped: {display.error}[/]")
+    report(result)
+
+
+# How a run ended, as the exit code of the command that drove it (failures of the command itself: 1, 2).
+EXIT_CODES = {"integrated": 0, "nothing-approved": 3, "conflict": 4, "check-failed": 5,
+              "review-timed-out": 6, "aborted": 7}
+
+
+def report(result) -> None:
+    """Print how the run ended and exit with its outcome's code."""
+    color = "green" if result.outcome == "integrated" else "yellow"
+    out.print(f"[{color}]{result.outcome}[/]: {result.message}")
+    for agent in result.agents:
+        out.print(f"  {agent.role:<10} {agent.status:<10} {agent.branch}  (Plan.md: {agent.plan_path})")
+    if result.check is not None:
+        out.print(f"  checks: {'passed' if result.check.passed else 'failed'} (exit {result.check.exit_code})")
+    raise typer.Exit(EXIT_CODES.get(str(result.outcome), 1))
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Which Prefect server ultrawork commands use, and whether it answers (the auth string is never shown)."""
+    import os
+
+    from ultrawork.local_server.manager import healthy, server_report
+
+    report = server_report()
+    external = os.environ.get("PREFECT_API_URL")
+    if external:
+        state = "answering" if healthy(external.rstrip("/")) else "not answering"
+        local = any(s["url"] == external.rstrip("/") for s in report["servers"])
+        out.print(f"PREFECT_API_URL is set: ultrawork commands use {external} ({state})"
+                  + (", this home's local server" if local else ", not the local server"))
+    for server in report["servers"]:
+        state = "answering" if server["healthy"] else "starting or not answering"
+        note = "" if server["recorded"] else f"; not in {report['home']}/server.json, found by its command line"
+        out.print(f"local server {server['url']} (pid {server['pid']}, {state}{note}); UI at "
+                  f"{server['url'][:-len('/api')]} (sign in with the auth string in {report['auth_file']})")
+        if server["legacy"]:
+            out.print("  it was started without an auth string: stop it when no run uses it")
+    if not report["servers"]:
+        stale = report["record"]
+        detail = f" (its record names pid {stale['pid']}, which is not that server: stale)" if stale else ""
+        out.print(f"no local Prefect server is running for {report['home']}{detail}; the next command starts one")
+    answering = healthy(external.rstrip("/")) if external else any(s["healthy"] for s in report["servers"])
+    if not answering:
+        raise typer.Exit(1)
+
+
+@server_app.command("stop")
+def server_stop(
+    force: Annotated[bool, typer.Option("--force", help="Stop it even while runs are using it.")] = False,
+) -> None:
+    """Stop the shared local Prefect server; the next command that needs it starts it again.
+
+    Only a process that is verifiably this home's server (pid, start time, command
+    line) is signalled; a record naming anything else is reported stale and removed.
+    """
+    from ultrawork.cli.runs import list_runs
+    from ultrawork.local_server.manager import server_report, stop_server
+    from ultrawork.sandbox.reaper import run_is_active
+
+    report = server_report()
+    if not report["servers"]:
+        if report["record"]:
+            stop_server()
+            out.print(f"no local Prefect server is running; its record named pid {report['record']['pid']}, which "
+                      "is not the server (stale): removed the record, signalled nothing")
+        else:
+            out.print("no local Prefect server is running")
+        return
+    active = [r for r in list_runs() if run_is_active(r)]
+    if active and not force:
+        fail(f"runs still use the server: {', '.join(active)}; wait for them, or use --force "
+             "(they fail, and `ultrawork resume` continues them)")
+    result = stop_server()
+    pids = ", ".join(str(p) for p in result.get("stopped", [])) or "none"
+    out.print(f"local Prefect server stopped (pid {pids})")
+
+
+@app.command("run")
+def run_command(
+    repo: Annotated[str, typer.Option(help="Path of the git repository to work on.")],
+    task: Annotated[str, typer.Option(help="What the agents should do (a patch or ultrawork-edit block may follow).")],
+    agents: Annotated[Optional[str], typer.Option(help="Comma-separated roles (default: chosen from the task).")] = None,
+    agent_command: Annotated[Optional[list[str]], typer.Option(
+        help='ROLE=\'["arg", ...]\': the command a role runs (a JSON list; repeatable).')] = None,
+    base: Annotated[str, typer.Option(help="Base ref the agents' branches start from.")] = "HEAD",
+    review_timeout: Annotated[int, typer.Option(help="Seconds to wait for the review.")] = 24 * 3600,
+    detach: Annotated[bool, typer.Option("--detach", help="Run in the background and return.")] = False,
+) -> None:
+    """Run agents on a task; prints the run id and a live per-agent display."""
+    from ultrawork.cli.request import parse_agent_commands
+
+    try:
+        commands = parse_agent_commands(agent_command or [])
+    except ValueError as exc:
+        fail(str(exc), 2)
+    roles = [r.strip() for r in agents.split(",") if r.strip()] if agents else None
+    start_run(repo, task, roles, base, commands, review_timeout, detach)
+
+
+@app.command("demo")
+def demo_command(
+    approve_all: Annotated[bool, typer.Option("--approve-all", help="Approve every agent without asking.")] = False,
+) -> None:
+    """Run four agents on a demo repository it creates (asks for the review in a terminal)."""
+    from ultrawork.cli.demo import DEMO_TASK, make_demo_repo
+    from ultrawork.cli.progress import stdin_is_terminal
+    from ultrawork.sandbox.spec import ultrawork_home
+
+    repo = make_demo_repo(ultrawork_home() / "demo")
+    out.print(f"demo repository: {repo}")
+    decide = None
+    if approve_all or not stdin_is_terminal():
+        decide = lambda status: ([a.role for a in status.agents], [], "approved by the demo")  # noqa: E731
+    start_run(str(repo), DEMO_TASK, None, "HEAD", {}, 3600, False, decide=decide)
+
+
+@app.command("resume")
+def resume_command(
+    run_id: Annotated[str, typer.Argument(help="A run that crashed or failed.")],
+    detach: Annotated[bool, typer.Option("--detach", help="Run in the background and return.")] = False,
+) -> None:
+    """Continue a crashed or failed run from its last completed stage (finished agents are not rerun).
+
+    One process drives a run at a time: a resume while another resume (or the
+    run's own process) still drives it is refused, naming that process.
+    """
+    from ultrawork.cli.runs import claim_run, prepare_resume
+    from ultrawork.local_server.manager import ensure_server
+
+    lock = claim_run(run_id, f"ultrawork resume {run_id}")
+    try:
+        ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
+        params = prepare_resume(run_id)
+        out.print(f"resuming run [bold]{run_id}[/]")
+        drive(params, detach, lock=lock)
+    finally:
+        lock.release()
+
+
+@app.command("integrate")
+def integrate_command(
+    run_id: Annotated[str, typer.Argument(help="A reviewed run whose integration ended in a conflict.")],
+) -> None:
+    """Integrate a reviewed run again, after its conflict was resolved on the agent's branch (idempotent)."""
+    import asyncio
+
+    from ultrawork.flows.integrate import integrate
+    from ultrawork.local_server.manager import ensure_server
+
+    ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
+    state = asyncio.run(integrate(run_id, return_state=True))
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        fail(f"{type(result).__name__}: {result}")
+    report(result)
+
+
+@app.command("status")
+def status_command(
+    run_id: Annotated[Optional[str], typer.Argument(help="A run id (default: list recent runs).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Where a run is: its Prefect state, each agent's stage, the review and the integration."""
+    from ultrawork.cli.runs import list_runs, run_status
+    from ultrawork.local_server.manager import ensure_server
+
+    ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
+    ids = [run_id] if run_id else list_runs()[:20]
+    statuses = [run_status(i) for i in ids]
+    if as_json:
+        data = [s.as_dict() for s in statuses]
+        print(json.dumps(data[0] if run_id else data, indent=2))
+        return
+    if not statuses:
+        out.print("no runs yet")
+        return
+    from ultrawork.cli.progress import render
+
+    for status in statuses:
+        out.print(render(status))
+        out.print(f"  state: {status.state}  ·  superproject: {status.path}")
+
+
+@app.command("review")
+def review_command(
+    run_id: Annotated[str, typer.Argument(help="The run to review.")],
+    approve: Annotated[Optional[str], typer.Option(help="Comma-separated roles to approve.")] = None,
+    reject: Annotated[Optional[str], typer.Option(help="Comma-separated roles to reject.")] = None,
+    approve_all: Annotated[bool, typer.Option("--approve-all")] = False,
+    reject_all: Annotated[bool, typer.Option("--reject-all")] = False,
+    comment: Annotated[str, typer.Option(help="A comment recorded with every decision.")] = "",
+) -> None:
+    """Approve or reject each agent of a run paused for review; the run then integrates."""
+    from ultrawork.cli.runs import run_status, submit_review
+    from ultrawork.local_server.manager import ensure_server
+
+    ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
+    roles = [a.role for a in run_status(run_id, with_state=False).agents]
+    split = lambda text: [r.strip() for r in (text or "").split(",") if r.strip()]  # noqa: E731
+    approved, rejected = split(approve), split(reject)
+    if approve_all:
+        approved = [r for r in roles if r not in rejected]
+    if reject_all:
+        rejected = [r for r in roles if r not in approved]
+    submit_review(run_id, approved, rejected, comment)
+    out.print(f"run {run_id} resumed: approved {', '.join(approved) or 'none'}; rejected {', '.join(rejected) or 'none'}")
+
+
+@app.command("mcp")
+def mcp(
+    run: Annotated[Optional[str], typer.Option(help="Bind to this run: its sandboxes are kept and each command "
+                                                    "is a step in the agent's Plan.md.")] = None,
+    role: Annotated[Optional[str], typer.Option(help="With --run: act as this agent of the run only.")] = None,
+) -> None:
+    """Serve the five sandbox tools over MCP on stdin/stdout (register it in OpenCode or Claude Code)."""
+    from ultrawork.sandbox.mcp_server import serve
+
+    serve(run_id=run, role=role)
+
+
+def main() -> None:
+    """Console entry point: typed ultrawork errors become one-line messages."""
+    from ultrawork.sandbox.errors import UltraworkError
+
+    try:
+        app()
+    except UltraworkError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

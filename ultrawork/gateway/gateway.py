@@ -1,0 +1,383 @@
+"""The egress gateway: one hardened mitmproxy container per run, between agent networks and the world.
+
+Each agent that needs egress gets its own Docker network, ``internal`` (no route
+off it) and with no host address on its bridge (``inhibit_ipv4``: the host and
+its services are not reachable from it), holding only that agent's sandbox and
+the gateway. The gateway also sits on one upstream network for its own egress,
+knows the agent by the subnet a request arrives from, and forwards only what
+the agent's profile allows, injecting the credential the sandbox never sees.
+
+    gateway = EgressGateway("run-1", GatewayRules(agents={"frontend": profile}))
+    gateway.start()
+    net = gateway.network_for("frontend")    # network_mode and env for the sandbox
+    ...
+    gateway.summary("frontend")             # allowed / refused counts and hosts
+    gateway.stop()                          # idempotent; always removes container and networks
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import docker.errors
+import requests
+from docker.types import LogConfig
+from pydantic import BaseModel, ConfigDict, Field
+
+from ultrawork.sandbox.procs import owner_token
+from ultrawork.sandbox.spec import (
+    LABEL_AGENT, LABEL_CREATED, LABEL_HOME, LABEL_MANAGED, LABEL_OWNER, LABEL_RUN, home_tag, ultrawork_home,
+)
+
+from .errors import GatewayError, GatewayRulesError
+from .host import host_addresses
+from .image import GATEWAY_UID, build_gateway_image
+from .rules import PLACEHOLDER, AgentProfile, Resolver, check_profile, env_resolver, resolve_credentials
+
+GATEWAY_ALIAS = "gateway"        # the gateway's name on every agent network
+FIRST_ROUTE_PORT = 8081
+CONFIG_DIR = "/etc/ultrawork-gateway"   # rules and upstream CA, read-only
+CODE_DIR = "/opt/ultrawork-gateway/addon"
+_CODE = Path(__file__).parent
+_LAUNCH = (
+    "import sys\n"
+    "from mitmproxy.tools.main import mitmdump\n"
+    "sys.argv[0] = 'mitmdump'\n"
+    "sys.exit(mitmdump())\n"
+)
+
+
+class GatewayRules(BaseModel):
+    """The whole gateway's configuration: a profile per agent plus upstream trust."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agents: dict[str, AgentProfile] = Field(description="Agent name -> what it may reach.")
+    upstream_ca: str | None = Field(None, description="PEM of a CA the gateway trusts for upstream TLS "
+                                                      "(a lab's own upstream); the system CAs otherwise.")
+    allowed_private: list[str] = Field(default_factory=list, description="Private networks (CIDR) upstreams "
+                                       "may live in; private addresses are refused otherwise.")
+
+
+@dataclass
+class AgentNetwork:
+    """What a sandbox needs to use the gateway: its ``network_mode`` and its environment."""
+
+    agent: str
+    network: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class EgressSummary:
+    """What one agent asked for on the network."""
+
+    agent: str
+    allowed: int = 0
+    refused: int = 0
+    failed: int = 0
+    hosts: dict[str, dict[str, int]] = field(default_factory=dict)   # host -> {"allowed": n, "refused": n, ...}
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+def check_rules(rules: GatewayRules) -> dict[str, int]:
+    """Refuse bad rules by name; return the port of each route's upstream."""
+    if not rules.agents:
+        raise GatewayRulesError("agents", "no agent needs the gateway")
+    for agent, profile in rules.agents.items():
+        check_profile(agent, profile)
+    for i, cidr in enumerate(rules.allowed_private):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise GatewayRulesError(f"allowed_private[{i}]", f"{cidr!r} is not a network") from None
+    if rules.upstream_ca is not None and "-----BEGIN CERTIFICATE-----" not in rules.upstream_ca:
+        raise GatewayRulesError("upstream_ca", "is not a PEM certificate")
+    upstreams = sorted({route.upstream for p in rules.agents.values() for route in p.routes})
+    return {upstream: FIRST_ROUTE_PORT + i for i, upstream in enumerate(upstreams)}
+
+
+def _private_dir(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
+    return root
+
+
+class EgressGateway:
+    """One run's gateway: its container, its agent networks and its private rules file."""
+
+    def __init__(self, run_id: str, rules: GatewayRules, resolver: Resolver = env_resolver,
+                 upstream_network: str | None = None, client: docker.DockerClient | None = None,
+                 image: str | None = None, memory_mb: int = 256, pids: int = 128, ready_timeout: float = 60.0):
+        self.run_id = run_id
+        self.rules = rules
+        self.resolver = resolver
+        self.ports = check_rules(rules)          # bad rules are refused here, before anything starts
+        self._upstream_given = upstream_network
+        self.upstream_network = upstream_network
+        self._client = client
+        self.image = image
+        self.memory_mb, self.pids, self.ready_timeout = memory_mb, pids, ready_timeout
+        self.token = secrets.token_hex(3)
+        self.networks: dict[str, str] = {}       # agent -> network name
+        self.container_id: str | None = None
+        self.config_dir: Path | None = None
+        self._events: list[dict] | None = None   # kept from the logs when the container is removed
+
+    # -- engine ---------------------------------------------------------------
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            try:
+                self._client = docker.from_env(timeout=120)
+                self._client.ping()
+            except Exception as exc:  # docker raises several unrelated types here
+                self._client = None
+                raise GatewayError(f"no Docker engine answers: {exc.__class__.__name__}") from None
+        return self._client
+
+    def _labels(self, agent: str = "gateway") -> dict[str, str]:
+        return {LABEL_MANAGED: "true", LABEL_RUN: self.run_id, LABEL_AGENT: agent, LABEL_OWNER: owner_token(),
+                LABEL_CREATED: str(int(time.time())), LABEL_HOME: home_tag()}
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> "EgressGateway":
+        """Start the gateway (a no-op while it runs). Anything half made is removed on failure."""
+        if self.container_id is not None:
+            self.check()
+            return self
+        resolved = {agent: resolve_credentials(agent, profile, self.resolver)
+                    for agent, profile in self.rules.agents.items()}   # a missing secret: nothing started yet
+        try:
+            self.image = self.image or build_gateway_image()
+            self._make_networks()
+            self._write_config(resolved)
+            del resolved
+            self._start_container()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _make_networks(self) -> None:
+        client = self.client
+        base = f"ultrawork-gw-{self.run_id}-{self.token}"[:60]
+        try:
+            if self.upstream_network is None:
+                self.upstream_network = client.networks.create(
+                    f"{base}-upstream", driver="bridge", labels=self._labels()).name
+            for agent in self.rules.agents:
+                name = f"{base}-{agent}"
+                client.networks.create(
+                    name, driver="bridge", internal=True, labels=self._labels(agent),
+                    options={"com.docker.network.bridge.inhibit_ipv4": "true"})
+                self.networks[agent] = name
+        except docker.errors.APIError as exc:
+            raise GatewayError(f"creating the gateway's networks failed: {exc.explanation or exc}") from None
+
+    def _subnet(self, network: str) -> str:
+        configs = (self.client.networks.get(network).attrs.get("IPAM") or {}).get("Config") or []
+        subnets = [c["Subnet"] for c in configs if c.get("Subnet") and ":" not in c["Subnet"]]
+        if not subnets:
+            raise GatewayError(f"network {network} has no IPv4 subnet")
+        return subnets[0]
+
+    def _write_config(self, resolved: dict[str, list[dict]]) -> None:
+        agents = {}
+        hard_blocked = list(host_addresses())
+        for agent, profile in self.rules.agents.items():
+            subnet = self._subnet(self.networks[agent])
+            hard_blocked.append(subnet)
+            agents[agent] = {"subnet": subnet, "allow": [r.model_dump() for r in profile.allow],
+                             "credentials": resolved[agent]}
+        upstream = self.client.networks.get(self.upstream_network).attrs.get("IPAM") or {}
+        hard_blocked += [c["Gateway"] for c in upstream.get("Config") or [] if c.get("Gateway")]
+        config = {"agents": agents, "routes": {str(port): up for up, port in self.ports.items()},
+                  "hard_blocked": hard_blocked, "allowed_private": self.rules.allowed_private}
+        folder = _private_dir(ultrawork_home() / "gateway") / "runs"
+        folder = _private_dir(folder) / f"{self.run_id}-{self.token}"
+        folder.mkdir(mode=0o700)
+        self.config_dir = folder
+        owner = GATEWAY_UID if os.geteuid() == 0 else os.getuid()
+        for name, text in (("rules.json", json.dumps(config)), ("upstream-ca.pem", self.rules.upstream_ca or "")):
+            fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            if os.geteuid() == 0:
+                os.chown(folder / name, owner, owner)
+        if os.geteuid() == 0:
+            os.chown(folder, owner, owner)   # mounted as a folder: its own owner must be able to enter it
+
+    def _command(self) -> list[str]:
+        argv = ["python3", "-c", _LAUNCH, "-s", f"{CODE_DIR}/addon.py", "--set", "connection_strategy=lazy",
+                "--set", "flow_detail=0", "--set", "termlog_verbosity=warn", "--set", "confdir=/tmp/mitmproxy"]
+        for upstream, port in sorted(self.ports.items(), key=lambda kv: kv[1]):
+            argv += ["--mode", f"reverse:{upstream}@{port}"]
+        if self.rules.upstream_ca:
+            argv += ["--set", f"ssl_verify_upstream_trusted_ca={CONFIG_DIR}/upstream-ca.pem"]
+        return argv
+
+    def _start_container(self) -> None:
+        client, api = self.client, self.client.api
+        owner = GATEWAY_UID if os.geteuid() == 0 else os.getuid()
+        memory = f"{self.memory_mb}m"
+        try:
+            container = client.containers.create(
+                self.image, self._command(), name=f"ultrawork-{self.run_id}-gateway-{self.token}"[:120],
+                hostname="gateway", user=f"{owner}:{owner}", labels=self._labels(),
+                environment={"ULTRAWORK_GATEWAY_RULES": f"{CONFIG_DIR}/rules.json", "HOME": "/tmp"},
+                network_mode=self.upstream_network, cap_drop=["ALL"], security_opt=["no-new-privileges:true"],
+                read_only=True, tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size=64m,uid={owner},gid={owner},mode=0700"},
+                volumes={str(self.config_dir): {"bind": CONFIG_DIR, "mode": "ro"},
+                         str(_CODE / "addon.py"): {"bind": f"{CODE_DIR}/addon.py", "mode": "ro"},
+                         str(_CODE / "policy.py"): {"bind": f"{CODE_DIR}/policy.py", "mode": "ro"}},
+                pids_limit=self.pids, mem_limit=memory, memswap_limit=memory, nano_cpus=int(1e9), init=True,
+                log_config=LogConfig(type="json-file", config={"max-size": "20m", "max-file": "2"}), detach=True)
+            self.container_id = container.id
+            for agent, network in self.networks.items():
+                api.connect_container_to_network(container.id, network, aliases=[GATEWAY_ALIAS])
+            container.start()
+        except docker.errors.APIError as exc:
+            raise GatewayError(f"starting the gateway failed: {exc.explanation or exc}") from None
+        deadline = time.monotonic() + self.ready_timeout
+        while not any(e.get("event") == "ready" for e in self._read_events()):
+            self.check()
+            if time.monotonic() > deadline:
+                raise GatewayError(f"the gateway was not ready within {self.ready_timeout:g}s")
+            time.sleep(0.2)
+
+    def check(self) -> None:
+        """Raise :class:`GatewayError` unless the gateway's container is running."""
+        if self.container_id is None:
+            raise GatewayError("the gateway is not started")
+        try:
+            state = self.client.api.inspect_container(self.container_id)["State"]
+        except docker.errors.NotFound:
+            raise GatewayError("the gateway's container is gone") from None
+        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+            raise GatewayError(f"the Docker engine does not answer about the gateway: {exc}") from None
+        if not state.get("Running"):
+            why = "it ran out of memory" if state.get("OOMKilled") else f"exit code {state.get('ExitCode')}"
+            raise GatewayError(f"the gateway stopped ({why}); restart it")
+
+    def restart(self) -> "EgressGateway":
+        """A new gateway container on the same networks and rules (after a :class:`GatewayError`)."""
+        if self.config_dir is None or not self.networks:
+            return self.start()
+        self._remove_container()
+        try:
+            self._start_container()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def network_for(self, agent: str) -> AgentNetwork:
+        """The ``network_mode`` and environment a sandbox of ``agent`` must get."""
+        if agent not in self.rules.agents:
+            raise GatewayRulesError(f"agents.{agent}", "has no egress profile")
+        self.check()
+        profile = self.rules.agents[agent]
+        env: dict[str, str] = {}
+        for route in profile.routes:
+            if route.base_url_env:
+                env[route.base_url_env] = f"http://{GATEWAY_ALIAS}:{self.ports[route.upstream]}"
+        for cred in profile.credentials:
+            if cred.placeholder_env:
+                env[cred.placeholder_env] = PLACEHOLDER
+        return AgentNetwork(agent, self.networks[agent], env)
+
+    def route_url(self, upstream: str) -> str:
+        """``http://gateway:<port>`` for a route's upstream (as written in the rules)."""
+        from .rules import Route
+
+        return f"http://{GATEWAY_ALIAS}:{self.ports[Route(upstream=upstream).upstream]}"
+
+    # -- records --------------------------------------------------------------
+    def _read_events(self) -> list[dict]:
+        if self._events is not None:
+            return self._events
+        if self.container_id is None:
+            return []
+        try:
+            raw = self.client.api.logs(self.container_id, stdout=True, stderr=False)
+        except docker.errors.NotFound:
+            raise GatewayError("the gateway's container is gone and its log with it") from None
+        events = []
+        for line in raw.decode(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    events.append(json.loads(line))
+                except ValueError:
+                    continue
+        return events
+
+    def requests(self, agent: str | None = None) -> list[dict]:
+        """Every request the gateway saw (one dict per log line), of ``agent`` or of all."""
+        return [e for e in self._read_events() if e.get("event") == "request"
+                and (agent is None or e.get("agent") == agent)]
+
+    def summary(self, agent: str) -> EgressSummary:
+        """Allowed, refused and failed counts and the hosts ``agent`` asked for."""
+        out = EgressSummary(agent)
+        for e in self.requests(agent):
+            decision = e.get("decision", "refused")
+            setattr(out, decision, getattr(out, decision, 0) + 1)
+            per_host = out.hosts.setdefault(e.get("host", "?"), {})
+            per_host[decision] = per_host.get(decision, 0) + 1
+            out.bytes_in += int(e.get("bytes_in") or 0)
+            out.bytes_out += int(e.get("bytes_out") or 0)
+        return out
+
+    # -- teardown -------------------------------------------------------------
+    def _remove_container(self) -> None:
+        if self.container_id is None:
+            return
+        try:
+            self._events = None
+            self._events = self._read_events()
+        except (GatewayError, docker.errors.APIError, requests.exceptions.RequestException):
+            pass
+        try:
+            self.client.api.remove_container(self.container_id, force=True)
+        except docker.errors.NotFound:
+            pass
+        self.container_id = None
+
+    def stop(self) -> None:
+        """Remove the container, the networks it made and its rules file. Safe to call again."""
+        errors = []
+        try:
+            self._remove_container()
+        except Exception as exc:  # keep going: the networks and the secret file must go too
+            errors.append(f"container: {exc}")
+        owned = list(self.networks.values())
+        if self._upstream_given is None and self.upstream_network:
+            owned.append(self.upstream_network)
+        for name in owned:
+            try:
+                network = self.client.networks.get(name)
+                for cid in (network.attrs.get("Containers") or {}):
+                    network.disconnect(cid, force=True)   # a sandbox left on it loses its only network
+                network.remove()
+            except docker.errors.NotFound:
+                pass
+            except Exception as exc:
+                errors.append(f"network {name}: {exc}")
+        self.networks = {}
+        if self._upstream_given is None:
+            self.upstream_network = None
+        if self.config_dir is not None:
+            shutil.rmtree(self.config_dir, ignore_errors=True)
+            self.config_dir = None
+        if errors:
+            raise GatewayError("stopping the gateway left something behind: " + "; ".join(errors))

@@ -1,0 +1,222 @@
+"""The model agent: a tool-calling loop on the host whose every action runs in the agent's sandbox.
+
+The loop (pydantic-ai) and the API key stay in the calling process; the model
+sees the workspace only through the tools of `ultrawork.model_agent.tools`, each a command
+in the sandbox. Budgets (requests, tokens, seconds) stop it with
+`BudgetExceeded`; every turn is reported to ``on_turn``; the result carries
+the usage, the findings written, the structured answer and the message history
+(JSON), so a resumed run can skip an agent that finished or continue one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from typing import Callable
+
+from pydantic import BaseModel, Field
+from pydantic_ai import Agent, ModelMessagesTypeAdapter, ToolOutput
+from pydantic_ai.exceptions import ModelAPIError, RunTimedOut, UnexpectedModelBehavior, UsageLimitExceeded
+
+from .accounting import (AgentUsage, ToolCallRecord, ToolResultRecord, TurnRecord, agent_usage, exceeded_limit,
+                         usage_limits)
+from .config import ModelAgentConfig
+from .errors import BudgetExceeded, ModelCallError, ModelConfigError
+from .tools import TOOLS, SandboxTools, ToolDeps, describe_call
+
+log = logging.getLogger("ultrawork.model_agent")
+
+OUTPUT_TOOL = "final_answer"
+
+
+class ModelAgentAnswer(BaseModel):
+    """The agent's final answer: what it did, which files it changed, what it found."""
+
+    summary: str = Field(description="What you did and what came of it, in a few sentences.")
+    files_changed: list[str] = Field(default_factory=list, description="Files you changed, relative to /workspace.")
+    findings: list[str] = Field(default_factory=list, description="Findings for the reviewer, one per item.")
+
+
+class ModelAgentResult(BaseModel):
+    """What one model agent run did; JSON-serializable so a resumed run can reuse it."""
+
+    role: str
+    provider: str
+    model: str
+    answer: ModelAgentAnswer | None = None
+    stopped_by: str | None = Field(None, description="The budget or error that stopped the run; None if it finished.")
+    usage: AgentUsage = Field(default_factory=AgentUsage)
+    findings_written: list[str] = Field(default_factory=list, description="What write_findings added to Plan.md.")
+    turns: list[TurnRecord] = Field(default_factory=list)
+    messages_json: str = Field("[]", description="The message history (pydantic-ai's ModelMessagesTypeAdapter).")
+
+    @property
+    def finished(self) -> bool:
+        return self.answer is not None and self.stopped_by is None
+
+    def messages(self) -> list:
+        return ModelMessagesTypeAdapter.validate_json(self.messages_json)
+
+
+def instructions(role: str, writable: bool) -> str:
+    access = ("You may change files in /workspace (write_file, apply_patch); keep the change to what the task "
+              "needs." if writable else
+              "Your workspace is mounted read-only: you cannot change files. Report what you find with "
+              "write_findings.")
+    return (f"You are the {role} agent of ultrawork. The repository to work on is at /workspace inside a "
+            f"sandbox without network. {access} Every tool runs as a command in that sandbox and is recorded "
+            f"in your Plan.md. When you are done, call {OUTPUT_TOOL} with a summary, the files you changed and "
+            "your findings.")
+
+
+def build_model(config: ModelAgentConfig):
+    """The pydantic-ai model for ``config``; the only place the API key is read."""
+    key = config.api_key.get_secret_value() if config.api_key is not None else None
+    if config.provider == "anthropic":
+        from pydantic_ai.models.anthropic import AnthropicModel
+        from pydantic_ai.providers.anthropic import AnthropicProvider
+
+        return AnthropicModel(config.model, provider=AnthropicProvider(api_key=key, base_url=config.base_url))
+    from pydantic_ai.models.openai import OpenAIChatModel
+
+    if config.provider == "openai":
+        from pydantic_ai.providers.openai import OpenAIProvider
+
+        provider = OpenAIProvider(base_url=config.base_url, api_key=key)
+    else:   # Ollama, vLLM and other servers of the OpenAI Chat Completions API
+        from pydantic_ai.providers.openai_compatible import OpenAICompatibleProvider
+
+        provider = OpenAICompatibleProvider("openai-compatible", base_url=config.base_url, api_key=key)
+    return OpenAIChatModel(config.model, provider=provider)
+
+
+class ModelAgent:
+    """Runs one role's task with a model; ``on_turn`` gets a `TurnRecord` after every model response."""
+
+    def __init__(self, config: ModelAgentConfig, on_turn: Callable[[TurnRecord], None] | None = None) -> None:
+        self.config = config
+        self.on_turn = on_turn
+
+    def run(self, prompt: str, tools: SandboxTools, role: str, writable: bool, *,
+            history: str | None = None) -> ModelAgentResult:
+        """Run to a final answer; raises `BudgetExceeded` or `ModelCallError` with the result so far.
+
+        ``history`` (a previous result's ``messages_json``) continues that conversation, with
+        ``prompt`` as the next message. Callable from a thread with or without an event loop.
+        """
+        coro = self.run_async(prompt, tools, role, writable, history=history)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coro)
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"model-agent-{role}") as pool:
+            return pool.submit(asyncio.run, coro).result()
+
+    async def run_async(self, prompt: str, tools: SandboxTools, role: str, writable: bool, *,
+                        history: str | None = None) -> ModelAgentResult:
+        """`run` inside an event loop. Tools run one at a time on a thread of this run; when the run
+        ends (a budget included) it waits for a command still running (bounded by the deadline), so
+        no step is recorded after it returns."""
+        executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"model-tools-{role}")
+        try:
+            with Agent.using_thread_executor(executor):
+                return await self._loop(prompt, tools, role, writable, history)
+        finally:
+            await asyncio.to_thread(executor.shutdown, True)
+
+    async def _loop(self, prompt: str, tools: SandboxTools, role: str, writable: bool,
+                    history: str | None) -> ModelAgentResult:
+        config = self.config
+        past = _history(history)
+        started = time.monotonic()
+        deps = ToolDeps(tools=tools, role=role, writable=writable,
+                        deadline=None if config.max_seconds is None else started + config.max_seconds)
+        agent = Agent(build_model(config), output_type=ToolOutput(ModelAgentAnswer, name=OUTPUT_TOOL),
+                      instructions=instructions(role, writable), deps_type=ToolDeps, tools=TOOLS, retries=3,
+                      name=f"ultrawork-{role}")
+        result = ModelAgentResult(role=role, provider=config.provider, model=config.model)
+        agent_run = None
+
+        def close(stopped_by: str | None, usage, messages) -> ModelAgentResult:
+            result.stopped_by = stopped_by
+            result.usage = agent_usage(config, usage, time.monotonic() - started)
+            result.findings_written = list(deps.findings)
+            result.messages_json = ModelMessagesTypeAdapter.dump_json(messages).decode()
+            return result
+
+        try:
+            async with agent:
+                async with agent.iter(prompt, deps=deps, usage_limits=usage_limits(config),
+                                      timeout=config.max_seconds,
+                                      message_history=past) as agent_run:
+                    request, sent = None, time.monotonic()
+                    async for node in agent_run:
+                        if Agent.is_model_request_node(node):
+                            request, sent = node.request, time.monotonic()
+                        elif Agent.is_call_tools_node(node):
+                            self._report(result, role, request, node.model_response,
+                                         time.monotonic() - sent, agent_usage(config, agent_run.usage,
+                                                                              time.monotonic() - started))
+                    result.answer = agent_run.result.output
+                    return close(None, agent_run.usage, agent_run.all_messages())
+        except UsageLimitExceeded as exc:
+            limit = exceeded_limit(str(exc))
+            close(limit, agent_run.usage, agent_run.all_messages())
+            raise BudgetExceeded(limit, f"{role} agent stopped: budget {limit} reached "
+                                 f"({_spent(result.usage)})", result) from None
+        except RunTimedOut as exc:
+            close("max_seconds", exc.usage, exc.all_messages())
+            raise BudgetExceeded("max_seconds", f"{role} agent stopped: budget max_seconds "
+                                 f"({config.max_seconds:g}s) reached ({_spent(result.usage)})", result) from None
+        except (ModelAPIError, UnexpectedModelBehavior) as exc:
+            if agent_run is not None:
+                close(type(exc).__name__, agent_run.usage, agent_run.all_messages())
+            detail = _redact(f"{type(exc).__name__}: {str(exc)[:500]}", config)
+            raise ModelCallError(f"{role} agent: the model call failed: {detail}",
+                                 result if agent_run is not None else None) from None
+
+    def _report(self, result: ModelAgentResult, role: str, request, response, seconds: float,
+                totals: AgentUsage) -> None:
+        results = []
+        for part in getattr(request, "parts", []):
+            if part.part_kind == "tool-return":
+                results.append(ToolResultRecord(name=part.tool_name, excerpt=part.model_response_str()[:300]))
+            elif part.part_kind in ("retry-prompt", "retry-feedback") and getattr(part, "tool_name", None):
+                results.append(ToolResultRecord(name=part.tool_name, excerpt=part.model_response()[:300], retry=True))
+        calls = [ToolCallRecord(name=p.tool_name, arguments=describe_call(p.tool_name, p.args))
+                 for p in response.parts if p.part_kind == "tool-call"]
+        text = "".join(p.content for p in response.parts if p.part_kind == "text")
+        turn = TurnRecord(role=role, turn=len(result.turns) + 1, model=response.model_name, tool_results=results,
+                          tool_calls=calls, text=text[:1000], input_tokens=response.usage.input_tokens,
+                          output_tokens=response.usage.output_tokens, seconds=round(seconds, 3), usage=totals)
+        result.turns.append(turn)
+        log.info("%s", turn.summary())
+        if self.on_turn is not None:
+            try:
+                self.on_turn(turn)
+            except Exception:  # noqa: BLE001 - a failing reporter must not stop the agent
+                log.warning("on_turn callback failed for %s turn %d", role, turn.turn, exc_info=True)
+
+
+def _history(history: str | None) -> list | None:
+    """A previous result's ``messages_json``, checked before anything starts."""
+    if not history:
+        return None
+    try:
+        return ModelMessagesTypeAdapter.validate_json(history)
+    except ValueError as exc:
+        raise ModelConfigError(f"history is not a model agent message history: {str(exc)[:300]}") from None
+
+
+def _redact(text: str, config: ModelAgentConfig) -> str:
+    """A provider's error text with the key taken out, should a server echo it back."""
+    key = config.api_key.get_secret_value() if config.api_key is not None else ""
+    return text.replace(key, "[api key]") if key else text
+
+
+def _spent(usage: AgentUsage) -> str:
+    cost = "" if usage.cost is None else f", cost {usage.cost:g}"
+    return (f"{usage.requests} request(s), {usage.input_tokens} input and {usage.output_tokens} output tokens, "
+            f"{usage.seconds:g}s{cost}")

@@ -1,0 +1,69 @@
+"""What a run shows in the Prefect UI: each Plan.md, a results table, progress."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from uuid import UUID
+
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from ultrawork.agents.outcome import AgentOutcome
+
+from ultrawork.runtime.logs import get_logger
+
+
+def artifact_key(*parts: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:200]
+
+
+async def publish_plan(run_id: str, role: str, plan_text: str) -> None:
+    await create_markdown_artifact(markdown=plan_text, key=artifact_key("plan", run_id, role),
+                                   description=f"Plan.md of the {role} agent in run {run_id}")
+
+
+async def publish_results(run_id: str, outcomes: list[AgentOutcome]) -> None:
+    rows = [
+        {"agent": o.role, "outcome": o.status, "files changed": o.files_changed,
+         "insertions": o.insertions, "deletions": o.deletions, "commits": len(o.commits),
+         "duration (s)": round(o.duration, 1), "retries": o.retries,
+         "sandboxes created": o.sandboxes_created, "branch": o.branch}
+        for o in outcomes
+    ]
+    await create_table_artifact(table=rows, key=artifact_key("results", run_id),
+                                description=f"Agent results of run {run_id}")
+
+
+class Progress:
+    """A progress artifact advanced as agents finish.
+
+    ``start`` only schedules the artifact's creation, so the agents start at the
+    same time; a progress artifact that cannot be written is logged, never fatal."""
+
+    def __init__(self, total: int):
+        self.total = max(1, total)
+        self.done = 0
+        self.id: UUID | None = None
+        self._created: asyncio.Future | None = None
+
+    def start(self, run_id: str) -> None:
+        async def create() -> None:
+            try:
+                self.id = await create_progress_artifact(progress=0.0, key=artifact_key("progress", run_id),
+                                                         description=f"Agents finished in run {run_id}")
+            except Exception as exc:  # noqa: BLE001 - a display, not the run's record
+                get_logger().warning("progress artifact not created: %s", exc)
+        self._created = asyncio.ensure_future(create())
+
+    async def advance(self) -> None:
+        self.done += 1
+        if self._created is not None:
+            await self._created
+        if self.id is not None:
+            await update_progress_artifact(self.id, progress=100.0 * self.done / self.total)
