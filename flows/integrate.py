@@ -15,7 +15,7 @@ from prefect.states import Completed
 from ultrawork.agents.outcome import AgentOutcome, CheckResult, RunOutcome, RunResult, Verdict
 from ultrawork.tasks.checks import run_checks
 from ultrawork.runtime.config import load_config, use_config
-from ultrawork.failpoints import fault
+from ultrawork.failpoints import failpoint
 from ultrawork.tasks.integration import integrate_branches, open_pull_request_task
 from ultrawork.runtime.logs import get_logger
 from ultrawork.tasks.reaper import release_run_clones
@@ -70,7 +70,7 @@ async def finish_run(run_id: str, ledger: RunLedger, task: str, outcomes: list[A
                      f"`{' '.join(c.command)}` exited {c.exit_code}\n\n```text\n{c.output_tail[-3000:]}\n```")
         pr = await open_pull_request_task(run_id, result, github, f"ultrawork: {task.strip().splitlines()[0][:80]}",
                                           f"Run `{run_id}` merged {', '.join(result.merged)}.\n\n{body}")
-        fault("stage:pull-request-opened")
+        failpoint("stage:pull-request-opened")
         await ledger.arecord("pull_request", {"number": pr.number, "url": pr.url, "created": pr.created},
                      f"pull request #{pr.number}")
         summary.pull_request = pr.url

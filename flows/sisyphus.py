@@ -26,7 +26,7 @@ from ultrawork.flows.review import review_run
 from ultrawork.sandbox.procs import owner_token
 from ultrawork.runtime.artifacts import Progress, publish_plan, publish_results
 from ultrawork.runtime.config import load_config, use_config
-from ultrawork.failpoints import fault
+from ultrawork.failpoints import failpoint
 from ultrawork.runtime.logs import get_logger
 from ultrawork.tasks.reaper import reap_stale_work
 from ultrawork.runtime.together import together
@@ -34,6 +34,8 @@ from ultrawork.tasks.workspaces import create_run
 from ultrawork.workspace.errors import WorkspaceError
 from ultrawork.workspace.ledger import RunLedger
 from ultrawork.workspace.names import validate_run_id
+from ultrawork.workspace.stages import Stage
+from ultrawork.workspace.stages import subject as stage_subject
 from ultrawork.workspace.superproject import RunSuperproject
 
 
@@ -84,69 +86,86 @@ async def sisyphus(
         check_command: The repository's checks (e.g. ["pytest", "-q"]), run on the integration branch in a
             sandbox before the pull request; a failing check stops it unless the reviewer opens it anyway.
     """
-    log = get_logger()
     run_id = validate_run_id(run_id or new_run_id())
     config = await load_config()                         # the saved blocks, or the defaults
     use_config(config)                                   # this run's sandbox caps
     profiles = await asyncio.to_thread(check_request, task, repo, agents, base, agent_commands,
                                        profiles=config.profiles)            # bad input stops here
-    github = config.github
-    flow_run = get_run_context().flow_run
-    if resume:
-        reaped = await reap_stale_work()                                  # what dead runs left behind
-    else:   # a new run has no clones yet, so the reaper cannot touch it: both at once
-        reaped, _ = await asyncio.gather(reap_stale_work(), create_run(run_id, repo, task, base, hooks))
-    ledger = RunLedger.open(run_id)
-    flow_runs = ledger.orchestration.get("flow_runs", []) + [str(flow_run.id)]
     params = {"task": task, "repo": repo, "agents": list(profiles), "base": base,
               "agent_commands": agent_commands, "review_timeout": review_timeout, "hooks": hooks,
               "check_command": check_command}
-    await ledger.arecord("orchestration",
-                 {"flow_run_id": str(flow_run.id), "flow_runs": flow_runs, "roles": list(profiles),
-                  "owner": owner_token(), "github": github is not None, "params": params},
-                 f"{'run resumed' if resume else 'run plan'}: {', '.join(profiles)} (flow run {flow_run.name})")
-    log.info("run %s: %d agent(s) %s on %s%s", run_id, len(profiles), ", ".join(profiles), repo,
-             f" (resumed; cleaned up {len(reaped)} leftover(s))" if resume else "")
-
-    progress = Progress(len(profiles))
-    progress.start(run_id)                                      # created alongside the agents' start
-
-    async def one(profile: AgentProfile) -> AgentOutcome:
-        async def shown() -> None:   # its Plan.md and the progress in the UI, while the outcome is recorded
-            def plan_text() -> str:
-                try:
-                    return RunSuperproject.open(run_id).agent(profile.role).plan.text()
-                except WorkspaceError as exc:    # its setup failed: no workspace, no Plan.md
-                    return f"# {profile.role}\n\nNo Plan.md: {exc}\n"
-            plan = await asyncio.to_thread(plan_text)
-            await together(publish_plan(run_id, profile.role, plan), progress.advance())
-
-        done = ledger.outcome(profile.role)
-        if done is not None:                                   # finished before: not run again
-            log.info("%s finished in an earlier attempt (%s); not running it again", profile.role, done["status"])
-            outcome = AgentOutcome.model_validate(done)
-            await shown()
-            return outcome
-        state = await agent(run_id, profile, prompt_for(task, profile, run_id), return_state=True)
-        outcome = await _outcome(state)
-
-        async def recorded() -> None:
-            await ledger.arecord(f"outcomes/{profile.role}", outcome.model_dump(mode="json"),
-                         f"{profile.role}: outcome recorded ({outcome.status})")
-            fault("stage:agent-finished", role=profile.role)
-
-        await together(recorded(), shown())
-        return outcome
-
-    outcomes = list(await asyncio.gather(*(one(p) for p in profiles.values())))   # concurrently
+    ledger = await open_run(run_id, params, resume, github=config.github is not None)
+    outcomes = await run_agents(run_id, ledger, task, profiles)             # concurrently
     await publish_results(run_id, outcomes)
     review = await review_run(run_id, ledger, task, outcomes, review_timeout, checks=bool(check_command))
     if review.decided is None:
-        branches = ", ".join(o.branch for o in outcomes)
-        target_repo = str(ledger.run.target.path)
-        return await ended(run_id, RunResult(
-            run_id=run_id, outcome=RunOutcome.REVIEW_TIMED_OUT, target_repo=target_repo, agents=outcomes,
-            message=f"no review within {review_timeout}s; every branch is kept in {target_repo}: {branches}"))
-    summary = await finish_run(run_id, ledger, task, outcomes, review.decided, github, check_command,
+        return await ended(run_id, review_timed_out(run_id, ledger, outcomes, review_timeout))
+    summary = await finish_run(run_id, ledger, task, outcomes, review.decided, config.github, check_command,
                                review.open_anyway)
     return await ended(run_id, summary)
+
+
+async def open_run(run_id: str, params: dict, resume: bool, github: bool) -> RunLedger:
+    """The run's superproject (created, or reopened on resume) and its orchestration record."""
+    if resume:
+        reaped = await reap_stale_work()                                  # what dead runs left behind
+    else:   # a new run has no clones yet, so the reaper cannot touch it: both at once
+        reaped, _ = await asyncio.gather(reap_stale_work(), create_run(
+            run_id, params["repo"], params["task"], params["base"], params["hooks"]))
+    ledger = RunLedger.open(run_id)
+    flow_run = get_run_context().flow_run
+    flow_runs = ledger.orchestration.get("flow_runs", []) + [str(flow_run.id)]
+    roles = params["agents"]
+    await ledger.arecord("orchestration",
+                         {"flow_run_id": str(flow_run.id), "flow_runs": flow_runs, "roles": roles,
+                          "owner": owner_token(), "github": github, "params": params},
+                         f"{'run resumed' if resume else 'run plan'}: {', '.join(roles)} (flow run {flow_run.name})")
+    get_logger().info("run %s: %d agent(s) %s on %s%s", run_id, len(roles), ", ".join(roles), params["repo"],
+                      f" (resumed; cleaned up {len(reaped)} leftover(s))" if resume else "")
+    return ledger
+
+
+async def run_agents(run_id: str, ledger: RunLedger, task: str,
+                     profiles: dict[str, AgentProfile]) -> list[AgentOutcome]:
+    """One agent subflow per role, all at once; an agent that finished in an earlier attempt is not rerun."""
+    progress = Progress(len(profiles))
+    progress.start(run_id)                                      # created alongside the agents' start
+    return list(await asyncio.gather(*(_one_agent(run_id, ledger, task, p, progress) for p in profiles.values())))
+
+
+async def _one_agent(run_id: str, ledger: RunLedger, task: str, profile: AgentProfile,
+                     progress: Progress) -> AgentOutcome:
+    done = ledger.outcome(profile.role)
+    if done is not None:                                   # finished before: not run again
+        get_logger().info("%s finished in an earlier attempt (%s); not running it again", profile.role, done["status"])
+        outcome = AgentOutcome.model_validate(done)
+        await _show(run_id, profile.role, progress)
+        return outcome
+    state = await agent(run_id, profile, prompt_for(task, profile, run_id), return_state=True)
+    outcome = await _outcome(state)
+
+    async def recorded() -> None:
+        await ledger.arecord(f"outcomes/{profile.role}", outcome.model_dump(mode="json"),
+                             stage_subject(profile.role, Stage.OUTCOME_RECORDED, f"({outcome.status})"))
+        failpoint("stage:agent-finished", role=profile.role)
+
+    await together(recorded(), _show(run_id, profile.role, progress))
+    return outcome
+
+
+async def _show(run_id: str, role: str, progress: Progress) -> None:
+    """The agent's Plan.md and the run's progress in the UI."""
+    def plan_text() -> str:
+        try:
+            return RunSuperproject.open(run_id).agent(role).plan.text()
+        except WorkspaceError as exc:    # its setup failed: no workspace, no Plan.md
+            return f"# {role}\n\nNo Plan.md: {exc}\n"
+    plan = await asyncio.to_thread(plan_text)
+    await together(publish_plan(run_id, role, plan), progress.advance())
+
+
+def review_timed_out(run_id: str, ledger: RunLedger, outcomes: list[AgentOutcome], review_timeout: int) -> RunResult:
+    branches = ", ".join(o.branch for o in outcomes)
+    target_repo = str(ledger.run.target.path)
+    return RunResult(run_id=run_id, outcome=RunOutcome.REVIEW_TIMED_OUT, target_repo=target_repo, agents=outcomes,
+                     message=f"no review within {review_timeout}s; every branch is kept in {target_repo}: {branches}")

@@ -12,7 +12,7 @@ from ultrawork.workspace.github import GitHubTarget, PullRequestRef
 from ultrawork.workspace.integration import AgentBranch, IntegrationResult, integrate, publish_pull_request
 from ultrawork.workspace.superproject import RunSuperproject
 
-from ultrawork.failpoints import fault
+from ultrawork.failpoints import failpoint
 from ultrawork.tasks.recovery import task_options
 
 
@@ -20,7 +20,7 @@ from ultrawork.tasks.recovery import task_options
 async def integrate_branches(run_id: str, approved: list[str]) -> IntegrationResult:
     """Merge the approved agents' branches into ``ultrawork/<run>/integration`` in the target repo."""
     def merge() -> IntegrationResult:
-        fault("git:integrate")
+        failpoint("git:integrate")
         run = RunSuperproject.open(run_id)
         branches = [AgentBranch(role, run.agent(role).branch, run.target.path) for role in approved]
         return integrate(run.target.path, run_id, run.base_sha, branches, when=run.meta["created_at"])
@@ -32,6 +32,6 @@ async def open_pull_request_task(run_id: str, result: IntegrationResult, github:
                                  title: str, body: str) -> PullRequestRef:
     """Push the integration branch with a lease and open (or find) its pull request."""
     def publish() -> PullRequestRef:
-        fault("git:push")
+        failpoint("git:push")
         return publish_pull_request(RunSuperproject.open(run_id).target.path, result, github, title, body)
     return await asyncio.to_thread(publish)

@@ -32,7 +32,7 @@ from ultrawork.sandbox.steps import guarded_execute
 from ultrawork.sandbox.spec import ultrawork_home
 
 from ultrawork.runtime.config import active_limit_raise, active_policy
-from ultrawork.failpoints import fault
+from ultrawork.failpoints import failpoint
 from ultrawork.runtime.logs import get_logger
 from ultrawork.tasks.recovery import recovery_for, task_options, will_retry
 
@@ -154,7 +154,7 @@ async def run_step(handle: SandboxHandle, ws, argv: list[str], timeout: float) -
     try:
         result = await asyncio.to_thread(
             guarded_execute, engine(), sandbox, argv, ws=ws, timeout=timeout, output_log=output,
-            before_execute=lambda: fault("step", role=role, sandbox=sandbox))
+            before_execute=lambda: failpoint("step", role=role, kill=lambda: engine().cleanup(sandbox)))
         if result.leftovers_killed:
             ws.plan.append_note(f"killed {result.leftovers_killed} process(es) the step left running", kind="sandbox")
         if result.exit_code != 0:

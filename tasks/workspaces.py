@@ -16,7 +16,7 @@ from ultrawork.workspace.errors import GitError
 from ultrawork.workspace.integration import shortstat
 from ultrawork.workspace.superproject import RunSuperproject
 
-from ultrawork.failpoints import fault
+from ultrawork.failpoints import failpoint
 from ultrawork.tasks.recovery import task_options
 
 GIT_RETRIES = task_options(GitError)
@@ -26,7 +26,7 @@ GIT_RETRIES = task_options(GitError)
 async def create_run(run_id: str, repo: str, task_text: str, base: str, hooks: list[dict] | None = None) -> str:
     """The run's superproject (idempotent: an existing run with this id is reopened)."""
     def make() -> str:
-        fault("git:create-run")
+        failpoint("git:create-run")
         try:
             return str(RunSuperproject.open(run_id).path)
         except Exception:  # noqa: BLE001 - not there yet
@@ -45,10 +45,10 @@ async def create_workspace(run_id: str, role: str, checklist: list[str], spec: d
     def cloned(ws) -> None:
         if on_cloned is not None:
             on_cloned(ws)
-        fault("git:register-workspace", role=role)      # after the clone, before its submodule commit
+        failpoint("git:register-workspace", role=role)      # after the clone, before its submodule commit
 
     def make():
-        fault("git:create-workspace", role=role)
+        failpoint("git:create-workspace", role=role)
         run = RunSuperproject.open(run_id)
         if role in run.roles():
             return run.agent(role), False
@@ -60,7 +60,7 @@ async def create_workspace(run_id: str, role: str, checklist: list[str], spec: d
 async def commit_work(ws) -> list[str]:
     """Commit what the agent changed to its branch (host-side, hooks disabled)."""
     def commit() -> list[str]:
-        fault("git:commit", role=ws.role)
+        failpoint("git:commit", role=ws.role)
         return ws.commit_changes()
     return await asyncio.to_thread(commit)
 
@@ -74,7 +74,7 @@ async def finalize_plan(ws, outcome: str, errors: list[str], recoveries: list[st
 async def publish_branch(run_id: str, role: str) -> dict:
     """Make the agent's branch exist in the target repository (kept after the run); measure it."""
     def publish() -> dict:
-        fault("git:publish", role=role)
+        failpoint("git:publish", role=role)
         run = RunSuperproject.open(run_id)
         sha = run.publish_branch(role)
         files, insertions, deletions = shortstat(run.target.path, run.base_sha, sha)

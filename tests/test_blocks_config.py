@@ -39,7 +39,7 @@ def saved(*blocks):
 def test_block_register_cli_registers_the_three_block_types(prefect_api):
     from prefect.client.orchestration import get_client
 
-    done = subprocess.run([PREFECT, "block", "register", "-m", "blocks"], capture_output=True, text=True,
+    done = subprocess.run([PREFECT, "block", "register", "-m", "ultrawork.blocks"], capture_output=True, text=True,
                           env={**os.environ, "PREFECT_API_URL": prefect_api}, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     for name in ("Ultrawork Sandbox Settings", "Ultrawork Agent Profiles", "Ultrawork GitHub Settings"):

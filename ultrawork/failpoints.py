@@ -1,4 +1,4 @@
-"""Fault injection for tests and ``bench/chaos.py``, switched on by environment only.
+"""The chaos harness's one seam: ``failpoint(point)`` calls in product paths, off unless ``ULTRAWORK_FAULTS`` is set.
 
 ``ULTRAWORK_FAULTS`` holds a JSON list of rules; each fires at a named point
 (``step``, ``git:<operation>``, ``stage:<name>``) for an optional role, a
@@ -63,8 +63,12 @@ def _take(index: int, times: int, after: int = 0) -> bool:
     return after < count <= after + times
 
 
-def fault(point: str, role: str | None = None, **context: Any) -> None:
-    """Fire the first matching rule for ``point`` (and ``role``), if any."""
+def failpoint(point: str, role: str | None = None, **context: Any) -> None:
+    """Fire the first matching rule for ``point`` (and ``role``), if any; nothing at all without
+    ``ULTRAWORK_FAULTS``. ``kill_container`` calls the ``kill`` the caller passes (the product's
+    own removal of its sandbox), so this module needs no engine."""
+    if not os.environ.get("ULTRAWORK_FAULTS"):
+        return
     for index, rule in enumerate(_rules()):
         if rule.get("at") != point or (rule.get("role") and rule.get("role") != role):
             continue
@@ -73,9 +77,7 @@ def fault(point: str, role: str | None = None, **context: Any) -> None:
         action = rule["action"]
         message = f"injected fault at {point}" + (f" ({role})" if role else "")
         if action == "kill_container":
-            from ultrawork.tasks.sandboxes import engine
-
-            engine().cleanup(context["sandbox"])
+            context["kill"]()
         elif action == "agent_fail":
             raise AgentExecutionError(role or "?", ["<injected>"], 1, message)
         elif action == "git_error":

@@ -15,10 +15,11 @@ from pathlib import Path
 from ultrawork.sandbox.procs import HolderLock, LockBusy, owner_alive
 from ultrawork.workspace.errors import UltraworkError, WorkspaceError
 from ultrawork.workspace.ledger import RunFinished, RunLedger, RunNotFound, RunStillActive
+from ultrawork.workspace.stages import Stage
+from ultrawork.workspace.stages import parse as parse_stage
 from ultrawork.workspace.superproject import RunSuperproject, ultrawork_home
 
 DRIVER_LOCK = "driver.lock"
-STAGES = ("queued", "workspace created", "plan created", "step", "changes committed", "finalized")
 
 
 class ReviewRejected(UltraworkError):
@@ -89,18 +90,17 @@ def _json(path: Path) -> dict:
 def agent_stages(run: RunSuperproject, roles: list[str], history: list[str]) -> list[AgentStatus]:
     """Each agent's latest stage, read from the superproject's commit subjects."""
     agents = {role: AgentStatus(role) for role in roles}
-    for subject in history:
-        role, _, rest = subject.partition(": ")
-        agent = agents.get(role)
+    for record in filter(None, map(parse_stage, history)):
+        agent = agents.get(record.role)
         if agent is None:
             continue
-        if rest.startswith("step"):
+        if record.stage == Stage.STEP:
             agent.steps += 1
             agent.stage = f"step {agent.steps}"
-        elif rest.startswith(("finalized", "outcome recorded")):
-            agent.stage, agent.outcome = "finalized", rest[rest.index("(") + 1:-1]
+        elif record.stage in (Stage.FINALIZED, Stage.OUTCOME_RECORDED):
+            agent.stage, agent.outcome = Stage.FINALIZED.value, record.in_parentheses
         else:
-            agent.stage = rest.split(" (")[0]
+            agent.stage = record.stage.value
     return list(agents.values())
 
 

@@ -27,6 +27,8 @@ from ultrawork.workspace.isolation import (changed_paths, escaping_symlinks, git
                                  nested_repositories, superproject_config_findings, tree_snapshot)
 from ultrawork.workspace.plan import CommitInfo, PlanDocument, PlanFinal, StepRecord, utc_now
 from ultrawork.workspace.repo_guard import git_dir_symlinks, read_regular_file, sanitize_clone, write_private_file
+from ultrawork.workspace.stages import Stage, StageRecord, subject
+from ultrawork.workspace.stages import parse as parse_stage
 from ultrawork.workspace.resources import ResourceMonitor, ResourceThresholds, ResourceVerdict
 
 if TYPE_CHECKING:
@@ -132,7 +134,7 @@ class AgentWorkspace:
         report, violation = self._run_point(ctx)
         if violation is not None:
             self.plan.append_note(f"step refused before it ran: {violation}", kind="safety")
-            self.run.commit_stage(f"{self.role}: step refused", [self.plan_path])
+            self.run.commit_stage(subject(self.role, Stage.STEP, "refused"), [self.plan_path])
             raise violation
         self.resource_monitor.reset()
         snapshot = {"argv": ctx.argv, "at": utc_now(), "tree": tree_snapshot(self.path),
@@ -161,11 +163,11 @@ class AgentWorkspace:
             files = changed_paths(pre["tree"], tree_snapshot(self.path))
         ctx = HookContext(HookPoint.AFTER_STEP, self, step=step, files_changed=files)
         report, violation = self._run_point(ctx)
-        subject = (f"{self.role}: step {ctx.step_number} (exit {step.exit_code})" if ctx.step_number
-                   else f"{self.role}: step recorded (exit {step.exit_code})")
+        detail = (f"{ctx.step_number} (exit {step.exit_code})" if ctx.step_number
+                  else f"recorded (exit {step.exit_code})")
         if violation is not None:
-            subject += " - stopped by safety hook"
-        self.run.commit_stage(subject, [self.plan_path])
+            detail += " - stopped by safety hook"
+        self.run.commit_stage(subject(self.role, Stage.STEP, detail), [self.plan_path])
         (self.state_dir / "pre-step.json").unlink(missing_ok=True)
         if violation is not None:
             raise violation
@@ -187,10 +189,13 @@ class AgentWorkspace:
         self.prepare_host_git()
         clones.reset_worktree(self.clone, self.branch)
 
-    def stages(self) -> list[str]:
-        """This agent's superproject stages so far (``workspace created``, ``step 1 (exit 0)``...)."""
-        prefix = f"{self.role}: "
-        return [s[len(prefix):] for s in self.run.history() if s.startswith(prefix)]
+    def stages(self) -> list[StageRecord]:
+        """This agent's superproject stages so far, oldest first."""
+        return [r for r in map(parse_stage, self.run.history()) if r is not None and r.role == self.role]
+
+    def reached(self, stage: Stage) -> bool:
+        """Whether this agent's record has ``stage`` (e.g. its changes are committed)."""
+        return any(r.stage == stage for r in self.stages())
 
     def commit_changes(self, message: str | None = None) -> list[str]:
         """Commit whatever the agent left in its clone; return the branch's commits new to the run record."""
@@ -208,7 +213,7 @@ class AgentWorkspace:
         recorded = self.run.recorded_commit(self.role)
         since = recorded if recorded and clones.has_commit(self.clone, recorded) else self.run.base_sha
         new = [c.sha for c in clones.commits_between(self.clone, since, self.branch)]
-        self.run.commit_stage(f"{self.role}: changes committed ({len(new)} new commit(s))",
+        self.run.commit_stage(subject(self.role, Stage.CHANGES_COMMITTED, f"({len(new)} new commit(s))"),
                               [self.plan_path], agents=[self])
         return new
 
@@ -220,7 +225,7 @@ class AgentWorkspace:
                           errors=[str(e) for e in errors], recoveries=[str(r) for r in recoveries])
         ctx = HookContext(HookPoint.FINALIZE, self, final=final)
         report, violation = self._run_point(ctx)
-        self.run.commit_stage(f"{self.role}: finalized ({outcome})", [self.plan_path], agents=[self])
+        self.run.commit_stage(subject(self.role, Stage.FINALIZED, f"({outcome})"), [self.plan_path], agents=[self])
         if violation is not None:
             raise violation
         return report

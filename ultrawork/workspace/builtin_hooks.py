@@ -15,6 +15,7 @@ from ultrawork.workspace.command_policy import denied_reason
 from ultrawork.workspace.errors import CommandDeniedError, ResourceLimitError, WorkspaceError, WorkspaceEscapeError
 from ultrawork.workspace.names import validate_agent_branch, validate_role, validate_run_id
 from ultrawork.workspace.plan import PlanDocument, PlanHeader
+from ultrawork.workspace.stages import Stage, subject
 
 if TYPE_CHECKING:
     from ultrawork.workspace.hooks import HookContext
@@ -58,7 +59,7 @@ def plan_file_creator(ctx: "HookContext") -> None:
         run_id=run.run_id, role=ws.role, branch=ws.branch, base_ref=run.base_ref,
         base_sha=run.base_sha, task=run.task, checklist=list(ctx.checklist),
         sandbox_spec=ctx.sandbox_spec))
-    run.commit_stage(f"{ws.role}: plan created", [ws.plan_path])
+    run.commit_stage(subject(ws.role, Stage.PLAN_CREATED), [ws.plan_path])
 
 
 def plan_updater(ctx: "HookContext") -> None:

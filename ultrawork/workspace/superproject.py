@@ -12,10 +12,8 @@ result. Commits are serialised with a file lock because all agents share the
 superproject index. Host-private state (locks, hook state, isolation
 baselines) lives in ``.git/ultrawork/``, which no container ever sees.
 
-Stages (commit subjects): ``run created``; ``<role>: workspace created``;
-``<role>: plan created``; ``<role>: step <n> (exit <code>)`` (or ``step
-refused``); ``<role>: changes committed (<k> new commit(s))``;
-``<role>: finalized (<outcome>)``.
+Stages (commit subjects): ``run created``, then per agent the stages of
+``ultrawork.workspace.stages`` (``<role>: step <n> (exit <code>)``...).
 """
 
 from __future__ import annotations
@@ -35,6 +33,8 @@ from ultrawork.workspace.hooks import (HookContext, HookPoint, HookRegistry, Hoo
                              hooks_from_entry_points)
 from ultrawork.workspace.locks import file_lock
 from ultrawork.workspace.names import agent_branch, resolve_base_ref, validate_role, validate_run_id
+from ultrawork.workspace.stages import Stage
+from ultrawork.workspace.stages import subject as stage_subject
 from ultrawork.workspace.repo_guard import TargetRepo, check_gitmodules, open_target_repo
 
 RUN_SCHEMA = 1
@@ -158,7 +158,7 @@ class RunSuperproject:
                     self._git(["config", f"submodule.{ws.role}.{key}", value])
                 self._git(["update-index", "--add", "--cacheinfo", f"160000,{head},{rel}", "--", ".gitmodules"])
                 self._git(["commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m",
-                           f"{ws.role}: workspace created"])
+                           stage_subject(ws.role, Stage.WORKSPACE_CREATED)])
             except BaseException:
                 self._unstage_submodule(ws.role, rel)
                 raise
