@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ultrawork.agents.errors import AgentExecutionError
+from ultrawork.gateway.errors import GatewayError
 from ultrawork.sandbox.errors import McpError, ResourceLimitExceeded, SandboxError
 from ultrawork.workspace.errors import GitError, HookError
 
@@ -45,6 +46,7 @@ RECOVERY_TABLE: list[Recovery] = [
     Recovery(HookError, "disable the hook for the run and continue", retries=0,
              note="the hook registry disables it"),
     Recovery(McpError, "restart the MCP server, then retry", retries=2, delays=[1.0, 2.0]),
+    Recovery(GatewayError, "restart the egress gateway, then retry", retries=2, delays=[1.0, 2.0]),
     Recovery(ResourceLimitExceeded, "adjust limits: raise the limit it hit, recreate the sandbox, then retry",
              retries=1, delays=[1.0], when=lambda exc: getattr(exc, "raised", None) is not None,
              note="while the limit is below its ceiling: `limit_raise_*` of the sandbox settings"),

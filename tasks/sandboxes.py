@@ -35,12 +35,14 @@ from ultrawork.runtime.config import active_limit_raise, active_policy
 from ultrawork.failpoints import failpoint
 from ultrawork.runtime.logs import get_logger
 from ultrawork.tasks.recovery import recovery_for, task_options, will_retry
+from ultrawork.gateway import GatewayError
+from ultrawork.gateway.run import check_serving, gateway_networks, request_line, step_requests, through_gateway
 
 _ENGINE: SandboxEngine | None = None
 _ENGINE_KEY: tuple[str, ...] | None = None
 _ENGINE_LOCK = threading.Lock()
 
-STEP_ERRORS = (AgentExecutionError, SandboxError, ResourceLimitExceeded)   # what a step retries
+STEP_ERRORS = (AgentExecutionError, SandboxError, ResourceLimitExceeded, GatewayError)   # what a step retries
 LOG_LINES = 2000              # most output lines one step sends to the run's log
 LOG_BYTES = 256 * 1024        # most output bytes one step sends to the run's log
 LOG_MARKER = "[output truncated: {dropped} more bytes not logged; the tail is in Plan.md]"
@@ -51,6 +53,8 @@ def engine() -> SandboxEngine:
     and the caps of the run's sandbox settings (``ultrawork.runtime.config.active_policy``)."""
     global _ENGINE, _ENGINE_KEY
     policy = active_policy()
+    if gateway_networks():   # a run's egress gateway networks, for the agents that use it
+        policy = policy.model_copy(update={"allowed_networks": [*policy.allowed_networks, *gateway_networks()]})
     key = (str(ultrawork_home()), os.environ.get("ULTRAWORK_WORKSPACE_ROOTS", ""), policy.model_dump_json())
     with _ENGINE_LOCK:
         if _ENGINE is None or _ENGINE_KEY != key:
@@ -75,6 +79,7 @@ class SandboxHandle:
         self.recoveries: list[str] = []
 
     def ensure(self, note: Callable[[str], None] | None = None) -> Sandbox:
+        self.spec = through_gateway(self.spec, note)   # its gateway network and placeholders; restarted if down
         eng = engine()
         if self.sandbox is not None and (self.broken or not self._alive()):
             eng.cleanup(self.sandbox)
@@ -158,6 +163,7 @@ async def run_step(handle: SandboxHandle, ws, argv: list[str], timeout: float) -
         if result.leftovers_killed:
             ws.plan.append_note(f"killed {result.leftovers_killed} process(es) the step left running", kind="sandbox")
         if result.exit_code != 0:
+            check_serving(handle.spec)   # the run's gateway died under the step: GatewayError
             raise AgentExecutionError(role, argv, result.exit_code, result.stderr)
     except Exception as exc:
         if isinstance(exc, SandboxError):
@@ -176,6 +182,9 @@ async def run_step(handle: SandboxHandle, ws, argv: list[str], timeout: float) -
         elif retried:
             handle.recoveries.append(f"{type(exc).__name__}: {row.action}")
         raise
+    finally:
+        for record in await asyncio.to_thread(step_requests, handle.spec):   # never a header value
+            log.info("[%s egress] %s", role, request_line(record))
     return {"exit_code": result.exit_code, "duration": result.duration, "truncated": result.truncated,
             "leftovers_killed": result.leftovers_killed, "output_bytes": result.output_bytes,
             "log_records": output.records, "output_not_logged": output.dropped}

@@ -11,8 +11,10 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ultrawork.gateway.rules import AgentProfile as EgressProfile, Credential, HostRule, Route
+from ultrawork.gateway.run import GATEWAY_NETWORK
 from ultrawork.sandbox.spec import DEFAULT_IMAGE, Limits
 
 ROLES = ("explore", "librarian", "oracle", "frontend")
@@ -50,6 +52,15 @@ class AgentProfile(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     timeout: float = Field(600.0, description="Seconds one step may run.")
     checklist: list[str] = Field(default_factory=list, description="Acceptance checklist written to Plan.md.")
+    egress: EgressProfile | None = Field(None, description="With network 'gateway': the hosts the agent may reach "
+                                         "through the run's egress gateway and the credentials it injects.")
+
+    @model_validator(mode="after")
+    def _egress_needs_the_gateway(self) -> "AgentProfile":
+        if (self.network == GATEWAY_NETWORK) != (self.egress is not None):
+            raise ValueError(f"network {GATEWAY_NETWORK!r} and an egress profile go together "
+                             f"(network is {self.network!r}, egress is {'set' if self.egress else 'empty'})")
+        return self
 
     @field_validator("command", mode="before")
     @classmethod
@@ -155,3 +166,68 @@ def cli_profile(role: str, cli: str, **fields) -> AgentProfile:
     data = {**DEFAULT_PROFILES[role].model_dump(), "command": list(COMMAND_TEMPLATES[cli]),
             "image": agent_image(cli), **fields}
     return AgentProfile.model_validate(data)
+
+
+# The model API each CLI calls: reached through the run's gateway on a plain-HTTP base URL, the
+# key injected by the gateway from the host (the sandbox sees only a placeholder).
+CLI_EGRESS: dict[str, EgressProfile] = {
+    "claude-code": EgressProfile(
+        allow=[HostRule(host="api.anthropic.com", methods=["GET", "POST"])],
+        credentials=[Credential(match="api.anthropic.com", header="x-api-key", format="{secret}",
+                                secret="env:ANTHROPIC_API_KEY", placeholder_env="ANTHROPIC_API_KEY")],
+        routes=[Route(upstream="https://api.anthropic.com", base_url_env="ANTHROPIC_BASE_URL")]),
+    # OpenCode's Anthropic provider takes its base URL (with /v1) from ANTHROPIC_BASE_URL
+    "opencode": EgressProfile(
+        allow=[HostRule(host="api.anthropic.com", methods=["GET", "POST"])],
+        credentials=[Credential(match="api.anthropic.com", header="x-api-key", format="{secret}",
+                                secret="env:ANTHROPIC_API_KEY", placeholder_env="ANTHROPIC_API_KEY")],
+        routes=[Route(upstream="https://api.anthropic.com", base_url_env="ANTHROPIC_BASE_URL",
+                      base_url_path="/v1")]),
+    "codex": EgressProfile(
+        allow=[HostRule(host="api.openai.com", methods=["GET", "POST"])],
+        credentials=[Credential(match="api.openai.com", header="Authorization", format="Bearer {secret}",
+                                secret="env:OPENAI_API_KEY", placeholder_env="OPENAI_API_KEY")],
+        routes=[Route(upstream="https://api.openai.com", base_url_env="OPENAI_BASE_URL", base_url_path="/v1")]),
+}
+AGENT_PROFILE_NAMES = ("builtin", *CLI_EGRESS)
+CLI_MEMORY_MB = 1024     # Node and a CLI's tool runs need more than the built-in agent
+
+
+def named_profile(role: str, name: str, **fields) -> AgentProfile:
+    """``role`` running the agent profile ``name``: ``builtin`` (offline, network none) or a CLI
+    (``claude-code``, ``opencode``, ``codex``) in its image, reaching its model API through the
+    run's egress gateway with the key kept on the host. A read-only role stays read-only."""
+    if role not in DEFAULT_PROFILES:
+        raise UnknownRoleError(f"unknown role {role!r}; known roles: {', '.join(DEFAULT_PROFILES)}")
+    if name not in AGENT_PROFILE_NAMES:
+        raise ValueError(f"unknown agent profile {name!r}; known: {', '.join(AGENT_PROFILE_NAMES)}")
+    if name == "builtin":
+        return AgentProfile.model_validate({**DEFAULT_PROFILES[role].model_dump(), **fields})
+    limits = Limits(**{**DEFAULT_PROFILES[role].limits.model_dump(), "memory_mb": CLI_MEMORY_MB})
+    return cli_profile(role, name, **{"network": GATEWAY_NETWORK, "egress": CLI_EGRESS[name].model_copy(deep=True),
+                                      "limits": limits, **fields})
+
+
+def parse_agent_profiles(items: list[str]) -> dict[str, str]:
+    """``ROLE=PROFILE`` pairs from the command line, checked by name (no Docker needed)."""
+    chosen: dict[str, str] = {}
+    for item in items:
+        role, sep, name = (part.strip() for part in item.partition("="))
+        if not sep or not role or not name:
+            raise ValueError(f"--agent-profile {item!r} must look like ROLE=PROFILE, e.g. frontend=claude-code")
+        if role not in DEFAULT_PROFILES:
+            raise UnknownRoleError(f"unknown role {role!r}; known roles: {', '.join(DEFAULT_PROFILES)}")
+        if name not in AGENT_PROFILE_NAMES:
+            raise ValueError(f"unknown agent profile {name!r} for {role}; known: {', '.join(AGENT_PROFILE_NAMES)}")
+        chosen[role] = name
+    return chosen
+
+
+def with_named_profiles(profiles: dict[str, AgentProfile], chosen: dict[str, str] | None) -> dict[str, AgentProfile]:
+    """``profiles`` with each chosen role running its named profile (its checklist kept)."""
+    out = dict(profiles)
+    for role, name in (chosen or {}).items():
+        base = out.get(role) or DEFAULT_PROFILES.get(role)
+        extra = {"checklist": list(base.checklist)} if base is not None else {}
+        out[role] = named_profile(role, name, **extra)
+    return out

@@ -131,7 +131,7 @@ class EgressGateway:
         self.networks: dict[str, str] = {}       # agent -> network name
         self.container_id: str | None = None
         self.config_dir: Path | None = None
-        self._events: list[dict] | None = None   # kept from the logs when the container is removed
+        self._past: list[dict] = []              # events of containers removed (stopped or restarted)
 
     # -- engine ---------------------------------------------------------------
     @property
@@ -249,7 +249,7 @@ class EgressGateway:
         except docker.errors.APIError as exc:
             raise GatewayError(f"starting the gateway failed: {exc.explanation or exc}") from None
         deadline = time.monotonic() + self.ready_timeout
-        while not any(e.get("event") == "ready" for e in self._read_events()):
+        while not any(e.get("event") == "ready" for e in self._live_events()):
             self.check()
             if time.monotonic() > deadline:
                 raise GatewayError(f"the gateway was not ready within {self.ready_timeout:g}s")
@@ -290,7 +290,7 @@ class EgressGateway:
         env: dict[str, str] = {}
         for route in profile.routes:
             if route.base_url_env:
-                env[route.base_url_env] = f"http://{GATEWAY_ALIAS}:{self.ports[route.upstream]}"
+                env[route.base_url_env] = f"http://{GATEWAY_ALIAS}:{self.ports[route.upstream]}{route.base_url_path}"
         for cred in profile.credentials:
             if cred.placeholder_env:
                 env[cred.placeholder_env] = PLACEHOLDER
@@ -304,8 +304,10 @@ class EgressGateway:
 
     # -- records --------------------------------------------------------------
     def _read_events(self) -> list[dict]:
-        if self._events is not None:
-            return self._events
+        """Events of every container this gateway ran, oldest first."""
+        return self._past + self._live_events()
+
+    def _live_events(self) -> list[dict]:
         if self.container_id is None:
             return []
         try:
@@ -343,8 +345,7 @@ class EgressGateway:
         if self.container_id is None:
             return
         try:
-            self._events = None
-            self._events = self._read_events()
+            self._past = self._past + self._live_events()
         except (GatewayError, docker.errors.APIError, requests.exceptions.RequestException):
             pass
         try:

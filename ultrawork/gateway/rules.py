@@ -35,6 +35,9 @@ HOST_RE = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
 HEADER_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 METHOD_RE = re.compile(r"^[A-Z]{1,16}$")
+SECRET_BLOCK_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")   # Prefect block names
+PATH_RE = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
+SECRET_SOURCES = ("env", "prefect-secret")
 
 Resolver = Callable[[str], str]
 
@@ -73,7 +76,8 @@ class Credential(BaseModel):
     match: str = Field(description="A host (api.x.com, *.x.com) or a URL prefix (https://api.x.com/v1/).")
     header: str = Field("Authorization", description="Header the gateway sets, e.g. Authorization or x-api-key.")
     format: str = Field("Bearer {secret}", description="Header value; {secret} is replaced by the secret.")
-    secret: str = Field(description="Name of the secret: a host environment variable or a Prefect Secret block.")
+    secret: str = Field(description="Where the secret is read on the host: NAME or env:NAME (a host environment "
+                                    "variable) or prefect-secret:NAME (a Prefect Secret block).")
     placeholder_env: str | None = Field(
         None, description=f"Variable set to {PLACEHOLDER!r} in the sandbox, for CLIs that insist on a key.")
 
@@ -98,6 +102,14 @@ class Credential(BaseModel):
             raise ValueError(f"{value!r} is not an environment variable name")
         return value
 
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        source, name = secret_source(value)
+        if not (ENV_RE if source == "env" else SECRET_BLOCK_RE).match(name):
+            raise ValueError(f"{value!r} must be NAME, env:NAME or prefect-secret:NAME")
+        return value
+
     def host(self) -> str:
         if "://" not in self.match:
             return normalise_host(self.match)
@@ -114,6 +126,7 @@ class Route(BaseModel):
 
     upstream: str = Field(description="https://host[:port] the route forwards to.")
     base_url_env: str | None = Field(None, description="Variable the sandbox gets, e.g. ANTHROPIC_BASE_URL.")
+    base_url_path: str = Field("", description="Path the variable's URL ends with, e.g. /v1 for OPENAI_BASE_URL.")
 
     @field_validator("upstream")
     @classmethod
@@ -129,6 +142,13 @@ class Route(BaseModel):
     def _env(cls, value: str | None) -> str | None:
         if value is not None and not ENV_RE.match(value):
             raise ValueError(f"{value!r} is not an environment variable name")
+        return value
+
+    @field_validator("base_url_path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if value and not PATH_RE.match(value):
+            raise ValueError(f"{value!r} must be a path like /v1")
         return value
 
     @property
@@ -183,10 +203,21 @@ def resolve_credentials(agent: str, profile: AgentProfile, resolver: Resolver) -
     return out
 
 
+def secret_source(ref: str) -> tuple[str, str]:
+    """``("env", NAME)`` or ``("prefect-secret", NAME)`` for a credential's ``secret`` field."""
+    source, sep, name = ref.partition(":")
+    if sep and source in SECRET_SOURCES:
+        return source, name
+    return "env", ref
+
+
 def env_resolver(name: str) -> str:
-    """The default resolver: a host environment variable."""
+    """The default resolver: a host environment variable (``NAME`` or ``env:NAME``)."""
     import os
 
+    source, name = secret_source(name)
+    if source != "env":
+        raise KeyError(f"{source} secrets need a resolver that reads them")
     value = os.environ.get(name)
     if value is None:
         raise KeyError(name)
