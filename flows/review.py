@@ -27,6 +27,7 @@ from ultrawork.workspace.integration import integration_branch
 Choice = Literal["approve", "reject"]
 SUMMARY_LIMIT = 1500      # characters of one agent's Plan.md summary in the form
 SHORT_SUMMARY = 400       # summaries up to this long (and a few lines) are shown open
+FORM_PATCH_LINES = 80     # lines of each agent's patch in the form (the whole one is an artifact)
 
 
 class ReviewDecision(RunInput):
@@ -92,8 +93,9 @@ def _summary(o: AgentOutcome) -> str:
     return text
 
 
-def review_description(run_id: str, task: str, outcomes: list[AgentOutcome]) -> str:
-    """The markdown shown above the approval form."""
+def review_description(run_id: str, task: str, outcomes: list[AgentOutcome],
+                       changes: dict[str, str] | None = None) -> str:
+    """The markdown shown above the approval form (``changes``: role -> its diff, see :func:`agent_changes`)."""
     first_line = task.strip().splitlines()[0][:200] if task.strip() else "(no task text)"
     lines = [
         f"### Review run `{run_id}`",
@@ -107,9 +109,12 @@ def review_description(run_id: str, task: str, outcomes: list[AgentOutcome]) -> 
         "| --- | --- | --- | --- | --- | --- |",
         *[_row(o) for o in outcomes],
         "",
-        "#### What each agent reported (Plan.md)",
-        "",
     ]
+    if changes:
+        lines += ["#### What each agent changed", ""]
+        for role, markdown in changes.items():
+            lines += [f"<details open><summary><b>{role}</b>: its diff</summary>", "", markdown, "", "</details>", ""]
+    lines += ["#### What each agent reported (Plan.md)", ""]
     for o in outcomes:
         summary = _summary(o)
         title = f"<b>{o.role}</b> ({o.status})"
@@ -121,7 +126,8 @@ def review_description(run_id: str, task: str, outcomes: list[AgentOutcome]) -> 
     return "\n".join(lines)
 
 
-def review_form(run_id: str, task: str, outcomes: list[AgentOutcome], checks: bool = False) -> type[ReviewDecision]:
+def review_form(run_id: str, task: str, outcomes: list[AgentOutcome], checks: bool = False,
+                changes: dict[str, str] | None = None) -> type[ReviewDecision]:
     """A RunInput class with one choice and one comment per agent that ran."""
     fields: dict = {}
     for o in outcomes:
@@ -135,7 +141,7 @@ def review_form(run_id: str, task: str, outcomes: list[AgentOutcome], checks: bo
             False, title="Open the pull request even if the checks fail",
             description="The run's checks run on the integration branch before its pull request."))
     model = create_model("ReviewDecision", __base__=ReviewDecision, **fields)
-    model._description = review_description(run_id, task, outcomes)
+    model._description = review_description(run_id, task, outcomes, changes)
     return model
 
 
@@ -161,6 +167,26 @@ def review_input(roles: list[str], approve: list[str], reject: list[str], commen
     return data
 
 
+async def agent_changes(run_id: str, outcomes: list[AgentOutcome]) -> dict[str, str]:
+    """Role -> the markdown of its diff for the form (bounded, linking the whole-diff artifact), for
+    every agent that changed something; each diff is also published as an artifact. Agents that
+    changed nothing (read-only roles) are left out: their findings are in the Plan.md section."""
+    import asyncio
+
+    from ultrawork.runtime.artifacts import publish_diff
+    from ultrawork.workspace.review_diff import diff_or_error
+    from ultrawork.workspace.superproject import RunSuperproject
+
+    def read() -> dict:
+        run = RunSuperproject.open(run_id)
+        return {o.role: diff_or_error(run, o.role) for o in outcomes}
+
+    diffs = {role: d for role, d in (await asyncio.to_thread(read)).items() if not isinstance(d, str) and not d.empty}
+    links = await asyncio.gather(*(publish_diff(run_id, role, d.markdown()) for role, d in diffs.items()))
+    return {role: d.markdown(max_lines=FORM_PATCH_LINES) + (f"\n[The whole diff as an artifact]({link})\n" if link else "")
+            for (role, d), link in zip(diffs.items(), links)}
+
+
 @dataclass
 class ReviewOutcome:
     decided: list[Verdict] | None          # None: nobody reviewed in time
@@ -178,13 +204,20 @@ async def review_run(run_id: str, ledger, task: str, outcomes: list[AgentOutcome
     done = ledger.read("review")
     if done.get("state") == "decided":
         return ReviewOutcome([Verdict.model_validate(v) for v in done["verdicts"]], bool(done.get("open_anyway")))
-    await ledger.arecord("review", {"state": "requested", "roles": roles}, "review requested")
     from ultrawork.runtime.logs import get_logger
 
-    get_logger().info("run %s paused for review: approve or reject each agent in the UI or with "
-                      "'ultrawork review %s --approve ROLES --reject ROLES'", run_id, run_id)
     try:
-        decision = await pause_flow_run(wait_for_input=review_form(run_id, task, outcomes, checks), timeout=timeout,
+        changes = await agent_changes(run_id, outcomes)
+    except Exception as exc:  # noqa: BLE001 - the review goes on without the diffs; they are shown by `ultrawork diff`
+        get_logger().warning("the agents' diffs could not be shown in the review form: %s", exc)
+        changes = {}
+    await ledger.arecord("review", {"state": "requested", "roles": roles}, "review requested")
+    get_logger().info("run %s paused for review: approve or reject each agent in the UI or with "
+                      "'ultrawork review %s --approve ROLES --reject ROLES'; see each change with "
+                      "'ultrawork diff %s'", run_id, run_id, run_id)
+    try:
+        decision = await pause_flow_run(wait_for_input=review_form(run_id, task, outcomes, checks, changes),
+                                        timeout=timeout,
                                         poll_interval=1, key="review")
     except FlowPauseTimeout:
         await ledger.arecord("review", {"state": "timed-out"}, "review timed out")

@@ -91,3 +91,14 @@ def test_the_local_server_serves_the_ui_and_points_it_at_its_own_api(prefect_api
         request = urllib.request.Request(f"{ui}{page}", headers={"Accept": "text/html"})
         with urllib.request.urlopen(request, timeout=10) as resp:
             assert resp.status == 200 and "<html" in resp.read().decode().lower()
+
+
+def test_each_writers_diff_is_above_the_form_and_links_the_whole_diff():
+    from ultrawork.flows.review import review_form
+
+    changes = {"frontend": "```diff\n-    # TODO: validate name\n+    if not name:\n```\n\n[The whole diff as an artifact](http://ui/a/1)\n"}
+    text = review_form("r1", "task", OUTCOMES, changes=changes)._description
+    assert text.index("#### What each agent changed") < text.index("#### What each agent reported")
+    assert "<summary><b>frontend</b>: its diff</summary>" in text and "+    if not name:" in text
+    assert "[The whole diff as an artifact](http://ui/a/1)" in text
+    assert "<b>explore</b>: its diff" not in text          # read-only: its findings, not a diff

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ultrawork.cli.backlog import issues_app, sweep_command
+from ultrawork.cli.diffs import diff_command
 
 app = typer.Typer(help="Parallel AI coding agents in hardened sandboxes, orchestrated by Prefect.", no_args_is_help=True)
 sandbox_app = typer.Typer(help="The sandbox image.", no_args_is_help=True)
@@ -27,6 +28,7 @@ app.add_typer(issues_app, name="issues")
 server_app = typer.Typer(help="The local Prefect server that run, status and review share.", no_args_is_help=True)
 app.add_typer(server_app, name="server")
 app.command("sweep")(sweep_command)
+app.command("diff")(diff_command)
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -189,6 +191,11 @@ def drive(params: dict, detach: bool, decide=None, lock=None) -> None:
     display.start()
     try:
         result = asyncio.run(sisyphus(**params))
+    except KeyboardInterrupt:
+        if display.error is None:
+            raise
+        fail(f"the review was not sent ({type(display.error).__name__}: {display.error}); "
+             f"the run is kept: 'ultrawork resume {run_id}'", 1)
     finally:
         display.done.set()
         display.join(5)

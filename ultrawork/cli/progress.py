@@ -11,8 +11,11 @@ from rich.live import Live
 from rich.table import Table
 
 from ultrawork.cli.runs import RunNotFound, run_status
+from ultrawork.failpoints import failpoint
+from ultrawork.workspace.stages import Stage
 
-ICONS = {"queued": "·", "workspace created": "⎇", "plan created": "✎", "changes committed": "✔", "finalized": "■"}
+ICONS = {Stage.QUEUED: "·", Stage.WORKSPACE_CREATED: "⎇", Stage.PLAN_CREATED: "✎", Stage.CHANGES_COMMITTED: "✔",
+         Stage.FINALIZED: "■"}
 
 
 def render(status) -> Table:
@@ -49,24 +52,65 @@ class RunDisplay(threading.Thread):
         except RunNotFound:
             return None
 
+    REVIEW_ATTEMPTS = 5          # sending the review: tries, 2 s, 4 s, 8 s, 16 s apart
+
     def run(self) -> None:
+        """Show progress until the run asks for its review, then decide and send it.
+
+        A failed poll is shown and retried (the run record can be mid-commit); a review that cannot
+        be sent is shown at once and retried; when it still cannot be sent, the driving command is
+        interrupted with the reason, so a run never waits silently for a review nobody will send."""
         try:
-            with Live(console=self.console, refresh_per_second=4, transient=False) as live:
-                while not self.done.is_set():
+            status = self._watch()
+            if status is not None and not self.done.is_set():
+                self._review_with_retries(status)
+        except BaseException as exc:  # noqa: BLE001 - anything else: the command must not wait in silence
+            self._give_up(exc)
+
+    def _watch(self):
+        shown_error = None
+        with Live(console=self.console, refresh_per_second=4, transient=False) as live:
+            while not self.done.is_set():
+                try:
                     status = self._status()
-                    if status is not None:
-                        live.update(render(status))
-                        if status.review == "requested":
-                            break
-                    time.sleep(0.5)
-            if self.done.is_set():
+                except Exception as exc:  # noqa: BLE001 - shown, then polled again
+                    if str(exc) != shown_error:
+                        shown_error = str(exc)
+                        self.console.print(f"[yellow]progress: {type(exc).__name__}: {exc} (retrying)[/]")
+                    status = None
+                if status is not None:
+                    live.update(render(status))
+                    if status.review == "requested":
+                        return status
+                self.done.wait(0.5)
+        return None
+
+    def _review_with_retries(self, status) -> None:
+        for attempt in range(1, self.REVIEW_ATTEMPTS + 1):
+            try:
+                self.review(status)
                 return
-            self.review(status)
-        except BaseException as exc:  # shown by the caller
-            self.error = exc
+            except Exception as exc:  # noqa: BLE001 - shown at once, retried
+                if attempt == self.REVIEW_ATTEMPTS or self.done.is_set():
+                    raise
+                self.console.print(f"[yellow]the review could not be sent ({type(exc).__name__}: {exc}); "
+                                   f"trying again in {2 ** attempt} s[/]")
+                if self.done.wait(2 ** attempt):
+                    return
+                status = run_status(self.run_id, with_state=False)
+
+    def _give_up(self, exc: BaseException) -> None:
+        import _thread
+
+        self.error = exc
+        if self.done.is_set():
+            return
+        self.console.print(f"[red]the review of run {self.run_id} could not be sent: {type(exc).__name__}: {exc}; "
+                           f"stopping this command (the run is kept: 'ultrawork resume {self.run_id}')[/]")
+        _thread.interrupt_main()
 
     def review(self, status) -> None:
-        from ultrawork.cli.runs import ReviewRejected, submit_review
+        from ultrawork.cli.runs import submit_review
 
         roles = [a.role for a in status.agents]
         self.console.print()
@@ -80,19 +124,23 @@ class RunDisplay(threading.Thread):
                                f"  ultrawork review {self.run_id} --reject-all")
             return
         approve, reject, comment = decision
-        try:
-            submit_review(self.run_id, approve, reject, comment)
-            self.console.print(f"review sent: approved {', '.join(approve) or 'none'}; "
-                               f"rejected {', '.join(reject) or 'none'}")
-        except ReviewRejected as exc:
-            self.console.print(f"[red]{exc}[/]")
+        failpoint("review:send")
+        submit_review(self.run_id, approve, reject, comment)
+        self.console.print(f"review sent: approved {', '.join(approve) or 'none'}; "
+                           f"rejected {', '.join(reject) or 'none'}")
 
 
 def ask(console: Console, status) -> tuple[list[str], list[str], str]:
     """Ask approve/reject for each agent in the terminal."""
+    from ultrawork.cli.diffs import agent_report, coloured
+    from ultrawork.cli.runs import open_run
+
     approve, reject = [], []
     console.print(f"\n[bold]Review run {status.run_id}[/]: Plan.md files are in {status.path}/plans")
+    run = open_run(status.run_id)
     for agent in status.agents:
+        console.print()
+        console.print(coloured(agent_report(run, agent.role)[1]), end="", soft_wrap=True)
         while True:
             answer = console.input(f"  {agent.role} ({agent.outcome or agent.stage}) — approve? [y/n] ").strip().lower()
             if answer in ("y", "yes", "n", "no"):

@@ -67,3 +67,18 @@ class Progress:
             await self._created
         if self.id is not None:
             await update_progress_artifact(self.id, progress=100.0 * self.done / self.total)
+
+
+def ui_url(path: str) -> str | None:
+    """The Prefect UI address of ``path`` (e.g. ``runs/flow-run/<id>``), or None without a UI."""
+    from prefect.settings import PREFECT_UI_URL
+
+    base = PREFECT_UI_URL.value()
+    return f"{base.rstrip('/')}/{path.lstrip('/')}" if base else None
+
+
+async def publish_diff(run_id: str, role: str, markdown: str) -> str | None:
+    """The agent's diff as a markdown artifact; returns its address in the UI (None when it has none)."""
+    artifact_id = await create_markdown_artifact(markdown=markdown, key=artifact_key("diff", run_id, role),
+                                                 description=f"What the {role} agent changed in run {run_id}")
+    return ui_url(f"artifacts/artifact/{artifact_id}")

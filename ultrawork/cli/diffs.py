@@ -1,0 +1,67 @@
+"""``ultrawork diff RUN [ROLE]``: what each agent changed, as the reviewer sees it at the decision."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from ultrawork.workspace.review_diff import AgentDiff, diff_or_error, visible
+
+STYLES = (("+++", "bold"), ("---", "bold"), ("diff --git", "bold"), ("@@", "cyan"), ("+", "green"), ("-", "red"))
+
+
+def findings(run, role: str) -> str:
+    """A read-only agent's report: its Plan.md findings (as the review form shows them)."""
+    from ultrawork.flows.agent import plan_excerpt
+
+    try:
+        text = run.agent(role).plan.text()
+    except Exception as exc:  # noqa: BLE001 - no workspace: say why
+        return f"no Plan.md: {exc}"
+    return visible(plan_excerpt(text, limit=4000)) or "(Plan.md has no findings)"
+
+
+def agent_report(run, role: str) -> tuple[AgentDiff | None, str]:
+    """(the diff, or None when the agent changed nothing; the text to print)."""
+    diff = diff_or_error(run, role)
+    if isinstance(diff, str):
+        return None, diff + "\n"
+    if diff.empty:
+        return None, f"{role}: no change on {diff.branch}; its findings:\n\n{findings(run, role)}\n"
+    return diff, diff.text()
+
+
+def coloured(text: str) -> Text:
+    """Diff lines coloured by their kind (a Text, so nothing in the patch is read as markup)."""
+    out = Text()
+    for line in text.splitlines(keepends=True):
+        style = next((s for prefix, s in STYLES if line.startswith(prefix)), "")
+        out.append(line, style=style)
+    return out
+
+
+def diff_command(
+    run_id: Annotated[str, typer.Argument(help="The run.")],
+    role: Annotated[Optional[str], typer.Argument(help="One agent (default: every agent of the run).")] = None,
+) -> None:
+    """Print each agent's change: git diff --stat and the patch (bounded; the command for the rest is named).
+
+    Agents that changed nothing (read-only roles) show their findings instead.
+    """
+    from ultrawork.cli.runs import open_run
+
+    run = open_run(run_id)
+    roles = [role] if role else run.roles()
+    console = Console(highlight=False, soft_wrap=True)
+    for n, name in enumerate(roles):
+        _, text = agent_report(run, name)
+        if n:
+            text = "\n" + text
+        if console.is_terminal:
+            console.print(coloured(text), end="")
+        else:
+            sys.stdout.write(text)
