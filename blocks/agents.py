@@ -7,7 +7,8 @@ from typing import ClassVar, Literal
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field
 
-from ultrawork.agents.profiles import ROLES, AgentProfile
+from ultrawork.agents.profiles import ROLES, AgentProfile, named_profile
+from ultrawork.gateway.rules import AgentProfile as EgressProfile
 
 
 class RoleSettings(BaseModel):
@@ -15,13 +16,19 @@ class RoleSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    profile: Literal["builtin", "claude-code", "opencode", "codex"] | None = Field(
+        None, description="Named agent profile the fields below change: a coding-agent CLI in its image, "
+                          "reaching its model API only through the run's egress gateway (the key stays on the host).")
     command: list[str] | None = Field(None, description='Argument list the agent runs, e.g. ["opencode", "run", '
                                       '"--file", "{prompt_file}", "Do the task."]; {role} {prompt_file} '
                                       '{plan_file} {workspace} {run_id} are filled in.')
     image: str | None = Field(None, description="Image with the agent's CLI installed.")
     workspace_mode: Literal["ro", "rw"] | None = Field(None, description="ro: the role reports through Plan.md "
                                                        "only; rw: it may edit its workspace.")
-    network: str | None = Field(None, description="Docker network mode ('bridge' for agents that call a model API).")
+    network: str | None = Field(None, description="'none', or 'gateway' (with egress) for agents that call a model "
+                                "API or a package index through the run's egress gateway.")
+    egress: EgressProfile | None = Field(None, description="Hosts (and methods) the role may reach through the gateway "
+                                         "and the credentials the gateway injects (e.g. add a package index, GET only).")
     memory_mb: int | None = Field(None, ge=16, description="Memory limit in MiB.")
     cpus: float | None = Field(None, gt=0, description="CPU quota in cores.")
     pids: int | None = Field(None, ge=8, description="Process/thread limit.")
@@ -29,8 +36,10 @@ class RoleSettings(BaseModel):
     checklist: list[str] | None = Field(None, description="Acceptance checklist written to the role's Plan.md.")
 
     def apply(self, profile: AgentProfile) -> AgentProfile:
+        if self.profile is not None:
+            profile = named_profile(profile.role, self.profile, checklist=list(profile.checklist))
         data = profile.model_dump()
-        changes = self.model_dump(exclude_none=True)
+        changes = self.model_dump(exclude_none=True, exclude={"profile"})
         for key in ("memory_mb", "cpus", "pids"):
             if key in changes:
                 data["limits"][key] = changes.pop(key)
@@ -46,14 +55,12 @@ class AgentProfiles(Block):
     checks the result (a role asking for more than the caps is refused).
 
     Example:
-        Run Claude Code as the frontend agent, with network access and more memory:
+        Run Claude Code as the frontend agent (its key read on the host from $ANTHROPIC_API_KEY by the
+        run's egress gateway) with more memory:
         ```python
         from ultrawork.blocks import AgentProfiles, RoleSettings
 
-        AgentProfiles(frontend=RoleSettings(
-            command=["claude", "-p", "Read {prompt_file} and do the task. Write findings to {plan_file}."],
-            image="my-agents:1", network="bridge", memory_mb=2048,
-        )).save("default", overwrite=True)
+        AgentProfiles(frontend=RoleSettings(profile="claude-code", memory_mb=2048)).save("default", overwrite=True)
         ```
     """
 

@@ -20,6 +20,7 @@ from prefect.states import Completed, Failed
 
 from ultrawork.agents.outcome import AgentOutcome
 from ultrawork.agents.profiles import AgentProfile
+from ultrawork.tasks.egress import note_egress
 from ultrawork.tasks.environment import AgentEnvironment
 
 
@@ -36,6 +37,7 @@ async def agent(run_id: str, profile: AgentProfile, prompt: str):
             env.step_failed(exc)
         finally:
             await asyncio.shield(env.remove_sandbox())   # cleanup, before the host touches the work tree
+        await note_egress(env.run_id, env.role, env.ws)  # what it asked for on the network, into Plan.md
         await env.commit()                          # commit: nothing an agent did is lost
         outcome = await env.finalize()              # finalize Plan.md, publish the branch
     except Exception as exc:  # noqa: BLE001 - whatever broke in this agent is its outcome, never its siblings'

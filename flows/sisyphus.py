@@ -18,7 +18,7 @@ from prefect import flow
 from prefect.context import get_run_context
 
 from ultrawork.agents.outcome import AgentOutcome, RunOutcome, RunResult
-from ultrawork.agents.profiles import AgentProfile
+from ultrawork.agents.profiles import AgentProfile, with_named_profiles
 from ultrawork.flows.agent import agent
 from ultrawork.cli.request import check_request, new_run_id
 from ultrawork.flows.integrate import ended, finish_run
@@ -28,6 +28,7 @@ from ultrawork.runtime.artifacts import Progress, publish_plan, publish_results
 from ultrawork.runtime.config import load_config, use_config
 from ultrawork.failpoints import failpoint
 from ultrawork.runtime.logs import get_logger
+from ultrawork.tasks.egress import check_egress, run_egress
 from ultrawork.tasks.reaper import reap_stale_work
 from ultrawork.runtime.together import together
 from ultrawork.tasks.workspaces import create_run
@@ -65,6 +66,7 @@ async def sisyphus(
     hooks: list[dict] | None = None,
     resume: bool = False,
     check_command: list[str] | None = None,
+    agent_profiles: dict[str, str] | None = None,
 ) -> RunResult:
     """Run the agents a task needs on ``repo`` and integrate the work a reviewer approves.
 
@@ -85,17 +87,21 @@ async def sisyphus(
         resume: Continue the existing run ``run_id`` from its last completed stage.
         check_command: The repository's checks (e.g. ["pytest", "-q"]), run on the integration branch in a
             sandbox before the pull request; a failing check stops it unless the reviewer opens it anyway.
+        agent_profiles: Role -> named agent profile (builtin, claude-code, opencode, codex); a CLI profile
+            reaches its model only through the run's egress gateway, its key kept on the host.
     """
     run_id = validate_run_id(run_id or new_run_id())
     config = await load_config()                         # the saved blocks, or the defaults
     use_config(config)                                   # this run's sandbox caps
     profiles = await asyncio.to_thread(check_request, task, repo, agents, base, agent_commands,
-                                       profiles=config.profiles)            # bad input stops here
+                                       profiles=with_named_profiles(config.profiles, agent_profiles))
+    await check_egress(profiles)                         # bad input stops here: egress rules, secrets
     params = {"task": task, "repo": repo, "agents": list(profiles), "base": base,
               "agent_commands": agent_commands, "review_timeout": review_timeout, "hooks": hooks,
-              "check_command": check_command}
+              "check_command": check_command, "agent_profiles": agent_profiles}
     ledger = await open_run(run_id, params, resume, github=config.github is not None)
-    outcomes = await run_agents(run_id, ledger, task, profiles)             # concurrently
+    async with run_egress(run_id, profiles):            # the egress gateway, stopped with the agents
+        outcomes = await run_agents(run_id, ledger, task, profiles)         # concurrently
     await publish_results(run_id, outcomes)
     review = await review_run(run_id, ledger, task, outcomes, review_timeout, checks=bool(check_command))
     if review.decided is None:

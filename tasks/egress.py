@@ -21,9 +21,11 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from ultrawork.agents.profiles import AgentProfile
-from ultrawork.gateway import EgressSummary, GatewayError
+from ultrawork.gateway import EgressSummary, GatewayError, SecretUnavailable
 from ultrawork.gateway.rules import secret_source
-from ultrawork.gateway.run import egress_rules, run_egress as registered, start_run_egress, stop_run_egress, summary_markdown
+from ultrawork.gateway.run import (
+    egress_rules, run_egress as registered, start_run_egress, stop_run_egress, summarize, summary_markdown,
+)
 from ultrawork.runtime.artifacts import artifact_key
 from ultrawork.runtime.logs import get_logger
 
@@ -50,10 +52,69 @@ async def host_secrets(refs: set[str]) -> dict[str, str]:
     return values
 
 
+# A lab's own upstream (an internal model server, a test's stand-in): set on the host that runs the flow.
+UPSTREAM_NETWORK_ENV = "ULTRAWORK_GATEWAY_UPSTREAM_NETWORK"    # Docker network the gateway's egress uses
+UPSTREAM_CA_ENV = "ULTRAWORK_GATEWAY_UPSTREAM_CA"              # PEM file of a CA trusted for upstream TLS
+ALLOWED_PRIVATE_ENV = "ULTRAWORK_GATEWAY_ALLOWED_PRIVATE"      # comma-separated CIDRs upstreams may live in
+
+
+def _upstream_settings() -> tuple[dict, dict]:
+    """(rules options, gateway options) from the host's environment."""
+    ca_file = os.environ.get(UPSTREAM_CA_ENV)
+    ca = None
+    if ca_file:
+        try:
+            with open(ca_file) as fh:
+                ca = fh.read()
+        except OSError as exc:
+            raise SecretUnavailable(UPSTREAM_CA_ENV, f"cannot read {ca_file}: {exc.strerror}") from None
+    private = [c.strip() for c in os.environ.get(ALLOWED_PRIVATE_ENV, "").split(",") if c.strip()]
+    network = os.environ.get(UPSTREAM_NETWORK_ENV) or None
+    return {"upstream_ca": ca, "allowed_private": private}, {"upstream_network": network}
+
+
+def _rules(profiles: dict[str, AgentProfile]):
+    rule_options, _ = _upstream_settings()
+    return egress_rules({role: p.egress for role, p in profiles.items()}, **rule_options)
+
+
 def egress_profiles(profiles: dict[str, AgentProfile]) -> dict:
     """Role -> egress profile of the roles that have one (checked: bad rules are refused by name)."""
-    rules = egress_rules({role: p.egress for role, p in profiles.items()})
+    rules = _rules(profiles)
     return {} if rules is None else rules.agents
+
+
+async def check_egress(profiles: dict[str, AgentProfile]) -> None:
+    """Before anything starts: the egress rules are sound and every secret they name can be read
+    on the host (:class:`~ultrawork.gateway.errors.GatewayRulesError` names the field otherwise)."""
+    rules = _rules(profiles)
+    if rules is None:
+        return
+    for agent, profile in rules.agents.items():
+        refs = {cred.secret for cred in profile.credentials}
+        found = await host_secrets(refs)
+        for i, cred in enumerate(profile.credentials):
+            if cred.secret not in found:
+                raise SecretUnavailable(f"agents.{agent}.credentials[{i}]",
+                                        f"secret {cred.secret!r} is not set on the host")
+        del found
+
+
+async def note_egress(run_id: str, role: str, ws) -> None:
+    """The agent's egress summary (counts and hosts, never header values) as a Plan.md note."""
+    egress = registered(run_id)
+    if egress is None or ws is None or role not in egress.gateway.rules.agents:
+        return
+
+    def note() -> str:
+        text = summary_markdown(summarize(role, egress.gateway.requests(role)))
+        ws.plan.append_note(text, kind="egress")
+        return text
+
+    try:
+        get_logger().info("%s %s", role, await asyncio.to_thread(note))
+    except GatewayError as exc:   # the gateway's log is gone with its container: say so
+        ws.plan.append_note(f"egress: no record ({exc})", kind="egress")
 
 
 @task(name="start-egress-gateway", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2,
@@ -61,12 +122,13 @@ def egress_profiles(profiles: dict[str, AgentProfile]) -> dict:
       and not isinstance(_exception(state), ValueError))
 async def start_egress(run_id: str, profiles: dict[str, AgentProfile]) -> list[str]:
     """Start the run's gateway for the roles with an egress profile; their networks."""
-    rules = egress_rules({role: p.egress for role, p in profiles.items()})
+    rules = _rules(profiles)
     if rules is None:
         return []
+    _, gateway_options = _upstream_settings()
     refs = {cred.secret for agent in rules.agents.values() for cred in agent.credentials}
     values = await host_secrets(refs)
-    egress = await asyncio.to_thread(start_run_egress, run_id, rules, values.__getitem__)
+    egress = await asyncio.to_thread(start_run_egress, run_id, rules, values.__getitem__, **gateway_options)
     del values
     get_logger().info("egress gateway of run %s serves %s", run_id,
                       ", ".join(f"{a} ({', '.join(r.host for r in p.allow)})" for a, p in rules.agents.items()))

@@ -140,7 +140,7 @@ def sandboxes_reap(
 
 
 def start_run(repo: str, task: str, agents: Optional[list[str]], base: str, commands: dict[str, list[str]],
-              review_timeout: int, detach: bool, decide=None) -> None:
+              review_timeout: int, detach: bool, decide=None, agent_profiles: Optional[dict[str, str]] = None) -> None:
     """Validate, make sure the shared server runs, then run (or launch) the Sisyphus flow."""
     from ultrawork.cli.request import check_request, new_run_id
     from ultrawork.local_server.manager import ensure_server
@@ -153,6 +153,8 @@ def start_run(repo: str, task: str, agents: Optional[list[str]], base: str, comm
     run_id = new_run_id()
     params = {"task": task, "repo": str(repo), "agents": agents, "base": base, "run_id": run_id,
               "agent_commands": commands or None, "review_timeout": review_timeout}
+    if agent_profiles:
+        params["agent_profiles"] = agent_profiles
     out.print(f"run [bold]{run_id}[/] on {repo}")
     drive(params, detach, decide)
 
@@ -288,6 +290,8 @@ def run_command(
     agents: Annotated[Optional[str], typer.Option(help="Comma-separated roles (default: chosen from the task).")] = None,
     agent_command: Annotated[Optional[list[str]], typer.Option(
         help='ROLE=\'["arg", ...]\': the command a role runs (a JSON list; repeatable).')] = None,
+    agent_profile: Annotated[Optional[list[str]], typer.Option(
+        help="ROLE=PROFILE: run a role with builtin, claude-code, opencode or codex (repeatable).")] = None,
     base: Annotated[str, typer.Option(help="Base ref the agents' branches start from.")] = "HEAD",
     review_timeout: Annotated[int, typer.Option(help="Seconds to wait for the review.")] = 24 * 3600,
     detach: Annotated[bool, typer.Option("--detach", help="Run in the background and return.")] = False,
@@ -295,12 +299,15 @@ def run_command(
     """Run agents on a task; prints the run id and a live per-agent display."""
     from ultrawork.cli.request import parse_agent_commands
 
+    from ultrawork.agents.profiles import parse_agent_profiles
+
     try:
         commands = parse_agent_commands(agent_command or [])
+        chosen = parse_agent_profiles(agent_profile or [])
     except ValueError as exc:
         fail(str(exc), 2)
     roles = [r.strip() for r in agents.split(",") if r.strip()] if agents else None
-    start_run(repo, task, roles, base, commands, review_timeout, detach)
+    start_run(repo, task, roles, base, commands, review_timeout, detach, agent_profiles=chosen)
 
 
 @app.command("demo")
