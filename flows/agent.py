@@ -24,7 +24,7 @@ from ultrawork.tasks.egress import note_egress
 from ultrawork.tasks.environment import AgentEnvironment
 
 
-@flow(name="agent", flow_run_name="{profile.role}", validate_parameters=False)
+@flow(name="agent", flow_run_name="{run_id}-{profile.role}", validate_parameters=False)
 async def agent(run_id: str, profile: AgentProfile, prompt: str):
     env = AgentEnvironment(run_id, profile, prompt)
     try:

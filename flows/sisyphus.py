@@ -28,6 +28,7 @@ from ultrawork.runtime.artifacts import Progress, publish_plan, publish_results
 from ultrawork.runtime.config import load_config, use_config
 from ultrawork.failpoints import failpoint
 from ultrawork.runtime.logs import get_logger
+from ultrawork.runtime.naming import agent_tags, name_run
 from ultrawork.tasks.egress import check_egress, run_egress
 from ultrawork.tasks.reaper import reap_stale_work
 from ultrawork.runtime.together import together
@@ -119,6 +120,7 @@ async def open_run(run_id: str, params: dict, resume: bool, github: bool) -> Run
         reaped, _ = await asyncio.gather(reap_stale_work(), create_run(
             run_id, params["repo"], params["task"], params["base"], params["hooks"]))
     ledger = RunLedger.open(run_id)
+    await name_run(run_id)                                                # found by its run id in the UI
     flow_run = get_run_context().flow_run
     flow_runs = ledger.orchestration.get("flow_runs", []) + [str(flow_run.id)]
     roles = params["agents"]
@@ -147,7 +149,8 @@ async def _one_agent(run_id: str, ledger: RunLedger, task: str, profile: AgentPr
         outcome = AgentOutcome.model_validate(done)
         await _show(run_id, profile.role, progress)
         return outcome
-    state = await agent(run_id, profile, prompt_for(task, profile, run_id), return_state=True)
+    with agent_tags(run_id, profile.role):
+        state = await agent(run_id, profile, prompt_for(task, profile, run_id), return_state=True)
     outcome = await _outcome(state)
 
     async def recorded() -> None:

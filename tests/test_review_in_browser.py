@@ -167,7 +167,7 @@ def test_review_in_the_prefect_ui(prefect_api, uw_home, tmp_path, docker_client,
         expect(page.get_by_text("Completed").first).to_be_visible()
         page.get_by_role("tab", name="Subflow Runs").click()
         for role in ROLES:
-            expect(page.get_by_text(role, exact=True).first).to_be_visible()
+            expect(page.get_by_text(f"{run_id}-{role}", exact=True).first).to_be_visible()
         page.get_by_role("tab", name="Artifacts").click()
         for key in [f"results-{run_id}", f"progress-{run_id}", *(f"plan-{run_id}-{r}" for r in ROLES)]:
             expect(page.get_by_text(key, exact=True)).to_be_visible()

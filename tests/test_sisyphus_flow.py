@@ -72,7 +72,8 @@ def test_four_agents_in_parallel_then_review_then_integration(prefect_api, uw_ho
 
     # Four subflows whose start-to-end intervals all intersect.
     runs = subflow_runs(orchestration(uw_home, run_id)["flow_run_id"])
-    assert sorted(r.name for r in runs) == sorted(roles)
+    assert sorted(r.name for r in runs) == sorted(f"{run_id}-{role}" for role in roles)
+    assert all({f"run:{run_id}", f"role:{r.name.rsplit('-', 1)[1]}"} <= set(r.tags) for r in runs)
     assert max(r.start_time for r in runs) < min(r.end_time for r in runs), "agent subflows must overlap"
 
     # Four branches, four Plan.md files, no container left.
@@ -157,7 +158,7 @@ def test_each_error_class_triggers_its_own_recovery(prefect_api, uw_home, tmp_pa
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
-    librarian = {r.id for r in subflow_runs(orchestration(uw_home, run_id)["flow_run_id"]) if r.name == "librarian"}
+    librarian = {r.id for r in subflow_runs(orchestration(uw_home, run_id)["flow_run_id"]) if r.name == f"{run_id}-librarian"}
     deadline = time.monotonic() + 10   # task runs reach the API within the server's one-second batch
     while True:
         with get_client(sync_client=True) as client:

@@ -1,0 +1,39 @@
+"""Runs people can find: a run's flow run is named by its run id and tagged ``run:<id>``; each
+agent's subflow is ``<run-id>-<role>``, tagged ``run:<id>`` and ``role:<role>``."""
+
+from __future__ import annotations
+
+from prefect import tags
+
+
+def run_tag(run_id: str) -> str:
+    return f"run:{run_id}"
+
+
+def role_tag(role: str) -> str:
+    return f"role:{role}"
+
+
+def agent_tags(run_id: str, role: str):
+    """The tags context an agent's subflow is called in."""
+    return tags(run_tag(run_id), role_tag(role))
+
+
+async def name_run(run_id: str) -> None:
+    """Name the current flow run by ``run_id`` and tag it (the run id is known only once the flow runs)."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import get_run_context
+
+    flow_run = get_run_context().flow_run
+    wanted = sorted(set(flow_run.tags) | {run_tag(run_id)})
+    if flow_run.name == run_id and sorted(flow_run.tags) == wanted:
+        return
+    async with get_client() as client:
+        await client.update_flow_run(flow_run.id, name=run_id, tags=wanted)
+
+
+def flow_run_url(flow_run_id: str | None) -> str | None:
+    """The run's address in the Prefect UI."""
+    from ultrawork.runtime.artifacts import ui_url
+
+    return ui_url(f"runs/flow-run/{flow_run_id}") if flow_run_id else None
