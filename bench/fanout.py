@@ -14,7 +14,9 @@ machine the overhead is CPU the two sides compete for). With ``--repeat N``
 the two sides alternate N times on the same server and the report holds every pair
 and the median ratio: on a small, shared machine one pair can be off by several
 percent either way, and the median of alternating pairs is what a change moved.
-Usage: python bench/fanout.py [--workload 5] [--agents 4] [--repeat 1]
+With ``--network gateway`` the ultrawork side's agents run a Claude Code profile, so the run
+starts its egress gateway and each sandbox sits on its own internal network behind it.
+Usage: python bench/fanout.py [--workload 5] [--agents 4] [--repeat 1] [--network none|gateway]
 (uses $PREFECT_API_URL, else starts ultrawork's local Prefect server in a temporary home).
 """
 
@@ -100,7 +102,7 @@ def baseline(repo: Path, workdir: Path, workload: float, agents: int) -> dict:
             "stages_max_seconds": {k: round(max(v), 3) for k, v in stages.items()}}
 
 
-def ultrawork(repo: Path, workload: float, agents: int) -> dict:
+def ultrawork(repo: Path, workload: float, agents: int, network: str = "none") -> dict:
     from ultrawork.cli.runs import submit_review
     from ultrawork.flows.sisyphus import sisyphus
 
@@ -120,7 +122,9 @@ def ultrawork(repo: Path, workload: float, agents: int) -> dict:
     watcher.start()
     marks["start"], cpu = time.monotonic(), machine_cpu_seconds()
     result = asyncio.run(sisyphus("benchmark the fan-out", str(repo), agents=roles, run_id=run_id,
-                                  agent_commands={r: ["sh", "-c", f"sleep {workload}"] for r in roles}))
+                                  agent_commands={r: ["sh", "-c", f"sleep {workload}"] for r in roles},
+                                  # --network gateway: every agent a Claude Code profile behind the run's gateway
+                                  agent_profiles={r: "claude-code" for r in roles} if network == "gateway" else None))
     marks["end"] = time.monotonic()
     watcher.join(10)
     starts = [o.started_at for o in result.agents]
@@ -147,10 +151,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workload", type=float, default=5.0, help="seconds each agent sleeps")
     parser.add_argument("--agents", type=int, default=4, choices=range(1, 5))
     parser.add_argument("--repeat", type=int, default=1, help="alternating pairs; the median ratio is reported")
+    parser.add_argument("--network", choices=["none", "gateway"], default="none",
+                        help="gateway: the agents reach the network only through the run's egress gateway")
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    if args.network == "gateway":   # the gateway starts only with the secret its profile names (never sent anywhere)
+        os.environ.setdefault("ANTHROPIC_API_KEY", "bench-placeholder-not-a-key")
     work = Path(tempfile.mkdtemp(prefix="ultrawork-bench-"))
     os.environ["ULTRAWORK_HOME"] = str(work / "home")
     from ultrawork.local_server.manager import ensure_server, stop_server
@@ -161,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
         ensure_server()
         repo = make_repo(work / "repo")
         for i in range(args.repeat):
-            uw = ultrawork(repo, args.workload, args.agents)
+            uw = ultrawork(repo, args.workload, args.agents, args.network)
             raw = baseline(repo, work / f"baseline-{i}", args.workload, args.agents)
             pairs.append({"ultrawork": uw, "baseline": raw,
                           "ratio": round(uw["wall_seconds"] / raw["wall_seconds"], 3)})
@@ -174,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     ratios = [p["ratio"] for p in pairs]
     typical = sorted(pairs, key=lambda p: p["ratio"])[(len(pairs) - 1) // 2]   # its timings are shown
-    report = {"workload_seconds": args.workload, "agents": args.agents, **typical,
+    report = {"workload_seconds": args.workload, "agents": args.agents, "network": args.network, **typical,
               "ratio": round(statistics.median(ratios), 3), "target_ratio": 1.25}
     if len(pairs) > 1:
         report.update(ratios=ratios, ratio_min=min(ratios), ratio_max=max(ratios), pairs=pairs)
