@@ -5,7 +5,9 @@ Runs at the start of every run and on ``ultrawork sandboxes reap``:
 - containers whose creating process is gone and whose run is not active;
 - agent clones (``runs/<id>/agents/<role>``) of runs that have finished;
 - temporary integration checkouts of runs that are not active;
-- scratch volumes of sandboxes that are gone (removed from outside without ``-v``).
+- scratch volumes of sandboxes that are gone (removed from outside without ``-v``);
+- egress gateways' networks and private rules folders of runs that are not active
+  (the gateway's container is a managed container like a sandbox, reaped above).
 
 Only what belongs to this ``$ULTRAWORK_HOME`` is touched: containers and volumes
 carry its tag (``ultrawork.home``), checkouts carry it in their name; another
@@ -28,9 +30,11 @@ from pathlib import Path
 from ultrawork.workspace.ledger import RunInconsistent, run_finished
 from ultrawork.workspace.superproject import ultrawork_home
 
+import docker.errors
+
 from .engine import SandboxEngine, SandboxInfo
 from .procs import owner_alive
-from .spec import home_tag
+from .spec import LABEL_HOME, LABEL_MANAGED, LABEL_OWNER, LABEL_RUN, home_tag
 
 CHECKOUT_PREFIX = "ultrawork-integrate-"
 _TAGGED = re.compile(r"^[0-9a-f]{16}-")
@@ -42,10 +46,13 @@ class ReapReport:
     clones: list[Path] = field(default_factory=list)
     checkouts: list[Path] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
+    networks: list[str] = field(default_factory=list)
+    gateway_dirs: list[Path] = field(default_factory=list)
 
     @property
     def total(self) -> int:
-        return len(self.containers) + len(self.clones) + len(self.checkouts) + len(self.volumes)
+        return (len(self.containers) + len(self.clones) + len(self.checkouts) + len(self.volumes)
+                + len(self.networks) + len(self.gateway_dirs))
 
 
 def run_owner(run_id: str) -> str | None:
@@ -83,6 +90,8 @@ def reap(engine: SandboxEngine | None, all: bool = False, older_than: float | No
     if engine is not None:
         report.containers = engine.reap(all=all, older_than=older_than, is_active=run_is_active)
         report.volumes = engine.prune_volumes()
+        report.networks = reap_gateway_networks(engine, all=all)
+    report.gateway_dirs = reap_gateway_dirs(engine, all=all)
     runs = ultrawork_home() / "runs"
     for run_dir in sorted(runs.iterdir()) if runs.is_dir() else []:
         agents = run_dir / "agents"
@@ -118,3 +127,51 @@ def checkout_run(name: str, runs: Path) -> str | None:
         return None  # another home's
     run_id = rest.rsplit("-", 1)[0]
     return run_id if run_id and (runs / run_id).is_dir() else None
+
+
+def _gateway_alive(engine: SandboxEngine | None, run_id: str) -> bool:
+    """A gateway (or sandbox) of ``run_id`` whose creating process still lives."""
+    if engine is None:
+        return True    # cannot tell: keep
+    return any(owner_alive(info.owner) for info in engine.list(run_id=run_id, home=home_tag()))
+
+
+def reap_gateway_networks(engine: SandboxEngine, all: bool = False) -> list[str]:
+    """Remove this home's gateway networks whose creator is gone and whose run is not active."""
+    removed = []
+    try:
+        networks = engine.client.networks.list(filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_HOME}={home_tag()}"]})
+    except docker.errors.APIError:
+        return removed
+    for network in networks:
+        labels = network.attrs.get("Labels") or {}
+        run_id = labels.get(LABEL_RUN, "")
+        if not all and (owner_alive(labels.get(LABEL_OWNER, "")) or run_is_active(run_id)):
+            continue
+        try:
+            network.reload()
+            for cid in network.attrs.get("Containers") or {}:
+                network.disconnect(cid, force=True)
+            network.remove()
+            removed.append(network.name)
+        except docker.errors.NotFound:
+            continue
+        except docker.errors.APIError:
+            continue   # in use by something this home does not own: left alone
+    return removed
+
+
+def reap_gateway_dirs(engine: SandboxEngine | None, all: bool = False) -> list[Path]:
+    """Remove gateway rules folders (``gateway/runs/<run>-<token>``, holding resolved secrets) of runs
+    that are not active and have no live gateway."""
+    removed = []
+    root = ultrawork_home() / "gateway" / "runs"
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        run_id = folder.name.rsplit("-", 1)[0]
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        if not all and (run_is_active(run_id) or _gateway_alive(engine, run_id)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed

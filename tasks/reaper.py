@@ -19,7 +19,8 @@ async def reap_stale_work() -> list[str]:
     """Remove containers, clones and checkouts that runs no longer active left behind."""
     report = await asyncio.to_thread(reap, engine())
     removed = ([c.name for c in report.containers] + [str(p) for p in report.clones + report.checkouts]
-               + [f"volume {v[:12]}" for v in report.volumes])
+               + [f"volume {v[:12]}" for v in report.volumes] + [f"network {n}" for n in report.networks]
+               + [f"gateway rules {p.name}" for p in report.gateway_dirs])
     if removed:
         get_logger().info("reaped %d leftover(s) of inactive runs: %s", len(removed), ", ".join(removed))
     return removed
