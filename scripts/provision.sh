@@ -6,7 +6,11 @@
 #   3. the sandbox image (built offline when no registry is reachable);
 #   4. Chromium for the browser test (Debian's package, installed when
 #      /usr/bin/chromium is missing and we are root on Debian; never a
-#      browser download: Playwright drives this one).
+#      browser download: Playwright drives this one);
+#   5. a PostgreSQL server for the tests that run Prefect on PostgreSQL
+#      (Debian's postgresql package, its cluster started with pg_ctlcluster,
+#      listening on localhost and its Unix socket only, and a role for this
+#      user that signs in over the socket by peer authentication: no password).
 # Source it (`. scripts/provision.sh`) or run it; it prints what it does.
 set -euo pipefail
 
@@ -80,11 +84,51 @@ provision_browser() {
   DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 apt-get install -y -qq chromium >/dev/null
 }
 
+in_ci() { case "${CI:-}" in 1|true|TRUE|yes) return 0;; *) return 1;; esac; }
+
+UW_PG_SOCKET="${UW_PG_SOCKET:-/var/run/postgresql}"
+pg_answers() { command -v pg_isready >/dev/null 2>&1 && pg_isready -q -h "$UW_PG_SOCKET" -t 5; }
+
+provision_postgres() {
+  if [ "$(id -u)" != 0 ] || [ ! -f /etc/debian_version ]; then
+    if pg_answers; then return 0; fi
+    say "no PostgreSQL answers on $UW_PG_SOCKET: the PostgreSQL tests skip (fail with CI=true); install Debian's postgresql"
+    if in_ci; then return 1; fi
+    return 0
+  fi
+  if ! command -v pg_ctlcluster >/dev/null 2>&1 || [ -z "$(pg_lsclusters -h 2>/dev/null)" ]; then
+    say "installing postgresql from Debian's packages"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 apt-get install -y -qq postgresql >/dev/null
+  fi
+  local version cluster status
+  read -r version cluster _ status _ < <(pg_lsclusters -h | head -n1)
+  if [ "$status" != online ]; then
+    say "starting PostgreSQL $version/$cluster (log: /var/log/postgresql/postgresql-$version-$cluster.log)"
+    pg_ctlcluster "$version" "$cluster" start
+  fi
+  for _ in $(seq 1 30); do
+    if pg_answers; then break; fi
+    sleep 1
+  done
+  if ! pg_answers; then
+    say "PostgreSQL $version/$cluster did not answer within 30 s"
+    return 1
+  fi
+  local me
+  me="$(id -un)"
+  if [ "$(runuser -u postgres -- psql -h "$UW_PG_SOCKET" -tAc "SELECT 1 FROM pg_roles WHERE rolname = '$me'")" != 1 ]; then
+    say "creating the PostgreSQL role $me (peer authentication over $UW_PG_SOCKET)"
+    runuser -u postgres -- createuser -h "$UW_PG_SOCKET" --superuser "$me"
+  fi
+}
+
 provision_all() {
   provision_python
   provision_docker
   provision_image
   provision_browser
+  provision_postgres
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
+from pg import SERVER_LOGS, postgres_database, prefect_pg_api, prefect_pg_server  # noqa: F401 (fixtures)
 
 from ultrawork.sandbox.procs import own_processes, process_cmdline
 
@@ -35,6 +36,8 @@ SCHEDULER_ERROR = "Can't evaluate bulk DML statement"
 
 def server_log(api_url: str) -> Path:
     """The log of the local server that answers on ``api_url`` (``--home`` on its command line)."""
+    if api_url in SERVER_LOGS:
+        return SERVER_LOGS[api_url]
     port = str(urlparse(api_url).port)
     for pid in own_processes():
         argv = process_cmdline(pid)
@@ -81,12 +84,18 @@ def by_schedule(runs: list, schedule_id) -> list:
     return [r for r in runs if r.created_by and r.created_by.id == schedule_id]
 
 
-def test_cron_deployment_gets_scheduled_runs_from_the_scheduler(prefect_api):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def scheduling_api(request):
+    """The embedded server (SQLite) and a ``prefect server start`` on PostgreSQL."""
+    return request.getfixturevalue("prefect_api" if request.param == "sqlite" else "prefect_pg_api")
+
+
+def test_cron_deployment_gets_scheduled_runs_from_the_scheduler(scheduling_api):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.schedules import CronSchedule
 
-    log = server_log(prefect_api)
+    log = server_log(scheduling_api)
     nightly = nightly_schedule()
     assert nightly["timezone"] == "UTC" and nightly["active"] is True, nightly
     name = f"schedule-check-{uuid.uuid4().hex[:8]}"
