@@ -54,6 +54,9 @@ class AgentProfile(BaseModel):
     checklist: list[str] = Field(default_factory=list, description="Acceptance checklist written to Plan.md.")
     egress: EgressProfile | None = Field(None, description="With network 'gateway': the hosts the agent may reach "
                                          "through the run's egress gateway and the credentials it injects.")
+    agent: Literal["command", "model"] = Field("command", description="command: run ``command`` in the sandbox; "
+                                               "model: the built-in model agent (its loop on the host, every tool "
+                                               "call a step in the sandbox; see ultrawork.model_agent).")
 
     @model_validator(mode="after")
     def _egress_needs_the_gateway(self) -> "AgentProfile":
@@ -172,24 +175,24 @@ def cli_profile(role: str, cli: str, **fields) -> AgentProfile:
 # key injected by the gateway from the host (the sandbox sees only a placeholder).
 CLI_EGRESS: dict[str, EgressProfile] = {
     "claude-code": EgressProfile(
-        allow=[HostRule(host="api.anthropic.com", methods=["GET", "POST"])],
+        allow=[HostRule(host="api.anthropic.com", methods=["GET", "HEAD", "POST"])],
         credentials=[Credential(match="api.anthropic.com", header="x-api-key", format="{secret}",
                                 secret="env:ANTHROPIC_API_KEY", placeholder_env="ANTHROPIC_API_KEY")],
         routes=[Route(upstream="https://api.anthropic.com", base_url_env="ANTHROPIC_BASE_URL")]),
     # OpenCode's Anthropic provider takes its base URL (with /v1) from ANTHROPIC_BASE_URL
     "opencode": EgressProfile(
-        allow=[HostRule(host="api.anthropic.com", methods=["GET", "POST"])],
+        allow=[HostRule(host="api.anthropic.com", methods=["GET", "HEAD", "POST"])],
         credentials=[Credential(match="api.anthropic.com", header="x-api-key", format="{secret}",
                                 secret="env:ANTHROPIC_API_KEY", placeholder_env="ANTHROPIC_API_KEY")],
         routes=[Route(upstream="https://api.anthropic.com", base_url_env="ANTHROPIC_BASE_URL",
                       base_url_path="/v1")]),
     "codex": EgressProfile(
-        allow=[HostRule(host="api.openai.com", methods=["GET", "POST"])],
+        allow=[HostRule(host="api.openai.com", methods=["GET", "HEAD", "POST"])],
         credentials=[Credential(match="api.openai.com", header="Authorization", format="Bearer {secret}",
                                 secret="env:OPENAI_API_KEY", placeholder_env="OPENAI_API_KEY")],
         routes=[Route(upstream="https://api.openai.com", base_url_env="OPENAI_BASE_URL", base_url_path="/v1")]),
 }
-AGENT_PROFILE_NAMES = ("builtin", *CLI_EGRESS)
+AGENT_PROFILE_NAMES = ("builtin", "model", *CLI_EGRESS)
 CLI_MEMORY_MB = 1024     # Node and a CLI's tool runs need more than the built-in agent
 
 
@@ -201,8 +204,9 @@ def named_profile(role: str, name: str, **fields) -> AgentProfile:
         raise UnknownRoleError(f"unknown role {role!r}; known roles: {', '.join(DEFAULT_PROFILES)}")
     if name not in AGENT_PROFILE_NAMES:
         raise ValueError(f"unknown agent profile {name!r}; known: {', '.join(AGENT_PROFILE_NAMES)}")
-    if name == "builtin":
-        return AgentProfile.model_validate({**DEFAULT_PROFILES[role].model_dump(), **fields})
+    if name in ("builtin", "model"):   # model: the host-side model agent; its sandbox keeps network none
+        agent = {"agent": "model"} if name == "model" else {}
+        return AgentProfile.model_validate({**DEFAULT_PROFILES[role].model_dump(), **agent, **fields})
     limits = Limits(**{**DEFAULT_PROFILES[role].limits.model_dump(), "memory_mb": CLI_MEMORY_MB})
     return cli_profile(role, name, **{"network": GATEWAY_NETWORK, "egress": CLI_EGRESS[name].model_copy(deep=True),
                                       "limits": limits, **fields})
