@@ -67,7 +67,13 @@ except urllib.error.HTTPError as exc:
     out["off-allowlist"] = [exc.code, exc.read().decode()[:300]]
 except Exception as exc:
     out["off-allowlist"] = repr(exc)
-for target in sys.argv[1:]:
+peers = []
+try:   # the frontend agent's sandbox addresses, written by the host just before this step
+    peers = open("/plan/peer-addresses.txt").read().split()
+except OSError:
+    pass
+out["peers"] = peers
+for target in sys.argv[1:] + [address + ":" + port for address in peers for port in ("22", "80", "443")]:
     host, port = target.rsplit(":", 1)
     try:
         socket.create_connection((host, int(port)), timeout=3).close()
@@ -110,6 +116,26 @@ def capture_sandbox(ctx) -> None:
         files = container.exec_run(["tar", "-cf", "-", "/home", "/tmp", "/workspace", "/agent", "/plan"],
                                    stderr=False).output
         (folder / f"{ws.role}-files.tar").write_bytes(files)
+
+
+def note_peer(ctx) -> None:
+    """before_step of explore: the running frontend sandbox's addresses, for explore's probe to try."""
+    import docker
+
+    ws = ctx.workspace
+    if ws.role != "explore":
+        return
+    client = docker.from_env()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for container in client.containers.list(filters={"label": [f"ultrawork.run={ws.run.run_id}",
+                                                                     "ultrawork.agent=frontend"]}):
+            networks = container.attrs["NetworkSettings"]["Networks"]
+            addresses = [n["IPAddress"] for n in networks.values() if n.get("IPAddress")]
+            if addresses:
+                (ws.plan_path.parent / "peer-addresses.txt").write_text("\n".join(addresses) + "\n")
+                return
+        time.sleep(0.2)
 
 
 def kill_gateway_once(ctx) -> None:
@@ -294,7 +320,8 @@ def test_claude_code_edits_through_the_gateway_and_the_key_stays_on_the_host(
             "task": TASK, "repo": str(repo), "agents": ["explore", "frontend"], "run_id": run_id,
             "agent_profiles": {"frontend": "claude-code", "explore": "codex"},
             "agent_commands": {"explore": ["python3", "-c", PROBE, *targets]},
-            "hooks": [{"target": "test_agents_e2e:capture_sandbox", "point": "after_step"}],
+            "hooks": [{"target": "test_agents_e2e:capture_sandbox", "point": "after_step"},
+                      {"target": "test_agents_e2e:note_peer", "point": "before_step"}],
             "review_timeout": 3})
     finally:
         listeners.close()
@@ -318,7 +345,13 @@ def test_claude_code_edits_through_the_gateway_and_the_key_stays_on_the_host(
     logs = _logs_since(started)
     probe = json.loads(next(m.split("PROBE ", 1)[1] for m in logs if "PROBE {" in m))
     assert probe.pop("off-allowlist")[0] == 403
+    peers = probe.pop("peers")
+    assert peers, "the frontend sandbox was running while explore probed"
     assert all(outcome != "connected" for outcome in probe.values()), probe
+    # another agent's sandbox has no route at all: not even a refused connection
+    peer_outcomes = {t: o for t, o in probe.items() if t.rsplit(":", 1)[0] in peers}
+    assert len(peer_outcomes) == 3 * len(peers)
+    assert "ConnectionRefusedError" not in peer_outcomes.values(), peer_outcomes
     assert listeners.hits == []
     assert any("[explore egress] refused POST api.anthropic.com/v1/messages -> 403" in m for m in logs), logs
     assert any("[frontend egress] allowed POST api.anthropic.com/v1/messages" in m for m in logs)
