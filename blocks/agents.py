@@ -16,8 +16,9 @@ class RoleSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    profile: Literal["builtin", "claude-code", "opencode", "codex"] | None = Field(
-        None, description="Named agent profile the fields below change: a coding-agent CLI in its image, "
+    profile: Literal["builtin", "model", "claude-code", "opencode", "codex"] | None = Field(
+        None, description="Named agent profile the fields below change: model (the built-in model agent, "
+                          "configured by the ultrawork-model-agent block), or a coding-agent CLI in its image, "
                           "reaching its model API only through the run's egress gateway (the key stays on the host).")
     command: list[str] | None = Field(None, description='Argument list the agent runs, e.g. ["opencode", "run", '
                                       '"--file", "{prompt_file}", "Do the task."]; {role} {prompt_file} '
@@ -29,6 +30,9 @@ class RoleSettings(BaseModel):
                                 "API or a package index through the run's egress gateway.")
     egress: EgressProfile | None = Field(None, description="Hosts (and methods) the role may reach through the gateway "
                                          "and the credentials the gateway injects (e.g. add a package index, GET only).")
+    mcp_servers: list[Literal["ultrawork"]] | None = Field(
+        None, description="MCP servers the role's CLI is given: 'ultrawork' (the run's sandbox tools, bound to "
+        "this agent; a restarted server retries the step it died in).")
     memory_mb: int | None = Field(None, ge=16, description="Memory limit in MiB.")
     cpus: float | None = Field(None, gt=0, description="CPU quota in cores.")
     pids: int | None = Field(None, ge=8, description="Process/thread limit.")

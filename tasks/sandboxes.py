@@ -37,12 +37,14 @@ from ultrawork.runtime.logs import get_logger
 from ultrawork.tasks.recovery import recovery_for, task_options, will_retry
 from ultrawork.gateway import GatewayError
 from ultrawork.gateway.run import check_serving, gateway_networks, request_line, step_requests, through_gateway
+from ultrawork.sandbox.errors import McpError
+from ultrawork.sandbox.mcp_bridge import check_mcp, with_mcp_mount
 
 _ENGINE: SandboxEngine | None = None
 _ENGINE_KEY: tuple[str, ...] | None = None
 _ENGINE_LOCK = threading.Lock()
 
-STEP_ERRORS = (AgentExecutionError, SandboxError, ResourceLimitExceeded, GatewayError)   # what a step retries
+STEP_ERRORS = (AgentExecutionError, SandboxError, ResourceLimitExceeded, GatewayError, McpError)   # what a step retries
 LOG_LINES = 2000              # most output lines one step sends to the run's log
 LOG_BYTES = 256 * 1024        # most output bytes one step sends to the run's log
 LOG_MARKER = "[output truncated: {dropped} more bytes not logged; the tail is in Plan.md]"
@@ -80,6 +82,7 @@ class SandboxHandle:
 
     def ensure(self, note: Callable[[str], None] | None = None) -> Sandbox:
         self.spec = through_gateway(self.spec, note)   # its gateway network and placeholders; restarted if down
+        self.spec = with_mcp_mount(self.spec)            # its MCP servers' socket at /mcp, when offered
         eng = engine()
         if self.sandbox is not None and (self.broken or not self._alive()):
             eng.cleanup(self.sandbox)
@@ -162,6 +165,7 @@ async def run_step(handle: SandboxHandle, ws, argv: list[str], timeout: float) -
             before_execute=lambda: failpoint("step", role=role, kill=lambda: engine().cleanup(sandbox)))
         if result.leftovers_killed:
             ws.plan.append_note(f"killed {result.leftovers_killed} process(es) the step left running", kind="sandbox")
+        check_mcp(handle.spec)           # its MCP server died mid-step: McpError (restarted, then retried)
         if result.exit_code != 0:
             check_serving(handle.spec)   # the run's gateway died under the step: GatewayError
             raise AgentExecutionError(role, argv, result.exit_code, result.stderr)

@@ -21,7 +21,10 @@ ROLES = ("explore", "librarian", "oracle", "frontend")
 BUILTIN_AGENT = Path(__file__).with_name("builtin_agent.py")
 PROMPT_FILE = "/agent/prompt.md"
 PLAN_FILE = "/plan/Plan.md"
-PLACEHOLDERS = {"role", "prompt_file", "plan_file", "workspace", "run_id"}
+MCP_CONFIG = "/mcp/mcp.json"       # the MCP client configuration a profile with MCP servers gets
+PLACEHOLDERS = {"role", "prompt_file", "plan_file", "workspace", "run_id", "mcp_config"}
+# How a CLI is told of its MCP servers, when its template does not say it already.
+MCP_FLAGS: dict[str, list[str]] = {"claude": ["--mcp-config", "{mcp_config}"]}
 
 COMMAND_TEMPLATES: dict[str, list[str]] = {
     "builtin": ["python3", "/agent/builtin_agent.py", "{role}"],
@@ -54,6 +57,9 @@ class AgentProfile(BaseModel):
     checklist: list[str] = Field(default_factory=list, description="Acceptance checklist written to Plan.md.")
     egress: EgressProfile | None = Field(None, description="With network 'gateway': the hosts the agent may reach "
                                          "through the run's egress gateway and the credentials it injects.")
+    mcp_servers: list[Literal["ultrawork"]] = Field(
+        default_factory=list, description="MCP servers the agent's CLI is given: 'ultrawork' is the run's sandbox "
+        "tools, bound to this agent (a host process reached through a socket at /mcp; config {mcp_config}).")
     agent: Literal["command", "model"] = Field("command", description="command: run ``command`` in the sandbox; "
                                                "model: the built-in model agent (its loop on the host, every tool "
                                                "call a step in the sandbox; see ultrawork.model_agent).")
@@ -84,8 +90,11 @@ class AgentProfile(BaseModel):
     def argv(self, run_id: str) -> list[str]:
         """The command with its placeholders filled in (no shell ever sees it)."""
         values = {"role": self.role, "prompt_file": PROMPT_FILE, "plan_file": PLAN_FILE,
-                  "workspace": "/workspace", "run_id": run_id}
-        return [re.sub(r"{(\w+)}", lambda m: values[m.group(1)], arg) for arg in self.command]
+                  "workspace": "/workspace", "run_id": run_id, "mcp_config": MCP_CONFIG}
+        command = list(self.command)
+        if self.mcp_servers and not any("{mcp_config}" in arg for arg in command) and command[0] in MCP_FLAGS:
+            command[1:1] = MCP_FLAGS[command[0]]
+        return [re.sub(r"{(\w+)}", lambda m: values[m.group(1)], arg) for arg in command]
 
 
 DEFAULT_PROFILES: dict[str, AgentProfile] = {
