@@ -7,8 +7,9 @@ named ``default`` (``ultrawork.runtime.config``) and fall back to built-in defau
 
 from .agents import AgentProfiles, RoleSettings
 from .github import GitHubSettings
+from .model import ModelAgentSettings
 from .sandbox import SandboxSettings
 
 DEFAULT_BLOCK_NAME = "default"
 
-__all__ = ["AgentProfiles", "DEFAULT_BLOCK_NAME", "GitHubSettings", "RoleSettings", "SandboxSettings"]
+__all__ = ["AgentProfiles", "DEFAULT_BLOCK_NAME", "GitHubSettings", "ModelAgentSettings", "RoleSettings", "SandboxSettings"]

@@ -53,6 +53,19 @@ class ModelAgentSettings(Block):
     max_input_tokens: int | None = Field(None, ge=1, description="Most input tokens one agent may use.")
     max_output_tokens: int | None = Field(None, ge=1, description="Most output tokens one agent may use.")
     max_seconds: float | None = Field(1800.0, gt=0, description="Longest one agent may run, in seconds.")
+    run_max_requests: int | None = Field(None, ge=1, description="Most model requests all agents of one run "
+                                         "may make together (planning included).")
+    run_max_tokens: int | None = Field(None, ge=1, description="Most tokens (input + output) one run may use.")
+    run_max_seconds: float | None = Field(None, gt=0, description="Longest the model agents of one run may "
+                                          "work, from the run's start, in seconds.")
+    plan_runs: bool = Field(True, description="Let the model plan a run (roles, one brief each, writer subtasks) "
+                            "when no agents are chosen; off: the built-in rules choose the roles.")
+
+    def run_budget(self, spent=None):
+        """The limits one run's model agents share (``spent``: what earlier attempts of the run used)."""
+        from ultrawork.model_agent.accounting import RunBudget
+
+        return RunBudget(self.run_max_requests, self.run_max_tokens, self.run_max_seconds, spent)
 
     def config(self, environ: Mapping[str, str] | None = None) -> ModelAgentConfig:
         """The model agent's settings with the key resolved; `ModelConfigError` names what is missing."""

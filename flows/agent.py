@@ -22,17 +22,20 @@ from ultrawork.agents.outcome import AgentOutcome
 from ultrawork.agents.profiles import AgentProfile
 from ultrawork.tasks.egress import note_egress
 from ultrawork.tasks.environment import AgentEnvironment
+from ultrawork.tasks.model import cite_research, is_model_agent, prepare_model_agent, run_model_agent, with_model_record
 
 
 @flow(name="agent", flow_run_name="{run_id}-{profile.role}", validate_parameters=False)
 async def agent(run_id: str, profile: AgentProfile, prompt: str):
     env = AgentEnvironment(run_id, profile, prompt)
+    prepare_model_agent(env)                        # a model agent's file tool joins the files at /agent
     try:
         await env.set_up()                          # branch -> submodule -> Plan.md (the sandbox starts ahead)
+        await cite_research(env)                    # a writer's Plan.md names the research it starts from
         try:
             await env.start_sandbox()               # sandbox -> deploy agent (prompt + agent at /agent)
             for argv in env.steps:                  # execute loop
-                await env.run_step(argv)
+                await execute(env, argv)
         except Exception as exc:  # noqa: BLE001 - recorded and reviewed, never fatal to siblings
             env.step_failed(exc)
         finally:
@@ -43,7 +46,16 @@ async def agent(run_id: str, profile: AgentProfile, prompt: str):
     except Exception as exc:  # noqa: BLE001 - whatever broke in this agent is its outcome, never its siblings'
         await asyncio.shield(env.remove_sandbox())
         outcome = env.failed_outright(exc)
-    return state_of(outcome)
+    return state_of(with_model_record(outcome, env))    # the model used, its tokens and findings
+
+
+async def execute(env: AgentEnvironment, argv: list[str]) -> None:
+    """One turn of the execute loop: the agent's command in its sandbox, or the model agent's
+    loop here with each of its tool calls a step in that sandbox."""
+    if is_model_agent(env):
+        await run_model_agent(env)
+    else:
+        await env.run_step(argv)
 
 
 def state_of(outcome: AgentOutcome):

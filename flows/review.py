@@ -55,6 +55,10 @@ def agent_facts(o: AgentOutcome) -> str:
     retries = "no retries" if o.retries == 0 else _count(o.retries, "retry", "retries")
     facts = (f"{o.status.capitalize()}: {_count(o.files_changed, 'file', 'files')} changed "
              f"(+{o.insertions} / -{o.deletions} lines) in {_duration(o.duration)}, {retries}; branch {o.branch}.")
+    if o.model and o.usage:
+        cost = "" if o.usage.get("cost") is None else f", cost {o.usage['cost']:g}"
+        facts += (f" Model {o.model}: {o.usage.get('requests', 0)} request(s), {o.usage.get('input_tokens', 0)} "
+                  f"input / {o.usage.get('output_tokens', 0)} output tokens{cost}.")
     if o.status != "succeeded":
         facts += " Its errors are in its Plan.md; approving merges whatever it committed."
     return facts

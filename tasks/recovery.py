@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from ultrawork.agents.errors import AgentExecutionError
 from ultrawork.gateway.errors import GatewayError
+from ultrawork.model_agent.errors import BudgetExceeded, ModelCallError, ModelConfigError
 from ultrawork.sandbox.errors import McpError, ResourceLimitExceeded, SandboxError
 from ultrawork.workspace.errors import GitError, HookError
 
@@ -50,6 +51,9 @@ RECOVERY_TABLE: list[Recovery] = [
     Recovery(ResourceLimitExceeded, "adjust limits: raise the limit it hit, recreate the sandbox, then retry",
              retries=1, delays=[1.0], when=lambda exc: getattr(exc, "raised", None) is not None,
              note="while the limit is below its ceiling: `limit_raise_*` of the sandbox settings"),
+    Recovery(BudgetExceeded, "end the agent: its budget is spent (a retry would spend it again)", retries=0),
+    Recovery(ModelConfigError, "end the agent: fix the model settings", retries=0),
+    Recovery(ModelCallError, "retry the model agent with backoff", retries=2, delays=[2.0, 8.0], jitter=0.3),
 ]
 
 

@@ -29,6 +29,9 @@ class AgentOutcome(BaseModel):
     plan_summary: str = ""
     started_at: float = 0.0
     ended_at: float = 0.0
+    model: str | None = None                      # provider:model of a model agent; None for a command
+    usage: dict | None = None                     # a model agent's requests, tokens, tool calls, seconds, cost
+    findings: list[str] = Field(default_factory=list)   # what a research agent found, for the writers
 
 
 class RunOutcome(StrEnum):

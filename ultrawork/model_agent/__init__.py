@@ -9,7 +9,7 @@ Names load on first use, so settings code (``ultrawork.model_agent.config``) doe
 from importlib import import_module
 
 _WHERE = {
-    "AgentUsage": "accounting", "ToolCallRecord": "accounting", "ToolResultRecord": "accounting",
+    "AgentUsage": "accounting", "RunBudget": "accounting", "total_usage": "accounting", "ToolCallRecord": "accounting", "ToolResultRecord": "accounting",
     "TurnRecord": "accounting",
     "ModelAgent": "agent", "ModelAgentAnswer": "agent", "ModelAgentResult": "agent",
     "PROVIDERS": "config", "ModelAgentConfig": "config",

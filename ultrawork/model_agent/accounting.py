@@ -8,6 +8,7 @@ is the same whatever pricing table the library ships.
 from __future__ import annotations
 
 import re
+import time
 
 from pydantic import BaseModel, Field
 from pydantic_ai.usage import RunUsage, UsageLimits
@@ -91,3 +92,59 @@ def exceeded_limit(message: str) -> str:
     """Our budget name for pydantic-ai's UsageLimitExceeded message (``max_requests``...)."""
     found = _LIMIT_IN_MESSAGE.search(message)
     return _LIMIT_NAMES[found.group(1)] if found else "usage_limit"
+
+
+class RunBudget:
+    """Limits shared by every model agent of one run (requests, tokens, seconds since the run began).
+
+    Agents charge it after each model response; the first charge past a limit stops that agent
+    with ``BudgetExceeded`` naming ``run_max_...``. Thread-safe: agents run side by side.
+    """
+
+    def __init__(self, max_requests: int | None = None, max_tokens: int | None = None,
+                 max_seconds: float | None = None, spent: AgentUsage | None = None) -> None:
+        import threading
+
+        self.max_requests, self.max_tokens, self.max_seconds = max_requests, max_tokens, max_seconds
+        self.started = time.monotonic()
+        self.requests = spent.requests if spent else 0          # earlier attempts of the run count too
+        self.tokens = (spent.input_tokens + spent.output_tokens) if spent else 0
+        self._lock = threading.Lock()
+
+    @property
+    def limited(self) -> bool:
+        return any(v is not None for v in (self.max_requests, self.max_tokens, self.max_seconds))
+
+    def seconds_left(self) -> float | None:
+        return None if self.max_seconds is None else self.max_seconds - (time.monotonic() - self.started)
+
+    def exhausted(self) -> str | None:
+        """The run limit already reached, or None."""
+        with self._lock:
+            return self._over()
+
+    def charge(self, requests: int, tokens: int) -> str | None:
+        """Count one response; the run limit it reached (``run_max_requests``...), or None."""
+        with self._lock:
+            self.requests += requests
+            self.tokens += tokens
+            return self._over()
+
+    def _over(self) -> str | None:
+        if self.max_requests is not None and self.requests >= self.max_requests:
+            return "run_max_requests"
+        if self.max_tokens is not None and self.tokens >= self.max_tokens:
+            return "run_max_tokens"
+        left = self.seconds_left()
+        if left is not None and left <= 0:
+            return "run_max_seconds"
+        return None
+
+
+def total_usage(usages: list[AgentUsage | dict | None]) -> AgentUsage:
+    """The run's totals over its agents' usage (a cost only when some agent has one)."""
+    items = [u if isinstance(u, AgentUsage) else AgentUsage.model_validate(u) for u in usages if u]
+    costs = [u.cost for u in items if u.cost is not None]
+    return AgentUsage(requests=sum(u.requests for u in items), input_tokens=sum(u.input_tokens for u in items),
+                      output_tokens=sum(u.output_tokens for u in items), tool_calls=sum(u.tool_calls for u in items),
+                      seconds=round(sum(u.seconds for u in items), 3), cost=round(sum(costs), 8) if costs else None)

@@ -20,8 +20,8 @@ from pydantic import BaseModel, Field
 from pydantic_ai import Agent, ModelMessagesTypeAdapter, ToolOutput
 from pydantic_ai.exceptions import ModelAPIError, RunTimedOut, UnexpectedModelBehavior, UsageLimitExceeded
 
-from .accounting import (AgentUsage, ToolCallRecord, ToolResultRecord, TurnRecord, agent_usage, exceeded_limit,
-                         usage_limits)
+from .accounting import (AgentUsage, RunBudget, ToolCallRecord, ToolResultRecord, TurnRecord, agent_usage,
+                         exceeded_limit, usage_limits)
 from .config import ModelAgentConfig
 from .errors import BudgetExceeded, ModelCallError, ModelConfigError
 from .tools import TOOLS, SandboxTools, ToolDeps, describe_call
@@ -95,9 +95,11 @@ def build_model(config: ModelAgentConfig):
 class ModelAgent:
     """Runs one role's task with a model; ``on_turn`` gets a `TurnRecord` after every model response."""
 
-    def __init__(self, config: ModelAgentConfig, on_turn: Callable[[TurnRecord], None] | None = None) -> None:
+    def __init__(self, config: ModelAgentConfig, on_turn: Callable[[TurnRecord], None] | None = None,
+                 budget: RunBudget | None = None) -> None:
         self.config = config
         self.on_turn = on_turn
+        self.budget = budget      # the run's shared limits, charged after every response
 
     def run(self, prompt: str, tools: SandboxTools, role: str, writable: bool, *,
             history: str | None = None) -> ModelAgentResult:
@@ -131,8 +133,10 @@ class ModelAgent:
         config = self.config
         past = _history(history)
         started = time.monotonic()
+        budget = self.budget
+        seconds = _earliest(config.max_seconds, budget.seconds_left() if budget is not None else None)
         deps = ToolDeps(tools=tools, role=role, writable=writable,
-                        deadline=None if config.max_seconds is None else started + config.max_seconds)
+                        deadline=None if seconds is None else started + max(0.0, seconds))
         agent = Agent(build_model(config), output_type=ToolOutput(ModelAgentAnswer, name=OUTPUT_TOOL),
                       instructions=instructions(role, writable), deps_type=ToolDeps, tools=TOOLS, retries=3,
                       name=f"ultrawork-{role}")
@@ -147,29 +151,45 @@ class ModelAgent:
             return result
 
         try:
+            if budget is not None and budget.exhausted():
+                raise _RunLimit(budget.exhausted())
             async with agent:
                 async with agent.iter(prompt, deps=deps, usage_limits=usage_limits(config),
-                                      timeout=config.max_seconds,
+                                      timeout=None if seconds is None else max(0.001, seconds),
                                       message_history=past) as agent_run:
                     request, sent = None, time.monotonic()
                     async for node in agent_run:
                         if Agent.is_model_request_node(node):
+                            if budget is not None and budget.exhausted():
+                                raise _RunLimit(budget.exhausted())     # before the request is sent
                             request, sent = node.request, time.monotonic()
                         elif Agent.is_call_tools_node(node):
-                            self._report(result, role, request, node.model_response,
+                            response = node.model_response
+                            if budget is not None:
+                                budget.charge(1, response.usage.input_tokens + response.usage.output_tokens)
+                            self._report(result, role, request, response,
                                          time.monotonic() - sent, agent_usage(config, agent_run.usage,
                                                                               time.monotonic() - started))
                     result.answer = agent_run.result.output
                     return close(None, agent_run.usage, agent_run.all_messages())
+        except _RunLimit as exc:
+            limit = exc.limit
+            if agent_run is not None:
+                close(limit, agent_run.usage, agent_run.all_messages())
+            else:
+                result.stopped_by = limit
+            raise BudgetExceeded(limit, f"{role} agent stopped: the run's budget {limit} reached "
+                                 f"(this agent: {_spent(result.usage)})", result) from None
         except UsageLimitExceeded as exc:
             limit = exceeded_limit(str(exc))
             close(limit, agent_run.usage, agent_run.all_messages())
             raise BudgetExceeded(limit, f"{role} agent stopped: budget {limit} reached "
                                  f"({_spent(result.usage)})", result) from None
         except RunTimedOut as exc:
-            close("max_seconds", exc.usage, exc.all_messages())
-            raise BudgetExceeded("max_seconds", f"{role} agent stopped: budget max_seconds "
-                                 f"({config.max_seconds:g}s) reached ({_spent(result.usage)})", result) from None
+            limit = "max_seconds" if seconds == config.max_seconds else "run_max_seconds"
+            close(limit, exc.usage, exc.all_messages())
+            raise BudgetExceeded(limit, f"{role} agent stopped: budget {limit} "
+                                 f"({seconds:g}s) reached ({_spent(result.usage)})", result) from None
         except (ModelAPIError, UnexpectedModelBehavior) as exc:
             if agent_run is not None:
                 close(type(exc).__name__, agent_run.usage, agent_run.all_messages())
@@ -198,6 +218,19 @@ class ModelAgent:
                 self.on_turn(turn)
             except Exception:  # noqa: BLE001 - a failing reporter must not stop the agent
                 log.warning("on_turn callback failed for %s turn %d", role, turn.turn, exc_info=True)
+
+
+class _RunLimit(Exception):
+    """The run's shared budget is used up (internal: becomes `BudgetExceeded`)."""
+
+    def __init__(self, limit: str) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
+def _earliest(*seconds: float | None) -> float | None:
+    given = [s for s in seconds if s is not None]
+    return min(given) if given else None
 
 
 def _history(history: str | None) -> list | None:

@@ -45,7 +45,8 @@ class _StoppedRun(ModelAgentError):
 
 class BudgetExceeded(_StoppedRun):
     """The agent hit one of its budgets; ``limit`` names it (max_requests, max_input_tokens,
-    max_output_tokens, max_seconds). Never retried: a retry would spend the budget again."""
+    max_output_tokens, max_seconds; the run's run_max_requests, run_max_tokens, run_max_seconds).
+    Never retried: a retry would spend the budget again."""
 
     def __init__(self, limit: str, message: str, result: "ModelAgentResult | None" = None):
         self.limit = limit

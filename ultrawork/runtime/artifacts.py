@@ -33,11 +33,23 @@ async def publish_results(run_id: str, outcomes: list[AgentOutcome]) -> None:
         {"agent": o.role, "outcome": o.status, "files changed": o.files_changed,
          "insertions": o.insertions, "deletions": o.deletions, "commits": len(o.commits),
          "duration (s)": round(o.duration, 1), "retries": o.retries,
-         "sandboxes created": o.sandboxes_created, "branch": o.branch}
+         "sandboxes created": o.sandboxes_created, "branch": o.branch, **_model_columns(o.model, o.usage)}
         for o in outcomes
     ]
+    if any(o.usage for o in outcomes):                 # the run's model totals
+        from ultrawork.model_agent.accounting import total_usage
+
+        rows.append({"agent": "(run total)", **_model_columns("", total_usage([o.usage for o in outcomes]).model_dump())})
     await create_table_artifact(table=rows, key=artifact_key("results", run_id),
                                 description=f"Agent results of run {run_id}")
+
+
+def _model_columns(model: str | None, usage: dict | None) -> dict:
+    """Which model an agent used and what it spent (blank for a command agent)."""
+    usage = usage or {}
+    return {"model": model or "", "requests": usage.get("requests", ""), "input tokens": usage.get("input_tokens", ""),
+            "output tokens": usage.get("output_tokens", ""),
+            "cost": "" if usage.get("cost") is None else usage["cost"]}
 
 
 class Progress:

@@ -1,0 +1,197 @@
+"""Prefect tasks of the built-in model agent: its settings for the run, its loop, its record.
+
+The settings (with the resolved key) live in a context variable of the run, set once by
+Sisyphus (:func:`use_model_settings`) and inherited by the agent subflows: the key is never a
+flow or task parameter, so it never reaches the Prefect database, a log or an artifact.
+The loop (``ultrawork.model_agent.ModelAgent``) runs in this process as one task per agent;
+each model turn is a log line of that task, and each tool call a guarded step in the
+agent's sandbox (network none), recorded in its Plan.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from ultrawork.agents.outcome import AgentOutcome
+from ultrawork.blocks.model import ModelAgentSettings
+from ultrawork.model_agent.accounting import AgentUsage, RunBudget, TurnRecord, total_usage
+from ultrawork.model_agent.config import ModelAgentConfig
+from ultrawork.model_agent.errors import BudgetExceeded, ModelCallError, ModelConfigError
+from ultrawork.runtime.logs import get_logger
+from ultrawork.sandbox.errors import SandboxError
+from ultrawork.tasks.recovery import task_options
+
+DEFAULT_SETTINGS = "default"
+
+
+@dataclass
+class ModelRun:
+    """The model one run's agents use and the budget they share (held in memory only)."""
+
+    config: ModelAgentConfig
+    budget: RunBudget
+    settings: ModelAgentSettings
+    source: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.config.provider}:{self.config.model}"
+
+
+_ACTIVE: ContextVar[ModelRun | None] = ContextVar("ultrawork_model_run", default=None)
+
+
+async def load_model_settings(name: str | None) -> ModelAgentSettings | None:
+    """The saved model settings block ``name`` (``default`` when None); None when ``default`` is not saved.
+
+    A block named explicitly must exist: `ModelConfigError` names it."""
+    try:
+        return await ModelAgentSettings.aload(name or DEFAULT_SETTINGS)
+    except ValueError as exc:
+        if "Unable to find block document" not in str(exc):
+            raise
+        if name:
+            raise ModelConfigError(f"no model agent settings block named {name!r} "
+                                   f"(save one: ModelAgentSettings(...).save({name!r}))") from None
+        return None
+
+
+async def use_model_settings(name: str | None, needed_by: list[str], spent: list[dict | None] = ()) -> ModelRun | None:
+    """Resolve the run's model (key included) before anything starts, and make it this run's.
+
+    ``needed_by``: the agents configured to run the model agent; without settings they are
+    refused by name here. ``spent``: usage recorded by agents of an earlier attempt (the run
+    budget counts them)."""
+    settings = await load_model_settings(name)
+    if settings is None:
+        if needed_by:
+            raise ModelConfigError(f"agent(s) {', '.join(needed_by)} run the model agent, but no model is "
+                                   f"configured: save an ultrawork-model-agent block named {DEFAULT_SETTINGS!r} "
+                                   "or pass model_settings")
+        _ACTIVE.set(None)
+        return None
+    config = await asyncio.to_thread(settings.config)          # reads the host environment for api_key_env
+    run = ModelRun(config, settings.run_budget(total_usage(list(spent))), settings,
+                   f"block {name or DEFAULT_SETTINGS!r}")
+    _ACTIVE.set(run)
+    get_logger().info("model: %s (%s)%s", run.name, run.source,
+                      f" for {', '.join(needed_by)}" if needed_by else "")
+    return run
+
+
+def active_model() -> ModelRun:
+    run = _ACTIVE.get()
+    if run is None:
+        raise ModelConfigError("this run has no model configured (ultrawork-model-agent block)")
+    return run
+
+
+def turn_logger(role: str):
+    """Each model turn as one line of the agent's log (no arguments' content, never the key)."""
+    log = get_logger()
+
+    def on_turn(turn: TurnRecord) -> None:
+        calls = "; ".join(f"{c.name}({c.arguments[:120]})" for c in turn.tool_calls) or "no tool call"
+        log.info("[%s model] turn %d (%s): %s | tokens in %d out %d | total %d request(s), in %d out %d",
+                 role, turn.turn, turn.model or "?", calls, turn.input_tokens, turn.output_tokens,
+                 turn.usage.requests, turn.usage.input_tokens, turn.usage.output_tokens)
+
+    return on_turn
+
+
+@task(name="model-agent", task_run_name="{role}-model-agent", cache_policy=NO_CACHE,
+      **task_options(BudgetExceeded, ModelConfigError, ModelCallError, SandboxError))
+async def model_agent_loop(handle, ws, role: str, prompt: str, writable: bool, timeout: float):
+    """The model agent of one role, to its final answer; retried only for a failed model call
+    or a broken sandbox, never for a spent budget or bad settings (``tasks.recovery``)."""
+    from ultrawork.model_agent.agent import ModelAgent
+    from ultrawork.model_agent.tools import GuardedSandboxTools
+    from ultrawork.tasks.sandboxes import engine
+
+    run = active_model()
+    handle.attempts += 1
+    sandbox = await asyncio.to_thread(handle.ensure)
+    tools = GuardedSandboxTools(engine(), sandbox, ws, timeout=timeout)
+    agent = ModelAgent(run.config, on_turn=turn_logger(role), budget=run.budget)
+    try:
+        return await agent.run_async(prompt, tools, role, writable)
+    except SandboxError:
+        handle.broken = True
+        raise
+
+
+def usage_line(name: str, usage: AgentUsage) -> str:
+    cost = "" if usage.cost is None else f", cost {usage.cost:g}"
+    return (f"model {name}: {usage.requests} request(s), {usage.input_tokens} input / {usage.output_tokens} "
+            f"output tokens, {usage.tool_calls} tool call(s), {usage.seconds:g}s{cost}")
+
+
+# -- the agent subflow's model path ------------------------------------------------------
+def is_model_agent(env) -> bool:
+    return getattr(env.profile, "agent", "command") == "model"
+
+
+def prepare_model_agent(env) -> None:
+    """Deploy the model agent's file tool (mounted read-only at /agent) with the prompt."""
+    from ultrawork.model_agent.tools import SANDBOX_FILES
+
+    env.model_result = None
+    if is_model_agent(env):
+        env.files.update(SANDBOX_FILES)
+
+
+async def cite_research(env) -> None:
+    """A writer's Plan.md names the research it started from (the findings are in its prompt)."""
+    prompt = env.files.get("prompt.md", "")
+    start = prompt.find("\n# Research findings\n")
+    if start >= 0 and env.ws is not None and env.steps:
+        roles = [line[3:].strip() for line in prompt[start:].splitlines() if line.startswith("## ")]
+        await asyncio.to_thread(env.ws.plan.append_note, "started from the research findings of "
+                                + ", ".join(roles) + " (given in the prompt; cited below where used)",
+                                kind="research")
+
+
+async def run_model_agent(env) -> None:
+    """The execute loop of a model agent: its loop here, its tool calls in its sandbox; the
+    result (or the part done before a budget or error stopped it) is kept for the outcome."""
+    run = active_model()
+    env.model_name = run.name
+    try:
+        result = await model_agent_loop(env.handle, env.ws, env.role, env.files["prompt.md"],
+                                        env.profile.workspace_mode == "rw", env.profile.timeout)
+    except (BudgetExceeded, ModelCallError) as exc:
+        env.model_result = exc.result
+        await _note_usage(env, f"stopped: {exc}")
+        raise
+    env.model_result = result
+    await _note_usage(env, f"answer: {result.answer.summary[:500]}" if result.answer else "no answer")
+
+
+async def _note_usage(env, how: str) -> None:
+    result = env.model_result
+    usage = result.usage if result is not None else AgentUsage()
+    line = f"{usage_line(env.model_name, usage)}; {how}"
+    get_logger().info("%s: %s", env.role, line)
+    if env.ws is not None:
+        await asyncio.to_thread(env.ws.plan.append_note, line, kind="model agent")
+
+
+def with_model_record(outcome: AgentOutcome, env) -> AgentOutcome:
+    """The outcome with the model used, its usage and its findings (for the writers, review, results)."""
+    if not is_model_agent(env):
+        return outcome
+    result = getattr(env, "model_result", None)
+    findings: list[str] = []
+    if result is not None:
+        findings = list(dict.fromkeys([*(result.answer.findings if result.answer else []),
+                                       *result.findings_written]))
+    run = _ACTIVE.get()
+    return outcome.model_copy(update={
+        "model": getattr(env, "model_name", None) or (run.name if run else None),
+        "usage": (result.usage if result is not None else AgentUsage()).model_dump(),
+        "findings": findings})
