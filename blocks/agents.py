@@ -16,8 +16,9 @@ class RoleSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    profile: Literal["builtin", "claude-code", "opencode", "codex"] | None = Field(
-        None, description="Named agent profile the fields below change: a coding-agent CLI in its image, "
+    profile: Literal["builtin", "model", "claude-code", "opencode", "codex"] | None = Field(
+        None, description="Named agent profile the fields below change: model (the built-in model agent, "
+                          "configured by the ultrawork-model-agent block), or a coding-agent CLI in its image, "
                           "reaching its model API only through the run's egress gateway (the key stays on the host).")
     command: list[str] | None = Field(None, description='Argument list the agent runs, e.g. ["opencode", "run", '
                                       '"--file", "{prompt_file}", "Do the task."]; {role} {prompt_file} '

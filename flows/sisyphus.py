@@ -19,6 +19,7 @@ from prefect.context import get_run_context
 
 from ultrawork.agents.outcome import AgentOutcome, RunOutcome, RunResult
 from ultrawork.agents.profiles import AgentProfile, with_named_profiles
+from ultrawork.agents.team import RunPlan, agent_prompt, phases, research_section, with_instances
 from ultrawork.flows.agent import agent
 from ultrawork.cli.request import check_request, new_run_id
 from ultrawork.flows.integrate import ended, finish_run
@@ -32,6 +33,7 @@ from ultrawork.runtime.naming import agent_tags, name_run
 from ultrawork.tasks.egress import check_egress, run_egress
 from ultrawork.tasks.mcp import run_mcp_servers
 from ultrawork.tasks.reaper import reap_stale_work
+from ultrawork.tasks.team import check_model_agents, model_for_run, plan_run, record_plan, run_usage_line
 from ultrawork.runtime.together import together
 from ultrawork.tasks.workspaces import create_run
 from ultrawork.workspace.errors import WorkspaceError
@@ -69,6 +71,7 @@ async def sisyphus(
     resume: bool = False,
     check_command: list[str] | None = None,
     agent_profiles: dict[str, str] | None = None,
+    model_settings: str | None = None,
 ) -> RunResult:
     """Run the agents a task needs on ``repo`` and integrate the work a reviewer approves.
 
@@ -89,21 +92,32 @@ async def sisyphus(
         resume: Continue the existing run ``run_id`` from its last completed stage.
         check_command: The repository's checks (e.g. ["pytest", "-q"]), run on the integration branch in a
             sandbox before the pull request; a failing check stops it unless the reviewer opens it anyway.
-        agent_profiles: Role -> named agent profile (builtin, claude-code, opencode, codex); a CLI profile
-            reaches its model only through the run's egress gateway, its key kept on the host.
+        agent_profiles: Role -> named agent profile (builtin, model, claude-code, opencode, codex); a CLI
+            profile reaches its model only through the run's egress gateway, its key kept on the host; model
+            runs the built-in model agent (its loop here, its tool calls in its sandbox).
+        model_settings: Name of the ultrawork-model-agent block (default: the one named ``default``, if
+            saved). With a model and no ``agents``, Sisyphus plans the run with it.
     """
     run_id = validate_run_id(run_id or new_run_id())
     config = await load_config()                         # the saved blocks, or the defaults
     use_config(config)                                   # this run's sandbox caps
-    profiles = await asyncio.to_thread(check_request, task, repo, agents, base, agent_commands,
-                                       profiles=with_named_profiles(config.profiles, agent_profiles))
+    model = await model_for_run(model_settings, run_id, resume)             # None offline
+    plan = await plan_run(run_id, task, repo, agents, resume, model)        # the model's plan, or the rules
+    agents = plan.names() if plan is not None else agents
+    named = with_instances(with_named_profiles(config.profiles, agent_profiles), agents)   # frontend-2 ...
+    profiles = await asyncio.to_thread(check_request, task, repo, agents, base, agent_commands, profiles=named)
     await check_egress(profiles)                         # bad input stops here: egress rules, secrets
+    check_model_agents(profiles, model)                  # and a model agent without a model
     params = {"task": task, "repo": repo, "agents": list(profiles), "base": base,
               "agent_commands": agent_commands, "review_timeout": review_timeout, "hooks": hooks,
-              "check_command": check_command, "agent_profiles": agent_profiles}
+              "check_command": check_command, "agent_profiles": agent_profiles,
+              "model_settings": model_settings}
     ledger = await open_run(run_id, params, resume, github=config.github is not None)
+    plan = await record_plan(run_id, ledger, task, plan, profiles)          # ledger stage + artifact
     async with run_egress(run_id, profiles), run_mcp_servers(run_id, profiles):   # stopped with the agents
-        outcomes = await run_agents(run_id, ledger, task, profiles)         # concurrently
+        outcomes = await run_agents(run_id, ledger, task, profiles, plan)   # research first, then the writers
+    if run_usage_line(outcomes):
+        get_logger().info("run %s: %s", run_id, run_usage_line(outcomes))
     await publish_results(run_id, outcomes)
     review = await review_run(run_id, ledger, task, outcomes, review_timeout, checks=bool(check_command))
     if review.decided is None:
@@ -134,15 +148,24 @@ async def open_run(run_id: str, params: dict, resume: bool, github: bool) -> Run
     return ledger
 
 
-async def run_agents(run_id: str, ledger: RunLedger, task: str,
-                     profiles: dict[str, AgentProfile]) -> list[AgentOutcome]:
-    """One agent subflow per role, all at once; an agent that finished in an earlier attempt is not rerun."""
+async def run_agents(run_id: str, ledger: RunLedger, task: str, profiles: dict[str, AgentProfile],
+                     plan: RunPlan | None = None) -> list[AgentOutcome]:
+    """The research agents side by side, then the writers side by side with their findings in the prompt;
+    an agent that finished in an earlier attempt is not rerun."""
     progress = Progress(len(profiles))
     progress.start(run_id)                                      # created alongside the agents' start
-    return list(await asyncio.gather(*(_one_agent(run_id, ledger, task, p, progress) for p in profiles.values())))
+    research, writers = phases(profiles)
+
+    def prompt(p: AgentProfile, found: str = "") -> str:
+        return agent_prompt(prompt_for(task, p, run_id), p.role, plan, found)
+
+    found = list(await asyncio.gather(*(_one_agent(run_id, ledger, prompt(p), p, progress) for p in research)))
+    section = research_section(found)
+    return found + list(await asyncio.gather(*(_one_agent(run_id, ledger, prompt(p, section), p, progress)
+                                               for p in writers)))
 
 
-async def _one_agent(run_id: str, ledger: RunLedger, task: str, profile: AgentProfile,
+async def _one_agent(run_id: str, ledger: RunLedger, prompt: str, profile: AgentProfile,
                      progress: Progress) -> AgentOutcome:
     done = ledger.outcome(profile.role)
     if done is not None:                                   # finished before: not run again
@@ -151,7 +174,7 @@ async def _one_agent(run_id: str, ledger: RunLedger, task: str, profile: AgentPr
         await _show(run_id, profile.role, progress)
         return outcome
     with agent_tags(run_id, profile.role):
-        state = await agent(run_id, profile, prompt_for(task, profile, run_id), return_state=True)
+        state = await agent(run_id, profile, prompt, return_state=True)
     outcome = await _outcome(state)
 
     async def recorded() -> None:
