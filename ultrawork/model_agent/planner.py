@@ -47,4 +47,4 @@ async def plan_task(config: ModelAgentConfig, task: str, files: list[str]) -> tu
         detail = _redact(f"{type(exc).__name__}: {str(exc)[:500]}", config)
         raise ModelCallError(f"planning failed: {detail}") from None
     plan = result.output.model_copy(update={"planned_by": f"{config.provider}:{config.model}"})
-    return plan, agent_usage(config, result.usage(), 0.0)
+    return plan, agent_usage(config, result.usage, 0.0)

@@ -1,0 +1,322 @@
+"""Model agents as a team, end to end: real sandboxes, git and Prefect; only the model is a stand-in.
+
+The stand-in OpenAI server on loopback plays one script per agent (told apart by the
+agent name in the instructions the model agent sends) and one for Sisyphus's planning.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from flowkit import git, make_target_repo, run_sisyphus
+from openai_standin import OpenAIStandIn, Reply, final_answer, tool_call
+
+pytestmark = [pytest.mark.docker, pytest.mark.prefect]
+
+API_KEY = "sk-team-standin-5e8a1c7b93d04f26"
+WHO = re.compile(r"You are (?:the (\S+) agent of ultrawork|(Sisyphus))")
+
+
+class TeamStandIn(OpenAIStandIn):
+    """One script per agent name (``sisyphus`` for the planner); ``on_request(name, turn)`` runs
+    before each reply (e.g. to look at the run's containers while they work)."""
+
+    def __init__(self, scripts: dict[str, list[Reply]], on_request=None) -> None:
+        super().__init__([])
+        self.scripts = scripts
+        self.turns: dict[str, int] = {}
+        self.by_agent: dict[str, list] = {}
+        self.on_request = on_request
+
+    def _answer(self, path, headers, body):
+        from openai_standin import RecordedRequest
+
+        system = " ".join(str(m.get("content")) for m in body.get("messages", []) if m.get("role") == "system")
+        match = WHO.search(system)
+        name = (match.group(1) or "sisyphus") if match else "?"
+        with self._lock:
+            self.requests.append(RecordedRequest(path, headers, body))
+            self.turns[name] = turn = self.turns.get(name, 0) + 1
+            self.by_agent.setdefault(name, []).append(body)
+            script = self.scripts.get(name, [])
+        if self.on_request is not None:
+            self.on_request(name, turn)
+        if turn > len(script):
+            return 500, {"error": {"message": f"no reply {turn} for {name}", "type": "server_error"}}
+        reply = script[turn - 1]
+        message = {"role": "assistant", "content": reply.text}
+        if reply.tool_calls:
+            message["tool_calls"] = [{"id": f"call_{name}_{turn}_{i}", "type": "function",
+                                      "function": {"name": tool, "arguments": json.dumps(arguments)}}
+                                     for i, (tool, arguments) in enumerate(reply.tool_calls)]
+        return 200, {"id": f"chatcmpl-{name}-{turn}", "object": "chat.completion", "created": int(time.time()),
+                     "model": self.model, "choices": [{"index": 0, "message": message, "finish_reason":
+                                                       "tool_calls" if reply.tool_calls else "stop"}],
+                     "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+                               "total_tokens": reply.prompt_tokens + reply.completion_tokens}}
+
+
+def save_settings(server: OpenAIStandIn, **fields) -> str:
+    from ultrawork.blocks.model import ModelAgentSettings
+
+    name = f"team-{uuid.uuid4().hex[:8]}"
+    ModelAgentSettings(provider="openai", model="standin-model", base_url=server.base_url, api_key=API_KEY,
+                       **fields).save(name, overwrite=True)
+    return name
+
+
+def delete_settings(name: str) -> None:
+    from ultrawork.blocks.model import ModelAgentSettings
+
+    ModelAgentSettings.delete(name)
+
+
+def user_prompt(body: dict) -> str:
+    return "\n".join(str(m.get("content")) for m in body["messages"] if m.get("role") == "user")
+
+
+def tool_results(body: dict) -> list[str]:
+    return [str(m["content"]) for m in body["messages"] if m.get("role") == "tool"]
+
+
+def logs_since(started: float, wanted: str, timeout: float = 30.0) -> list[str]:
+    """The server's log messages since ``started``, once one contains ``wanted`` (logs arrive in batches)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTimestamp
+
+    after = datetime.datetime.fromtimestamp(started - 1, tz=datetime.timezone.utc)
+    deadline = time.monotonic() + timeout
+    while True:
+        messages, offset = [], 0
+        with get_client(sync_client=True) as client:
+            while True:
+                batch = client.read_logs(log_filter=LogFilter(timestamp=LogFilterTimestamp(after_=after)),
+                                         limit=200, offset=offset)
+                messages += [log.message for log in batch]
+                offset += len(batch)
+                if len(batch) < 200:
+                    break
+        if any(wanted in m for m in messages) or time.monotonic() > deadline:
+            return messages
+        time.sleep(1)
+
+
+def artifacts_text(run_id: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=run_id.lower())),
+                                      limit=200)
+    return "\n".join(json.dumps({"key": a.key, "data": a.data, "description": a.description}, default=str)
+                     for a in found)
+
+
+def container_envs(docker_client, run_id: str) -> list[str]:
+    label = {"label": f"ultrawork.run={run_id}"}
+    return [json.dumps(c.attrs["Config"].get("Env") or []) for c in docker_client.containers.list(filters=label)]
+
+
+def approve_all(run_id: str) -> None:
+    from ultrawork.cli.runs import run_status, submit_review
+
+    roles = [a.role for a in run_status(run_id, with_state=False).agents]
+    submit_review(run_id, approve=roles, reject=[], comment="ok")
+
+
+def test_research_feeds_the_model_writer_read_only_write_refused_tokens_counted_key_kept_out(
+        prefect_api, uw_home, tmp_path, docker_client):
+    repo = make_target_repo(tmp_path / "widgets")
+    run_id = f"team-{uuid.uuid4().hex[:6]}"
+    seen_envs: list[str] = []
+
+    def look(name: str, turn: int) -> None:   # while the agents work: their containers' environments
+        if turn == 2:
+            seen_envs.extend(container_envs(docker_client, run_id))
+
+    scripts = {
+        "explore": [tool_call("list_files", prompt_tokens=110, completion_tokens=11, path="."),
+                    tool_call("run_command", argv=["sh", "-c", "env; tr '\\0' '\\n' < /proc/1/environ"]),
+                    final_answer("mapped", findings=["widgets/core.py:2 holds the TODO: validate name"],
+                                 prompt_tokens=130, completion_tokens=13)],
+        "librarian": [tool_call("read_file", prompt_tokens=210, completion_tokens=21, path="pyproject.toml"),
+                      final_answer("deps", findings=["the only dependency is attrs>=23"], prompt_tokens=230,
+                                   completion_tokens=23)],
+        "oracle": [tool_call("write_file", path="widgets/core.py", content="print('pwned')\n"),
+                   tool_call("write_findings", markdown="- empty names pass make_widget unchecked"),
+                   final_answer("reviewed", findings=["risk: empty names are accepted"])],
+        "frontend": [tool_call("read_file", path="widgets/core.py"),
+                     tool_call("write_file", path="widgets/core.py",
+                               content="def make_widget(name):\n    if not name:\n        raise ValueError('name')\n"
+                                       "    return {'name': name}\n"),
+                     tool_call("write_findings", markdown="- per explore: fixed the TODO in widgets/core.py:2"),
+                     final_answer("validated the name", ["widgets/core.py"], ["name is validated"],
+                                  prompt_tokens=400, completion_tokens=40)],
+    }
+    roles = list(scripts)
+    started = time.time()
+    with TeamStandIn(scripts, on_request=look) as server:
+        settings = save_settings(server, input_price_per_million=1.0, output_price_per_million=4.0)
+        try:
+            result = run_sisyphus({"task": "Fix the TODO in widgets/core.py", "repo": str(repo), "agents": roles,
+                                   "run_id": run_id, "agent_profiles": {r: "model" for r in roles},
+                                   "model_settings": settings}, approve_all)
+        finally:
+            delete_settings(settings)
+    by_role = {o.role: o for o in result.agents}
+    assert result.outcome == "integrated", result.message
+    assert [o.status for o in result.agents] == ["succeeded"] * 4, [o.errors for o in result.agents]
+
+    # the writer started after the research, with every researcher's findings in its first request
+    first = user_prompt(server.by_agent["frontend"][0])
+    assert "# Research findings" in first
+    for finding in ("widgets/core.py:2 holds the TODO", "attrs>=23", "empty names are accepted"):
+        assert finding in first
+    research_end = max(by_role[r].ended_at for r in ("explore", "librarian", "oracle"))
+    assert by_role["frontend"].started_at >= research_end - 0.5
+    writer_plan = Path(by_role["frontend"].plan_path).read_text()
+    assert "started from the research findings of explore" in writer_plan and "per explore:" in writer_plan
+
+    # the edit, made through the sandbox, is committed on the writer's branch and integrated
+    assert "raise ValueError('name')" in git(repo, "show", f"ultrawork/{run_id}/frontend:widgets/core.py")
+    assert "raise ValueError('name')" in git(repo, "show", f"ultrawork/{run_id}/integration:widgets/core.py")
+
+    # the read-only oracle's write failed in the sandbox; the model was told, Plan.md records it
+    refusal = tool_results(server.by_agent["oracle"][1])[0]
+    assert "Read-only file system" in refusal
+    oracle_plan = Path(by_role["oracle"].plan_path).read_text()
+    assert "Read-only file system" in oracle_plan and "- Exit code: 1" in oracle_plan
+    assert git(repo, "show", f"ultrawork/{run_id}/oracle:widgets/core.py").startswith("def make_widget")
+
+    # tokens and cost per agent, the model named per agent
+    assert by_role["explore"].usage["input_tokens"] == 110 + 100 + 130
+    assert by_role["explore"].usage["output_tokens"] == 11 + 20 + 13
+    assert (by_role["librarian"].usage["requests"], by_role["librarian"].usage["input_tokens"]) == (2, 440)
+    assert by_role["frontend"].usage["requests"] == 4 and by_role["frontend"].usage["output_tokens"] == 100
+    assert by_role["frontend"].usage["cost"] == pytest.approx((700 * 1.0 + 100 * 4.0) / 1e6)
+    assert all(o.model == "openai:standin-model" for o in result.agents)
+    assert "tokens" in Path(by_role["librarian"].plan_path).read_text()
+
+    # every model turn is in the agent's Prefect log
+    logs = logs_since(started, "[frontend model] turn 4")
+    assert any("[frontend model] turn 4" in m for m in logs)
+    assert any("[oracle model] turn 1" in m and "write_file" in m for m in logs)
+    text = artifacts_text(run_id)
+    assert "openai:standin-model" in text and "(run total)" in text
+
+    # the key: only in the Authorization header sent to the model server
+    assert seen_envs, "the containers were looked at while the agents worked"
+    assert not any(API_KEY in env for env in seen_envs)
+    assert "exit code: 0" in tool_results(server.by_agent["explore"][2])[-1]
+    assert API_KEY not in tool_results(server.by_agent["explore"][2])[-1]
+    assert all(r.headers.get("authorization") == f"Bearer {API_KEY}" for r in server.requests)
+    assert not any(API_KEY in m for m in logs)
+    assert API_KEY not in text
+    run_dir = uw_home / "runs" / run_id
+    leaked = subprocess.run(["grep", "-rl", API_KEY, str(run_dir)], capture_output=True, text=True).stdout
+    assert leaked == "", f"the key is in {leaked}"
+    assert API_KEY not in subprocess.run(["git", "-C", str(repo), "log", "-p", "--all"], capture_output=True,
+                                         text=True).stdout
+
+
+def test_sisyphus_plans_two_writers_on_subtasks_both_approved_both_merged(prefect_api, uw_home, tmp_path,
+                                                                         docker_client):
+    repo = make_target_repo(tmp_path / "widgets")
+    run_id = f"plan-{uuid.uuid4().hex[:6]}"
+    plan = tool_call("submit_plan", summary="Map, then two writers on separate files.", agents=[
+        {"agent": "explore", "brief": "Find where names are made and documented."},
+        {"agent": "frontend", "brief": "Validate the name in make_widget.", "files": ["widgets/core.py"]},
+        {"agent": "frontend-2", "brief": "Document that an empty name raises.", "files": ["docs/guide.md"]},
+    ])
+    scripts = {
+        "sisyphus": [plan],
+        "explore": [final_answer("mapped", findings=["make_widget is in widgets/core.py; docs in docs/guide.md"])],
+        "frontend": [tool_call("apply_patch", unified_diff=(
+            "--- a/widgets/core.py\n+++ b/widgets/core.py\n@@ -1,3 +1,4 @@\n def make_widget(name):\n"
+            "-    # TODO: validate name\n+    if not name:\n+        raise ValueError('name')\n"
+            "     return {'name': name}\n")), final_answer("validated", ["widgets/core.py"])],
+        "frontend-2": [tool_call("write_file", path="docs/guide.md", append=True,
+                                 content="make_widget('') raises ValueError.\n"), final_answer("documented")],
+    }
+    with TeamStandIn(scripts) as server:
+        settings = save_settings(server)
+        try:
+            result = run_sisyphus({"task": "Make empty widget names an error and document it", "repo": str(repo),
+                                   "run_id": run_id, "model_settings": settings,
+                                   "agent_profiles": {"explore": "model", "frontend": "model"}}, approve_all)
+        finally:
+            delete_settings(settings)
+    assert [o.role for o in result.agents] == ["explore", "frontend", "frontend-2"]
+    assert result.outcome == "integrated", result.message
+    assert [o.status for o in result.agents] == ["succeeded"] * 3, [o.errors for o in result.agents]
+    # each writer got its own brief and files, and the explorer's findings
+    first = {name: user_prompt(server.by_agent[name][0]) for name in ("frontend", "frontend-2")}
+    assert "Validate the name in make_widget." in first["frontend"] and "docs/guide.md" not in \
+        first["frontend"].split("# Your part of the plan")[1].split("# Research findings")[0]
+    assert "Document that an empty name raises." in first["frontend-2"]
+    assert all("make_widget is in widgets/core.py" in p for p in first.values())
+    # each on its own branch; both merged in the recorded order
+    assert git(repo, "rev-parse", "--verify", f"refs/heads/ultrawork/{run_id}/frontend-2")
+    assert {"frontend", "frontend-2"} <= set(result.merged) and not result.left_out
+    integration_stage = json.loads((uw_home / "runs" / run_id / "integration.json").read_text())
+    assert integration_stage["order"] == ["explore", "frontend", "frontend-2"]
+    assert [r for r in integration_stage["merged"] if r.startswith("frontend")] == ["frontend", "frontend-2"]
+    integration = f"ultrawork/{run_id}/integration"
+    assert "raise ValueError('name')" in git(repo, "show", f"{integration}:widgets/core.py")
+    assert "raises ValueError" in git(repo, "show", f"{integration}:docs/guide.md")
+    # the plan: a ledger stage and an artifact
+    recorded = json.loads((uw_home / "runs" / run_id / "plan.json").read_text())
+    assert recorded["planned_by"] == "openai:standin-model"
+    assert [a["agent"] for a in recorded["agents"]] == ["explore", "frontend", "frontend-2"]
+    assert "Document that an empty name raises." in artifacts_text(run_id)
+
+
+def test_a_spent_budget_ends_one_agent_with_a_clear_outcome_and_its_siblings_go_on(prefect_api, uw_home, tmp_path,
+                                                                                   docker_client):
+    repo = make_target_repo(tmp_path / "widgets")
+    run_id = f"budget-{uuid.uuid4().hex[:6]}"
+    scripts = {
+        "explore": [tool_call("list_files", path=".") for _ in range(5)] + [final_answer("never reached")],
+        "librarian": [tool_call("read_file", path="pyproject.toml"),
+                      final_answer("deps", findings=["attrs>=23"])],
+        "frontend": [final_answer("nothing to change", findings=["read the research"])],
+    }
+    with TeamStandIn(scripts) as server:
+        settings = save_settings(server, max_requests=2)
+        try:
+            result = run_sisyphus({"task": "Look at the widgets", "repo": str(repo), "run_id": run_id,
+                                   "agents": list(scripts), "agent_profiles": {r: "model" for r in scripts},
+                                   "model_settings": settings, "review_timeout": 2})
+        finally:
+            delete_settings(settings)
+    by_role = {o.role: o for o in result.agents}
+    explore = by_role["explore"]
+    assert explore.status == "failed"
+    assert "BudgetExceeded" in explore.errors[-1] and "max_requests" in explore.errors[-1]
+    assert server.turns["explore"] == 2, "a spent budget is not retried"
+    assert explore.retries == 0 and explore.usage["requests"] == 2
+    assert "budget max_requests reached" in Path(explore.plan_path).read_text()
+    assert by_role["librarian"].status == by_role["frontend"].status == "succeeded"
+    assert "attrs>=23" in user_prompt(server.by_agent["frontend"][0])
+    assert "explore (failed)" in user_prompt(server.by_agent["frontend"][0])
+
+
+def test_a_model_agent_without_a_model_is_refused_before_anything_starts(prefect_api, uw_home, tmp_path,
+                                                                        docker_client):
+    from ultrawork.model_agent import ModelConfigError
+
+    repo = make_target_repo(tmp_path / "widgets")
+    run_id = f"nomodel-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(ModelConfigError, match="explore run the model agent, but no model is configured"):
+        run_sisyphus({"task": "Map the code", "repo": str(repo), "agents": ["explore"], "run_id": run_id,
+                      "agent_profiles": {"explore": "model"}})
+    assert not (uw_home / "runs" / run_id).exists()
+    assert git(repo, "branch", "--list", f"ultrawork/{run_id}/*") == ""
