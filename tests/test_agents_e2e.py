@@ -56,7 +56,7 @@ server.serve_forever()
 # What the explore agent runs: through the gateway to a host not on its allowlist, then straight at
 # things it must not reach. Ports follow the rules: api.anthropic.com 8081, api.openai.com 8082.
 PROBE = r'''
-import json, socket, sys, urllib.request, urllib.error
+import json, socket, sys, threading, urllib.request, urllib.error
 out = dict()
 req = urllib.request.Request("http://gateway:8081/v1/messages", data=b"[]", method="POST",
                              headers=dict([("content-type", "application/json")]))
@@ -68,18 +68,24 @@ except urllib.error.HTTPError as exc:
 except Exception as exc:
     out["off-allowlist"] = repr(exc)
 peers = []
-try:   # the frontend agent's sandbox addresses, written by the host just before this step
+try:   # the oracle agent's sandbox addresses, written by the host just before this step
     peers = open("/plan/peer-addresses.txt").read().split()
 except OSError:
     pass
 out["peers"] = peers
-for target in sys.argv[1:] + [address + ":" + port for address in peers for port in ("22", "80", "443")]:
+def probe(target):
     host, port = target.rsplit(":", 1)
     try:
         socket.create_connection((host, int(port)), timeout=3).close()
         out[target] = "connected"
     except OSError as exc:
         out[target] = type(exc).__name__
+threads = [threading.Thread(target=probe, args=(t,))
+           for t in sys.argv[1:] + [a + ":" + port for a in peers for port in ("22", "80", "443")]]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
 print("PROBE " + json.dumps(out), flush=True)
 '''
 # (the commands are templates: no braces, they would be placeholders)
@@ -119,7 +125,8 @@ def capture_sandbox(ctx) -> None:
 
 
 def note_peer(ctx) -> None:
-    """before_step of explore: the running frontend sandbox's addresses, for explore's probe to try."""
+    """before_step of explore: the running oracle sandbox's addresses, for explore's probe to try
+    (the research agents run side by side; the writer starts after them)."""
     import docker
 
     ws = ctx.workspace
@@ -129,7 +136,7 @@ def note_peer(ctx) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for container in client.containers.list(filters={"label": [f"ultrawork.run={ws.run.run_id}",
-                                                                     "ultrawork.agent=frontend"]}):
+                                                                     "ultrawork.agent=oracle"]}):
             networks = container.attrs["NetworkSettings"]["Networks"]
             addresses = [n["IPAddress"] for n in networks.values() if n.get("IPAddress")]
             if addresses:
@@ -317,9 +324,9 @@ def test_claude_code_edits_through_the_gateway_and_the_key_stays_on_the_host(
     started = time.time()
     try:
         result = run_sisyphus({
-            "task": TASK, "repo": str(repo), "agents": ["explore", "frontend"], "run_id": run_id,
-            "agent_profiles": {"frontend": "claude-code", "explore": "codex"},
-            "agent_commands": {"explore": ["python3", "-c", PROBE, *targets]},
+            "task": TASK, "repo": str(repo), "agents": ["explore", "oracle", "frontend"], "run_id": run_id,
+            "agent_profiles": {"frontend": "claude-code", "explore": "codex", "oracle": "claude-code"},
+            "agent_commands": {"explore": ["python3", "-c", PROBE, *targets], "oracle": ["sleep", "15"]},
             "hooks": [{"target": "test_agents_e2e:capture_sandbox", "point": "after_step"},
                       {"target": "test_agents_e2e:note_peer", "point": "before_step"}],
             "review_timeout": 3})
@@ -330,6 +337,7 @@ def test_claude_code_edits_through_the_gateway_and_the_key_stays_on_the_host(
     frontend, explore = outcomes["frontend"], outcomes["explore"]
     assert frontend.status == "succeeded", (frontend.errors, Path(frontend.plan_path).read_text()[-3000:])
     assert explore.status == "succeeded", explore.errors
+    assert outcomes["oracle"].status == "succeeded", outcomes["oracle"].errors
 
     # the edit is committed on the agent's branch in the target repository
     assert git(repo, "show", f"ultrawork/{run_id}/frontend:app.py") == 'def greet():\n    return "hello, world"'
@@ -346,7 +354,7 @@ def test_claude_code_edits_through_the_gateway_and_the_key_stays_on_the_host(
     probe = json.loads(next(m.split("PROBE ", 1)[1] for m in logs if "PROBE {" in m))
     assert probe.pop("off-allowlist")[0] == 403
     peers = probe.pop("peers")
-    assert peers, "the frontend sandbox was running while explore probed"
+    assert peers, "the oracle sandbox was running while explore probed"
     assert all(outcome != "connected" for outcome in probe.values()), probe
     # another agent's sandbox has no route at all: not even a refused connection
     peer_outcomes = {t: o for t, o in probe.items() if t.rsplit(":", 1)[0] in peers}

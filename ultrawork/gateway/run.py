@@ -16,6 +16,7 @@ the sandbox policy allows exactly the networks of running gateways. No Prefect.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -192,9 +193,12 @@ def summary_markdown(summary: EgressSummary) -> str:
 
 def request_line(record: dict) -> str:
     """A gateway request as one log line: time, agent, method, host, path, status, bytes, decision."""
+    when = record.get("time")
+    at = (time.strftime("%H:%M:%S", time.gmtime(when)) + f".{int(when * 1000) % 1000:03d}Z"
+          if isinstance(when, (int, float)) else "?")
     line = (f"{record.get('decision', '?')} {record.get('method', '?')} {record.get('host', '?')}"
             f"{record.get('path', '')} -> {record.get('status', '?')} "
-            f"({record.get('bytes_out', 0)} bytes out, {record.get('bytes_in', 0)} bytes in)")
+            f"({record.get('bytes_out', 0)} bytes out, {record.get('bytes_in', 0)} bytes in, at {at})")
     if record.get("reason"):
         line += f": {record['reason']}"
     return line
