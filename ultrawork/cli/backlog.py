@@ -117,7 +117,8 @@ def sweep_command(
     concurrency: Annotated[int, typer.Option(help="Runs doing agent work at once.")] = 2,
     deployment: Annotated[str, typer.Option(help="The Sisyphus deployment to run.")] = "sisyphus/sisyphus",
     agents: Annotated[Optional[str], typer.Option(help="Roles for issues that name none (comma-separated).")] = None,
-    review_timeout: Annotated[int, typer.Option(help="Seconds each run waits for its review.")] = 24 * 3600,
+    review_timeout: Annotated[str, typer.Option(help="How long each run waits for its review: 90s, 30m, 2h, 1d.")] = "24h",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the sweep's result as JSON.")] = False,
 ) -> None:
     """Sweep a backlog now: one Sisyphus run per eligible issue, on the workers of the deployment's pool."""
     import asyncio
@@ -127,9 +128,14 @@ def sweep_command(
     ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
     from ultrawork.flows.sweep import sweep
 
+    from ultrawork.cli.main import parse_duration
+
     roles = [r.strip() for r in agents.split(",") if r.strip()] if agents else None
     result = asyncio.run(sweep(backlog=backlog, limit=limit, concurrency=concurrency, deployment=deployment,
-                               agents=roles, review_timeout=review_timeout))
+                               agents=roles, review_timeout=round(parse_duration(review_timeout))))
+    if as_json:
+        print(result.model_dump_json(indent=2))
+        return
     table = Table("ISSUE", "OUTCOME", "STATE", "RUN", "NOTE", title=f"sweep of {result.backlog}")
     for row in [*result.swept, *result.skipped]:
         table.add_row(row.issue, row.outcome or "skipped", row.state, row.run_id or "", row.note[:80])

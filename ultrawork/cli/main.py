@@ -18,6 +18,8 @@ from rich.table import Table
 
 from ultrawork.cli.backlog import issues_app, sweep_command
 from ultrawork.cli.diffs import diff_command
+from ultrawork.cli.follow import logs_command
+from ultrawork.cli.stopping import StopRequested, silence_console, stop_on_signals
 
 app = typer.Typer(help="Parallel AI coding agents in hardened sandboxes, orchestrated by Prefect.", no_args_is_help=True)
 sandbox_app = typer.Typer(help="The sandbox image.", no_args_is_help=True)
@@ -29,6 +31,7 @@ server_app = typer.Typer(help="The local Prefect server that run, status and rev
 app.add_typer(server_app, name="server")
 app.command("sweep")(sweep_command)
 app.command("diff")(diff_command)
+app.command("logs")(logs_command)
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -140,7 +143,8 @@ def sandboxes_reap(
 
 
 def start_run(repo: str, task: str, agents: Optional[list[str]], base: str, commands: dict[str, list[str]],
-              review_timeout: int, detach: bool, decide=None, agent_profiles: Optional[dict[str, str]] = None) -> None:
+              review_timeout: int, detach: bool, decide=None, agent_profiles: Optional[dict[str, str]] = None,
+              as_json: bool = False) -> None:
     """Validate, make sure the shared server runs, then run (or launch) the Sisyphus flow."""
     from ultrawork.cli.request import check_request, new_run_id
     from ultrawork.local_server.manager import ensure_server
@@ -155,11 +159,11 @@ def start_run(repo: str, task: str, agents: Optional[list[str]], base: str, comm
               "agent_commands": commands or None, "review_timeout": review_timeout}
     if agent_profiles:
         params["agent_profiles"] = agent_profiles
-    out.print(f"run [bold]{run_id}[/] on {repo}")
-    drive(params, detach, decide)
+    (err if as_json else out).print(f"run [bold]{run_id}[/] on {repo}")
+    drive(params, detach, decide, as_json=as_json)
 
 
-def drive(params: dict, detach: bool, decide=None, lock=None) -> None:
+def drive(params: dict, detach: bool, decide=None, lock=None, as_json: bool = False) -> None:
     """Run the Sisyphus flow here with a live display, or launch it in the background.
 
     ``lock`` (the run's driver lock, see ``ultrawork.cli.runs.claim_run``) goes with the run:
@@ -187,23 +191,35 @@ def drive(params: dict, detach: bool, decide=None, lock=None) -> None:
     # Prefect's console logs would tear the live display; they still reach the server and the UI.
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     from ultrawork.cli.progress import RunDisplay, stdin_is_terminal
+    from prefect.exceptions import TerminationSignal
+
     from ultrawork.flows.sisyphus import sisyphus
 
-    display = RunDisplay(run_id, out, interactive=stdin_is_terminal(), decide=decide)
+    display = RunDisplay(run_id, err if as_json else out, interactive=stdin_is_terminal(), decide=decide)
     display.start()
     try:
-        result = asyncio.run(sisyphus(**params))
-    except KeyboardInterrupt:
-        if display.error is None:
-            raise
-        fail(f"the review was not sent ({type(display.error).__name__}: {display.error}); "
-             f"the run is kept: 'ultrawork resume {run_id}'", 1)
+        with stop_on_signals(), asyncio.Runner() as runner:    # Ctrl-C and SIGTERM: one line, no traceback
+            try:
+                result = runner.run(sisyphus(**params))
+            except (KeyboardInterrupt, TerminationSignal):
+                silence_console()                  # the run's cancellation is logged to the server only
+                raise
+    except (KeyboardInterrupt, TerminationSignal) as exc:   # Prefect turns SIGTERM into TerminationSignal
+        stop = exc if isinstance(exc, StopRequested) else StopRequested(getattr(exc, "signal", 2))
+        display.done.set()
+        display.join(5)
+        if display.error is not None:              # the display stopped the command: say why
+            fail(f"the review was not sent ({type(display.error).__name__}: {display.error}); "
+                 f"the run is kept: 'ultrawork resume {run_id}'", 1)
+        err.print(f"run {run_id} stopped ({stop.signal_name}); its work is kept: "
+                  f"continue it with 'ultrawork resume {run_id}'", highlight=False)
+        raise typer.Exit(stop.exit_code) from None
     finally:
         display.done.set()
         display.join(5)
     if display.error:
         err.print(f"[yellow]progress display stopped: {display.error}[/]")
-    report(result)
+    report(result, as_json)
 
 
 # How a run ended, as the exit code of the command that drove it (failures of the command itself: 1, 2).
@@ -211,15 +227,22 @@ EXIT_CODES = {"integrated": 0, "nothing-approved": 3, "conflict": 4, "check-fail
               "review-timed-out": 6, "aborted": 7}
 
 
-def report(result) -> None:
-    """Print how the run ended and exit with its outcome's code."""
+def report(result, as_json: bool = False) -> None:
+    """Print how the run ended and exit with its outcome's code (``as_json``: the result as one JSON object)."""
+    code = EXIT_CODES.get(str(result.outcome), 1)
+    if as_json:
+        from ultrawork.cli.runs import run_url
+
+        print(json.dumps({**result.model_dump(mode="json"), "exit_code": code, "ui": run_url(result.run_id)},
+                         indent=2))
+        raise typer.Exit(code)
     color = "green" if result.outcome == "integrated" else "yellow"
     out.print(f"[{color}]{result.outcome}[/]: {result.message}")
     for agent in result.agents:
         out.print(f"  {agent.role:<10} {agent.status:<10} {agent.branch}  (Plan.md: {agent.plan_path})")
     if result.check is not None:
         out.print(f"  checks: {'passed' if result.check.passed else 'failed'} (exit {result.check.exit_code})")
-    raise typer.Exit(EXIT_CODES.get(str(result.outcome), 1))
+    raise typer.Exit(code)
 
 
 @server_app.command("status")
@@ -293,10 +316,15 @@ def run_command(
     agent_profile: Annotated[Optional[list[str]], typer.Option(
         help="ROLE=PROFILE: run a role with builtin, claude-code, opencode or codex (repeatable).")] = None,
     base: Annotated[str, typer.Option(help="Base ref the agents' branches start from.")] = "HEAD",
-    review_timeout: Annotated[int, typer.Option(help="Seconds to wait for the review.")] = 24 * 3600,
+    review_timeout: Annotated[str, typer.Option(help="How long to wait for the review: 90s, 30m, 2h, 1d.")] = "24h",
     detach: Annotated[bool, typer.Option("--detach", help="Run in the background and return.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run's result as JSON (the display goes to "
+                                                          "stderr).")] = False,
 ) -> None:
-    """Run agents on a task; prints the run id and a live per-agent display."""
+    """Run agents on a task; prints the run id, its UI address and a live per-agent display.
+
+    Exit code: 0 integrated, 3 nothing approved, 4 conflict, 5 check failed, 6 review timed out,
+    7 aborted, 130/143 stopped by Ctrl-C/SIGTERM (resume it), 1 failed, 2 bad input."""
     from ultrawork.cli.request import parse_agent_commands
 
     from ultrawork.agents.profiles import parse_agent_profiles
@@ -307,7 +335,8 @@ def run_command(
     except ValueError as exc:
         fail(str(exc), 2)
     roles = [r.strip() for r in agents.split(",") if r.strip()] if agents else None
-    start_run(repo, task, roles, base, commands, review_timeout, detach, agent_profiles=chosen)
+    start_run(repo, task, roles, base, commands, round(parse_duration(review_timeout)), detach,
+              agent_profiles=chosen, as_json=as_json)
 
 
 @app.command("demo")
@@ -353,6 +382,7 @@ def resume_command(
 @app.command("integrate")
 def integrate_command(
     run_id: Annotated[str, typer.Argument(help="A reviewed run whose integration ended in a conflict.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run's result as JSON.")] = False,
 ) -> None:
     """Integrate a reviewed run again, after its conflict was resolved on the agent's branch (idempotent)."""
     import asyncio
@@ -365,7 +395,7 @@ def integrate_command(
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         fail(f"{type(result).__name__}: {result}")
-    report(result)
+    report(result, as_json)
 
 
 @app.command("status")
@@ -392,6 +422,8 @@ def status_command(
     for status in statuses:
         out.print(render(status))
         out.print(f"  state: {status.state}  ·  superproject: {status.path}")
+        if status.url:
+            out.print(f"  UI: {status.url}", highlight=False)
 
 
 @app.command("review")
@@ -402,6 +434,7 @@ def review_command(
     approve_all: Annotated[bool, typer.Option("--approve-all")] = False,
     reject_all: Annotated[bool, typer.Option("--reject-all")] = False,
     comment: Annotated[str, typer.Option(help="A comment recorded with every decision.")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the decision sent as JSON.")] = False,
 ) -> None:
     """Approve or reject each agent of a run paused for review; the run then integrates."""
     from ultrawork.cli.runs import run_status, submit_review
@@ -415,8 +448,15 @@ def review_command(
         approved = [r for r in roles if r not in rejected]
     if reject_all:
         rejected = [r for r in roles if r not in approved]
-    submit_review(run_id, approved, rejected, comment)
+    from ultrawork.cli.runs import run_url
+
+    sent = submit_review(run_id, approved, rejected, comment)
+    if as_json:
+        print(json.dumps({"run_id": run_id, "decision": sent, "approved": approved, "rejected": rejected,
+                          "ui": run_url(run_id)}, indent=2))
+        return
     out.print(f"run {run_id} resumed: approved {', '.join(approved) or 'none'}; rejected {', '.join(rejected) or 'none'}")
+    out.print(f"UI: {run_url(run_id)}", highlight=False)
 
 
 @app.command("mcp")

@@ -68,7 +68,7 @@ class RunDisplay(threading.Thread):
             self._give_up(exc)
 
     def _watch(self):
-        shown_error = None
+        shown_error, shown_url = None, False
         with Live(console=self.console, refresh_per_second=4, transient=False) as live:
             while not self.done.is_set():
                 try:
@@ -78,6 +78,9 @@ class RunDisplay(threading.Thread):
                         shown_error = str(exc)
                         self.console.print(f"[yellow]progress: {type(exc).__name__}: {exc} (retrying)[/]")
                     status = None
+                if status is not None and status.url and not shown_url:
+                    live.console.print(f"UI: {status.url}", highlight=False)    # where to watch and review it
+                    shown_url = True
                 if status is not None:
                     live.update(render(status))
                     if status.review == "requested":

@@ -46,11 +46,25 @@ class RunStatus:
     agents: list[AgentStatus] = field(default_factory=list)
     history: list[str] = field(default_factory=list)
 
+    @property
+    def url(self) -> str | None:
+        """The run's address in the Prefect UI."""
+        from ultrawork.runtime.naming import flow_run_url
+
+        return flow_run_url(self.flow_run_id)
+
     def as_dict(self) -> dict:
         return {"run_id": self.run_id, "path": self.path, "task": self.task.strip().splitlines()[0][:120],
-                "flow_run_id": self.flow_run_id, "state": self.state, "review": self.review,
+                "flow_run_id": self.flow_run_id, "ui": self.url, "state": self.state, "review": self.review,
                 "integration": self.integration,
                 "agents": [a.__dict__ for a in self.agents]}
+
+
+def run_url(run_id: str) -> str | None:
+    """The address in the Prefect UI of the run's latest flow run."""
+    from ultrawork.runtime.naming import flow_run_url
+
+    return flow_run_url(_json(open_run(run_id).path / "orchestration.json").get("flow_run_id"))
 
 
 def open_run(run_id: str) -> RunSuperproject:
