@@ -112,10 +112,11 @@ async def sisyphus(
               "agent_commands": agent_commands, "review_timeout": review_timeout, "hooks": hooks,
               "check_command": check_command, "agent_profiles": agent_profiles,
               "model_settings": model_settings}
-    ledger = await open_run(run_id, params, resume, github=config.github is not None)
-    plan = await record_plan(run_id, ledger, task, plan, profiles)          # ledger stage + artifact
-    async with run_egress(run_id, profiles), run_mcp_servers(run_id, profiles):   # stopped with the agents
-        outcomes = await run_agents(run_id, ledger, task, profiles, plan)   # research first, then the writers
+    async with run_egress(run_id, profiles):            # the egress gateway starts alongside the setup
+        ledger = await open_run(run_id, params, resume, github=config.github is not None)
+        plan = await record_plan(run_id, ledger, task, plan, profiles)      # ledger stage + artifact
+        async with run_mcp_servers(run_id, profiles):   # both stopped with the agents
+            outcomes = await run_agents(run_id, ledger, task, profiles, plan)   # research, then the writers
     if run_usage_line(outcomes):
         get_logger().info("run %s: %s", run_id, run_usage_line(outcomes))
     await publish_results(run_id, outcomes)

@@ -130,10 +130,17 @@ def checkout_run(name: str, runs: Path) -> str | None:
 
 
 def _gateway_alive(engine: SandboxEngine | None, run_id: str) -> bool:
-    """A gateway (or sandbox) of ``run_id`` whose creating process still lives."""
+    """A gateway (or sandbox) of ``run_id`` whose creating process still lives; a gateway's networks
+    are made before its rules folder, so one that is still starting counts too."""
     if engine is None:
         return True    # cannot tell: keep
-    return any(owner_alive(info.owner) for info in engine.list(run_id=run_id, home=home_tag()))
+    if any(owner_alive(info.owner) for info in engine.list(run_id=run_id, home=home_tag())):
+        return True
+    try:
+        networks = engine.client.networks.list(filters={"label": [f"{LABEL_RUN}={run_id}", f"{LABEL_HOME}={home_tag()}"]})
+    except docker.errors.APIError:
+        return True
+    return any(owner_alive((n.attrs.get("Labels") or {}).get(LABEL_OWNER, "")) for n in networks)
 
 
 def reap_gateway_networks(engine: SandboxEngine, all: bool = False) -> list[str]:

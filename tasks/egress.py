@@ -164,13 +164,19 @@ async def stop_egress(run_id: str) -> dict[str, dict]:
 
 @contextlib.asynccontextmanager
 async def run_egress(run_id: str, profiles: dict[str, AgentProfile]) -> AsyncIterator[list[str]]:
-    """The run's gateway for the agents inside the block; stopped however the block ends."""
-    if not egress_profiles(profiles):
+    """The run's gateway for the agents inside the block, stopped however the block ends.
+
+    It starts alongside what the block does first (the run's superproject, the agents'
+    clones): a sandbox that needs it waits until it serves, and a gateway that could not
+    start is each such agent's ``GatewayError``, naming why."""
+    roles = list(egress_profiles(profiles))
+    if not roles:
         yield []
         return
+    starting = asyncio.ensure_future(start_egress(run_id, profiles))
     try:
-        networks = await start_egress(run_id, profiles)
-        yield networks
+        yield roles
     finally:
+        await asyncio.shield(asyncio.gather(starting, return_exceptions=True))
         if registered(run_id) is not None:
             await asyncio.shield(stop_egress(run_id))

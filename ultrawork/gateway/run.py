@@ -39,6 +39,15 @@ class RunEgress:
     seen: dict[str, int] = field(default_factory=dict)      # agent -> requests already logged
     restarts: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    ready: threading.Event = field(default_factory=threading.Event)   # set when its start ended
+    failed: str | None = None
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Wait for a gateway still starting (a run starts it alongside its agents' setup)."""
+        if not self.ready.wait(timeout):
+            raise GatewayError(f"the egress gateway of run {self.run_id} did not start within {timeout:g}s")
+        if self.failed:
+            raise GatewayError(f"the egress gateway of run {self.run_id} did not start: {self.failed}")
 
     def ensure(self, note: Callable[[str], None] | None = None) -> None:
         """Restart the gateway if it is not serving (the recovery of a :class:`GatewayError`)."""
@@ -94,10 +103,13 @@ def start_run_egress(run_id: str, rules: GatewayRules, resolver: Resolver = env_
         _RUNS[run_id] = egress
     try:
         egress.gateway.start()
-    except BaseException:
+    except BaseException as exc:
+        egress.failed = f"{type(exc).__name__}: {exc}"
         with _LOCK:
             _RUNS.pop(run_id, None)
         raise
+    finally:
+        egress.ready.set()
     return egress
 
 
@@ -141,12 +153,14 @@ def through_gateway(spec, note: Callable[[str], None] | None = None):
     """``spec`` with ``network="gateway"`` replaced by its agent's gateway network and environment;
     a gateway that stopped serving is restarted first (and ``note`` told)."""
     egress = _egress_of(spec)
+    if egress is not None:
+        egress.wait_ready()
     if spec.network != GATEWAY_NETWORK:
         if egress is not None:
             egress.ensure(note)
         return spec
     if egress is None:
-        if run_egress(spec.run_id) is None:
+        if run_egress(spec.run_id) is None:   # never started, or its start failed
             raise GatewayError(f"the {spec.role} agent needs the egress gateway, but run {spec.run_id} has none running")
         raise GatewayRulesError(f"agents.{spec.role}", "asks for the gateway network but has no egress profile")
     egress.ensure(note)
