@@ -398,15 +398,30 @@ def test_claude_code_edits_through_the_gateway_and_the_key_stays_on_the_host(
 
 def test_a_gateway_killed_before_a_step_is_restarted_and_the_step_retried(
         prefect_api, uw_home, tmp_path, docker_client, model_lab, lab_env):
+    """The agent-profiles block selects Claude Code with its key in a Prefect Secret block."""
+    from prefect.blocks.system import Secret
+
+    from ultrawork.agents.profiles import CLI_EGRESS
+    from ultrawork.blocks import AgentProfiles, RoleSettings
+
     repo = make_target_repo(tmp_path / "greeter", {"app.py": 'def greet():\n    return "hello"\n'})
     run_id = f"e2k-{uuid.uuid4().hex[:6]}"
+    block_key = f"sk-ant-block-{secrets.token_hex(16)}"
+    secret_name = f"e2e-key-{uuid.uuid4().hex[:6]}"
+    Secret(value=block_key).save(secret_name, overwrite=True)
+    egress = CLI_EGRESS["claude-code"].model_copy(deep=True)
+    egress.credentials[0].secret = f"prefect-secret:{secret_name}"
+    AgentProfiles(explore=RoleSettings(profile="claude-code", egress=egress)).save("default", overwrite=True)
     seen = _record_count(model_lab)
-    result = run_sisyphus({
-        "task": "Map the code", "repo": str(repo), "agents": ["explore"], "run_id": run_id,
-        "agent_profiles": {"explore": "claude-code"},
-        "agent_commands": {"explore": ["python3", "-c", CALL_MODEL]},
-        "hooks": [{"target": "test_agents_e2e:kill_gateway_once", "point": "before_step"}],
-        "review_timeout": 2})
+    try:
+        result = run_sisyphus({
+            "task": "Map the code", "repo": str(repo), "agents": ["explore"], "run_id": run_id,
+            "agent_commands": {"explore": ["python3", "-c", CALL_MODEL]},
+            "hooks": [{"target": "test_agents_e2e:kill_gateway_once", "point": "before_step"}],
+            "review_timeout": 2})
+    finally:
+        _delete_block("default")
+        _delete_block(secret_name, "secret")
     explore = result.agents[0]
     assert (lab_env["capture"] / "gateway-killed").exists(), "the hook killed the gateway"
     assert explore.status == "succeeded", explore.errors
@@ -415,7 +430,8 @@ def test_a_gateway_killed_before_a_step_is_restarted_and_the_step_retried(
     plan = Path(explore.plan_path).read_text()
     assert "GatewayError" in plan and "restarted it" in plan
     calls = _records(model_lab, seen)
-    assert [r["headers"].get("x-api-key") for r in calls] == [lab_env["keys"]["ANTHROPIC_API_KEY"]]
+    assert [r["headers"].get("x-api-key") for r in calls] == [block_key]     # the Secret block's, not $ANTHROPIC_API_KEY
+    assert block_key not in plan and _files_holding(uw_home, block_key.encode()) == []
     assert _leftovers(docker_client, run_id) == []
     assert not list((uw_home / "gateway" / "runs").iterdir())
 
@@ -453,12 +469,12 @@ def test_a_credential_for_a_host_off_the_allowlist_is_refused_before_the_run_sta
     assert _leftovers(docker_client, run_id) == []
 
 
-def _delete_block(name: str) -> None:
+def _delete_block(name: str, block_type_slug: str = "ultrawork-agent-profiles") -> None:
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         try:
-            document = client.read_block_document_by_name(name, block_type_slug="ultrawork-agent-profiles")
+            document = client.read_block_document_by_name(name, block_type_slug=block_type_slug)
         except Exception:  # noqa: BLE001 - already gone
             return
         client.delete_block_document(document.id)
