@@ -34,3 +34,5 @@ async def run_mcp_servers(run_id: str, profiles: dict[str, AgentProfile]) -> Asy
         yield roles
     finally:
         await asyncio.to_thread(stop_bridges, run_id)
+        with contextlib.suppress(OSError):          # the run's record keeps no trace of the sockets
+            (ultrawork_home() / "runs" / run_id / "mcp").rmdir()

@@ -188,7 +188,8 @@ def _make_certs(folder: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def model_lab(docker_client, tmp_path_factory):
+def model_lab(docker_client, tmp_path_factory, request):
+    """The stand-in as api.anthropic.com, playing the test module's MODEL_SCRIPT (this module's SCRIPT)."""
     from ultrawork.gateway import build_gateway_image
     from ultrawork.sandbox.agent_image import build_agent_image
 
@@ -206,7 +207,7 @@ def model_lab(docker_client, tmp_path_factory):
     ca_pem = _make_certs(folder / "standin")
     shutil.copy(STANDIN, folder / "standin" / "model_standin.py")
     (folder / "standin" / "tls_standin.py").write_text(TLS_STANDIN)
-    (folder / "standin" / "script.json").write_text(json.dumps(SCRIPT))
+    (folder / "standin" / "script.json").write_text(json.dumps(getattr(request.module, "MODEL_SCRIPT", SCRIPT)))
     (folder / "ca.pem").write_text(ca_pem)
     for path in (folder / "standin").iterdir():
         path.chmod(0o644)
