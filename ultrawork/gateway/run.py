@@ -153,6 +153,9 @@ def through_gateway(spec, note: Callable[[str], None] | None = None):
     """``spec`` with ``network="gateway"`` replaced by its agent's gateway network and environment;
     a gateway that stopped serving is restarted first (and ``note`` told)."""
     egress = _egress_of(spec)
+    if egress is None and spec.network in gateway_networks():
+        raise GatewayRulesError("network", f"{spec.network} is another agent's gateway network; "
+                                           f"say {GATEWAY_NETWORK!r} to get this agent's own")
     if egress is not None:
         egress.wait_ready()
     if spec.network != GATEWAY_NETWORK:

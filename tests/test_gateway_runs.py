@@ -1,0 +1,37 @@
+"""A run's gateway seen from its sandbox specs: each agent gets its own network, never another's."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+pytestmark = pytest.mark.docker
+
+
+def test_a_spec_naming_another_agents_gateway_network_is_refused(docker_client, tmp_path, monkeypatch):
+    from ultrawork.agents.profiles import CLI_EGRESS
+    from ultrawork.gateway import GatewayRulesError
+    from ultrawork.gateway.run import egress_rules, gateway_networks, start_run_egress, stop_run_egress, through_gateway
+    from ultrawork.sandbox import SandboxSpec
+
+    monkeypatch.setenv("ULTRAWORK_HOME", str(tmp_path / "home"))
+    run_a, run_b = f"tga{secrets.token_hex(4)}", f"tgb{secrets.token_hex(4)}"
+    rules = egress_rules({"explore": CLI_EGRESS["claude-code"], "frontend": CLI_EGRESS["claude-code"]})
+    key = {"env:ANTHROPIC_API_KEY": "sk-not-used"}.__getitem__
+    try:
+        a = start_run_egress(run_a, rules, key, client=docker_client)
+        b = start_run_egress(run_b, rules, key, client=docker_client)
+        own = through_gateway(SandboxSpec(role="explore", run_id=run_a, network="gateway"))
+        assert own.network == a.gateway.networks["explore"] and own.env["ANTHROPIC_API_KEY"] == "ultrawork-placeholder"
+        assert own.env["ANTHROPIC_BASE_URL"].startswith("http://gateway:")
+        for stolen in (a.gateway.networks["frontend"], b.gateway.networks["explore"]):   # a sibling's, another run's
+            with pytest.raises(GatewayRulesError, match="another agent's gateway network"):
+                through_gateway(SandboxSpec(role="explore", run_id=run_a, network=stolen))
+        with pytest.raises(GatewayRulesError, match="has no egress profile"):
+            through_gateway(SandboxSpec(role="oracle", run_id=run_a, network="gateway"))
+    finally:
+        stop_run_egress(run_a)
+        stop_run_egress(run_b)
+    assert gateway_networks() == []
+    assert docker_client.networks.list(filters={"label": f"ultrawork.run={run_a}"}) == []
