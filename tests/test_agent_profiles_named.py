@@ -51,3 +51,15 @@ def test_a_block_that_adds_a_credential_for_a_host_off_the_allowlist_is_refused(
         check_rules(GatewayRules(agents={"frontend": profiles["frontend"].egress}))
     with pytest.raises(ValueError, match="must be NAME, env:NAME or prefect-secret:NAME"):
         Credential(match="api.anthropic.com", secret="prefect-secret:Bad Name")
+
+
+def test_the_run_command_refuses_a_bad_agent_profile_before_anything_starts(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ultrawork.cli.main import app
+
+    monkeypatch.setenv("ULTRAWORK_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(app, ["run", "--repo", str(tmp_path), "--task", "x", "--agent-profile", "frontend=vim"])
+    assert result.exit_code == 2
+    assert "unknown agent profile 'vim' for frontend" in result.output
+    assert not (tmp_path / "home").exists()
