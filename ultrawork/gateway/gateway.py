@@ -23,6 +23,7 @@ import os
 import secrets
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -364,7 +365,7 @@ class EgressGateway:
         owned = list(self.networks.values())
         if self._upstream_given is None and self.upstream_network:
             owned.append(self.upstream_network)
-        for name in owned:
+        def remove(name: str) -> None:
             try:
                 network = self.client.networks.get(name)
                 for cid in (network.attrs.get("Containers") or {}):
@@ -374,6 +375,10 @@ class EgressGateway:
                 pass
             except Exception as exc:
                 errors.append(f"network {name}: {exc}")
+
+        if owned:
+            with ThreadPoolExecutor(max_workers=min(8, len(owned))) as pool:   # one engine call each, side by side
+                list(pool.map(remove, owned))
         self.networks = {}
         if self._upstream_given is None:
             self.upstream_network = None

@@ -52,7 +52,7 @@ def _base_id(base: str) -> str:
 
 def gateway_image(base: str = BASE_IMAGE) -> str:
     """``ultrawork-gateway:<hash>`` of the build inputs and the base image's id."""
-    inputs = json.dumps([MITMPROXY_VERSION, dockerfile(base), _base_id(base)])
+    inputs = json.dumps([MITMPROXY_VERSION, dockerfile(base), _base_id(base), "bytecode"])
     return f"{REPOSITORY}:{hashlib.sha256(inputs.encode()).hexdigest()[:16]}"
 
 
@@ -83,6 +83,10 @@ def build_gateway_image(base: str = BASE_IMAGE, say: Say = lambda _: None, force
         say(f"installing mitmproxy {MITMPROXY_VERSION} with pip into the build context")
         _run([sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--disable-pip-version-check",
               "--target", str(ctx / "site"), f"mitmproxy=={MITMPROXY_VERSION}"], "pip install mitmproxy")
+        # bytecode made once here (the image's root is read-only): a gateway then starts without
+        # compiling mitmproxy; unchecked-hash pycs do not depend on the copied files' times
+        _run([sys.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
+              str(ctx / "site")], "compiling mitmproxy")
         (ctx / "Dockerfile").write_text(dockerfile(base))
         say(f"docker build -t {tag} (FROM {base}, no registry)")
         _run(["docker", "build", "--quiet", "-t", tag, "--label", f"{LABEL_BASE}={_base_id(base)}", str(ctx)],
