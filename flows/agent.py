@@ -26,11 +26,13 @@ from ultrawork.tasks.model import cite_research, is_model_agent, prepare_model_a
 
 
 @flow(name="agent", flow_run_name="{run_id}-{profile.role}", validate_parameters=False)
-async def agent(run_id: str, profile: AgentProfile, prompt: str):
+async def agent(run_id: str, profile: AgentProfile, prompt: str, round_no: int = 1):
     env = AgentEnvironment(run_id, profile, prompt)
     prepare_model_agent(env)                        # a model agent's file tool joins the files at /agent
     try:
         await env.set_up()                          # branch -> submodule -> Plan.md (the sandbox starts ahead)
+        if round_no > 1:                            # a review round (ultrawork.flows.revise): run it again
+            env.steps = [profile.argv(run_id)]
         await cite_research(env)                    # a writer's Plan.md names the research it starts from
         try:
             await env.start_sandbox()               # sandbox -> deploy agent (prompt + agent at /agent)

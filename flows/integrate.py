@@ -29,6 +29,13 @@ async def finish_run(run_id: str, ledger: RunLedger, task: str, outcomes: list[A
     target_repo = str(ledger.run.target.path)
     summary = RunResult(run_id=run_id, outcome=RunOutcome.INTEGRATED, target_repo=target_repo, agents=outcomes,
                         verdicts=decided, message="")
+    aborted = [v for v in decided if v.choice == "abort"]
+    if aborted:                                       # nothing is merged; every branch stays
+        why = "; ".join(f"{v.role}: {v.comment}" for v in aborted if v.comment)
+        summary.outcome = RunOutcome.ABORTED
+        summary.message = (f"the reviewer aborted the run{f' ({why})' if why else ''}; nothing was merged, "
+                           f"every branch is kept in {target_repo}")
+        return summary
     result = await integrate_branches(run_id, approved)          # idempotent: same merges, same commits
     stage = {"outcome": result.outcome, "branch": result.branch, "head": result.head, "order": approved,
              "merged": result.merged, "left_out": result.left_out}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from prefect.input import RunInput
 from pydantic import BaseModel, Field, create_model
@@ -25,6 +25,9 @@ from ultrawork.agents.outcome import AgentOutcome, Verdict
 from ultrawork.workspace.integration import integration_branch
 
 Choice = Literal["approve", "reject"]
+Revisable = Literal["approve", "reject", "revise"]            # a finished agent, with rounds left
+FailedChoice = Literal["retry", "reject", "approve", "abort"]     # a failed agent (reject: continue without it)
+FailedLastRound = Literal["reject", "approve", "abort"]
 SUMMARY_LIMIT = 1500      # characters of one agent's Plan.md summary in the form
 SHORT_SUMMARY = 400       # summaries up to this long (and a few lines) are shown open
 FORM_PATCH_LINES = 80     # lines of each agent's patch in the form (the whole one is an artifact)
@@ -59,8 +62,13 @@ def agent_facts(o: AgentOutcome) -> str:
         cost = "" if o.usage.get("cost") is None else f", cost {o.usage['cost']:g}"
         facts += (f" Model {o.model}: {o.usage.get('requests', 0)} request(s), {o.usage.get('input_tokens', 0)} "
                   f"input / {o.usage.get('output_tokens', 0)} output tokens{cost}.")
+    if o.round > 1:
+        facts += f" Round {o.round}."
     if o.status != "succeeded":
-        facts += " Its errors are in its Plan.md; approving merges whatever it committed."
+        kinds = sorted({e.split(":", 1)[0] for e in o.errors if ":" in e})
+        facts += (f" Failed with {', '.join(kinds) or 'an error'}; the tail of its output is in the summary above. "
+                  "Retry runs it again (with your comment), reject continues without it, approve merges "
+                  "whatever it committed, abort ends the run.")
     return facts
 
 
@@ -131,15 +139,25 @@ def review_description(run_id: str, task: str, outcomes: list[AgentOutcome],
 
 
 def review_form(run_id: str, task: str, outcomes: list[AgentOutcome], checks: bool = False,
-                changes: dict[str, str] | None = None) -> type[ReviewDecision]:
-    """A RunInput class with one choice and one comment per agent that ran."""
+                changes: dict[str, str] | None = None, rounds_left: bool = False) -> type[ReviewDecision]:
+    """A RunInput class with one choice and one comment per agent that ran.
+
+    With ``rounds_left`` a finished agent can be sent back (revise) and a failed one retried;
+    the comment is then added to its prompt."""
     fields: dict = {}
     for o in outcomes:
         name = o.role.capitalize()
-        fields[o.role] = (Choice, Field(title=f"{name}: approve or reject", description=agent_facts(o)))
+        if o.status != "succeeded":
+            choice = FailedChoice if rounds_left else FailedLastRound
+        else:
+            choice = Revisable if rounds_left else Choice
+        words = get_args(choice)
+        title = f"{name}: {', '.join(words[:-1])} or {words[-1]}"
+        fields[o.role] = (choice, Field(title=title, description=agent_facts(o)))
         fields[f"{o.role}_comment"] = (str, Field(
             "", title=f"{name}: comment",
-            description=f"Why you approve or reject {name}'s work; kept in the run's record."))
+            description=f"Why you decide so on {name}'s work; kept in the run's record. With revise or retry, "
+                        "it is added to the agent's prompt for its next round."))
     if checks:
         fields["open_pull_request_if_checks_fail"] = (bool, Field(
             False, title="Open the pull request even if the checks fail",
@@ -151,24 +169,35 @@ def review_form(run_id: str, task: str, outcomes: list[AgentOutcome], checks: bo
 
 def verdicts(decision: BaseModel, roles: list[str]) -> list[Verdict]:
     data = decision.model_dump()
-    return [Verdict(role=r, approved=data[r] == "approve", comment=data.get(f"{r}_comment") or "") for r in roles]
+    return [Verdict(role=r, approved=data[r] == "approve", comment=data.get(f"{r}_comment") or "",
+                    decision=data[r]) for r in roles]
 
 
-def review_input(roles: list[str], approve: list[str], reject: list[str], comment: str = "") -> dict[str, str]:
-    """The run input for a review given on the command line; every role must be decided once."""
-    unknown = sorted((set(approve) | set(reject)) - set(roles))
+def review_input(roles: list[str], approve: list[str], reject: list[str], comment: str = "",
+                 again: dict[str, tuple[str, str]] | None = None, abort: bool = False) -> dict[str, str]:
+    """The run input for a review given on the command line; every role must be decided once.
+
+    ``again``: role -> ("revise" or "retry", its comment) for the agents sent back;
+    ``abort``: the run is aborted (every agent's decision is "abort")."""
+    again = again or {}
+    if abort:
+        return {r: "abort" for r in roles} | ({f"{r}_comment": comment for r in roles} if comment else {})
+    chosen = [*approve, *reject, *again]
+    unknown = sorted(set(chosen) - set(roles))
     if unknown:
         raise ValueError(f"agent(s) {', '.join(unknown)} did not run in this run (it ran: {', '.join(roles)})")
-    both = sorted(set(approve) & set(reject))
-    if both:
-        raise ValueError(f"agent(s) {', '.join(both)} both approved and rejected")
-    missing = [r for r in roles if r not in approve and r not in reject]
+    twice = sorted({r for r in chosen if chosen.count(r) > 1})
+    if twice:
+        raise ValueError(f"agent(s) {', '.join(twice)} decided more than once")
+    missing = [r for r in roles if r not in chosen]
     if missing:
         raise ValueError(f"agent(s) {', '.join(missing)} neither approved nor rejected")
-    data = {r: ("approve" if r in approve else "reject") for r in roles}
+    data = {r: ("approve" if r in approve else "reject") for r in roles if r not in again}
+    data.update({r: kind for r, (kind, _) in again.items()})
     if comment:
         data.update({f"{r}_comment": comment for r in roles})
-    return data
+    data.update({f"{r}_comment": text for r, (_, text) in again.items() if text})
+    return {r: data[r] for r in roles} | {k: v for k, v in data.items() if k not in roles}
 
 
 async def agent_changes(run_id: str, outcomes: list[AgentOutcome]) -> dict[str, str]:
@@ -191,6 +220,25 @@ async def agent_changes(run_id: str, outcomes: list[AgentOutcome]) -> dict[str, 
             for (role, d), link in zip(diffs.items(), links)}
 
 
+def frees_the_worker() -> bool:
+    """A run from a deployment suspends for its review (its worker is free until the review comes);
+    a run started here (``ultrawork run``, a test) pauses in its process."""
+    from prefect.context import get_run_context
+
+    return get_run_context().flow_run.deployment_id is not None
+
+
+def decision_subject(decided: list[Verdict]) -> str:
+    """The ledger's line for a decision: who was approved, rejected, sent back."""
+    parts = []
+    for choice, word in (("approve", "approved"), ("reject", "rejected"), ("revise", "sent back"),
+                         ("retry", "retried"), ("abort", "aborted by")):
+        roles = [v.role for v in decided if v.choice == choice]
+        if roles or choice in ("approve", "reject"):
+            parts.append(f"{word} {', '.join(roles) or 'none'}")
+    return "review: " + "; ".join(parts)
+
+
 @dataclass
 class ReviewOutcome:
     decided: list[Verdict] | None          # None: nobody reviewed in time
@@ -198,38 +246,47 @@ class ReviewOutcome:
 
 
 async def review_run(run_id: str, ledger, task: str, outcomes: list[AgentOutcome],
-                     timeout: float, checks: bool = False) -> ReviewOutcome:
+                     timeout: float, checks: bool = False, round_no: int = 1,
+                     rounds_left: bool = False) -> ReviewOutcome:
     """Ask a person to decide every agent (the form in the UI, ``ultrawork review``), or take the
-    decision recorded before a crash; the request and the decision are stages of the ledger."""
+    decision recorded before a crash; the request and the decision are stages of the ledger.
+    ``round_no``: the review round (a decision of an earlier round is not this round's)."""
     from prefect.exceptions import FlowPauseTimeout     # here, not at import: importing the form
-    from prefect.flow_runs import pause_flow_run        # helpers must not load Prefect's settings
+    from prefect.flow_runs import pause_flow_run, suspend_flow_run   # helpers must not load Prefect's settings
 
     roles = [o.role for o in outcomes]
     done = ledger.read("review")
-    if done.get("state") == "decided":
+    if done.get("state") == "decided" and done.get("round", 1) == round_no:
         return ReviewOutcome([Verdict.model_validate(v) for v in done["verdicts"]], bool(done.get("open_anyway")))
     from ultrawork.runtime.logs import get_logger
 
+    asked = done.get("state") == "requested" and done.get("round", 1) == round_no   # a suspended run, continued
+    changes: dict[str, str] = {}
     try:
-        changes = await agent_changes(run_id, outcomes)
+        if not (asked and frees_the_worker()):     # a continued suspension only reads the decision
+            changes = await agent_changes(run_id, outcomes)
     except Exception as exc:  # noqa: BLE001 - the review goes on without the diffs; they are shown by `ultrawork diff`
         get_logger().warning("the agents' diffs could not be shown in the review form: %s", exc)
-        changes = {}
-    await ledger.arecord("review", {"state": "requested", "roles": roles}, "review requested")
+    if not asked:
+        await ledger.arecord("review", {"state": "requested", "roles": roles, "round": round_no},
+                             "review requested" + (f" (round {round_no})" if round_no > 1 else ""))
     get_logger().info("run %s paused for review: approve or reject each agent in the UI or with "
                       "'ultrawork review %s --approve ROLES --reject ROLES'; see each change with "
                       "'ultrawork diff %s'", run_id, run_id, run_id)
     try:
-        decision = await pause_flow_run(wait_for_input=review_form(run_id, task, outcomes, checks, changes),
-                                        timeout=timeout,
-                                        poll_interval=1, key="review")
+        form = review_form(run_id, task, outcomes, checks, changes, rounds_left=rounds_left)
+        key = "review" if round_no == 1 else f"review-{round_no}"
+        if frees_the_worker():
+            # the process ends here; the review reschedules the run, which continues from the ledger
+            # and gets the decision from this same call (the same key)
+            decision = await suspend_flow_run(wait_for_input=form, timeout=round(timeout), key=key)
+        else:
+            decision = await pause_flow_run(wait_for_input=form, timeout=timeout, poll_interval=1, key=key)
     except FlowPauseTimeout:
-        await ledger.arecord("review", {"state": "timed-out"}, "review timed out")
+        await ledger.arecord("review", {"state": "timed-out", "round": round_no}, "review timed out")
         return ReviewOutcome(None)
     decided = verdicts(decision, roles)
     open_anyway = bool(getattr(decision, "open_pull_request_if_checks_fail", False))
     await ledger.arecord("review", {"state": "decided", "verdicts": [v.model_dump() for v in decided],
-                                    "open_anyway": open_anyway},
-                         f"review: approved {', '.join(v.role for v in decided if v.approved) or 'none'}; "
-                         f"rejected {', '.join(v.role for v in decided if not v.approved) or 'none'}")
+                                    "open_anyway": open_anyway, "round": round_no}, decision_subject(decided))
     return ReviewOutcome(decided, open_anyway)

@@ -23,13 +23,13 @@ from ultrawork.agents.team import RunPlan, agent_prompt, phases, research_sectio
 from ultrawork.flows.agent import agent
 from ultrawork.cli.request import check_request, new_run_id
 from ultrawork.flows.integrate import ended, finish_run
-from ultrawork.flows.review import review_run
+from ultrawork.flows.revise import DEFAULT_ROUNDS, review_rounds
 from ultrawork.sandbox.procs import owner_token
 from ultrawork.runtime.artifacts import Progress, publish_plan, publish_results
 from ultrawork.runtime.config import load_config, use_config
 from ultrawork.failpoints import failpoint
 from ultrawork.runtime.logs import get_logger
-from ultrawork.runtime.naming import agent_tags, name_run
+from ultrawork.runtime.naming import agent_tags, continued_run_id, continues_flow_run, name_run
 from ultrawork.tasks.egress import check_egress, run_egress
 from ultrawork.tasks.mcp import run_mcp_servers
 from ultrawork.tasks.reaper import reap_stale_work
@@ -72,6 +72,7 @@ async def sisyphus(
     check_command: list[str] | None = None,
     agent_profiles: dict[str, str] | None = None,
     model_settings: str | None = None,
+    max_review_rounds: int = DEFAULT_ROUNDS,
 ) -> RunResult:
     """Run the agents a task needs on ``repo`` and integrate the work a reviewer approves.
 
@@ -97,8 +98,11 @@ async def sisyphus(
             runs the built-in model agent (its loop here, its tool calls in its sandbox).
         model_settings: Name of the ultrawork-model-agent block (default: the one named ``default``, if
             saved). With a model and no ``agents``, Sisyphus plans the run with it.
+        max_review_rounds: Reviews per run: until the last, a reviewer can send an agent back with a comment
+            (revise) or run a failed one again (retry).
     """
-    run_id = validate_run_id(run_id or new_run_id())
+    run_id = validate_run_id(run_id or continued_run_id() or new_run_id())
+    resume = resume or continues_flow_run(run_id)       # suspended for review, rescheduled by the review
     config = await load_config()                         # the saved blocks, or the defaults
     use_config(config)                                   # this run's sandbox caps
     model = await model_for_run(model_settings, run_id, resume)             # None offline
@@ -111,7 +115,7 @@ async def sisyphus(
     params = {"task": task, "repo": repo, "agents": list(profiles), "base": base,
               "agent_commands": agent_commands, "review_timeout": review_timeout, "hooks": hooks,
               "check_command": check_command, "agent_profiles": agent_profiles,
-              "model_settings": model_settings}
+              "model_settings": model_settings, "max_review_rounds": max_review_rounds}
     async with run_egress(run_id, profiles):            # the egress gateway starts alongside the setup
         ledger = await open_run(run_id, params, resume, github=config.github is not None)
         plan = await record_plan(run_id, ledger, task, plan, profiles)      # ledger stage + artifact
@@ -120,7 +124,8 @@ async def sisyphus(
     if run_usage_line(outcomes):
         get_logger().info("run %s: %s", run_id, run_usage_line(outcomes))
     await publish_results(run_id, outcomes)
-    review = await review_run(run_id, ledger, task, outcomes, review_timeout, checks=bool(check_command))
+    review, outcomes = await review_rounds(run_id, ledger, task, outcomes, profiles, review_timeout,
+                                           checks=bool(check_command), max_rounds=max_review_rounds)
     if review.decided is None:
         return await ended(run_id, review_timed_out(run_id, ledger, outcomes, review_timeout))
     summary = await finish_run(run_id, ledger, task, outcomes, review.decided, config.github, check_command,

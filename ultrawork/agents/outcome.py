@@ -29,6 +29,7 @@ class AgentOutcome(BaseModel):
     plan_summary: str = ""
     started_at: float = 0.0
     ended_at: float = 0.0
+    round: int = 1                     # 2, 3 ...: the reviewer sent it back (revise) or retried it
     model: str | None = None                      # provider:model of a model agent; None for a command
     usage: dict | None = None                     # a model agent's requests, tokens, tool calls, seconds, cost
     findings: list[str] = Field(default_factory=list)   # what a research agent found, for the writers
@@ -45,10 +46,21 @@ class RunOutcome(StrEnum):
     ABORTED = "aborted"                        # the reviewer aborted the run
 
 
+Decision = Literal["approve", "reject", "revise", "retry", "abort"]
+
+
 class Verdict(BaseModel):
+    """One reviewer decision: approve or reject the agent's branch; revise (run it again with the
+    comment) or retry (a failed agent, again); abort the whole run."""
+
     role: str
     approved: bool
     comment: str = ""
+    decision: Decision | None = None      # None in records made before decisions had names
+
+    @property
+    def choice(self) -> Decision:
+        return self.decision or ("approve" if self.approved else "reject")
 
 
 class CheckResult(BaseModel):

@@ -434,9 +434,15 @@ def review_command(
     approve_all: Annotated[bool, typer.Option("--approve-all")] = False,
     reject_all: Annotated[bool, typer.Option("--reject-all")] = False,
     comment: Annotated[str, typer.Option(help="A comment recorded with every decision.")] = "",
+    revise: Annotated[Optional[list[str]], typer.Option(
+        help="ROLE=COMMENT: send the agent back; it runs again on its branch with the comment (repeatable).")] = None,
+    retry: Annotated[Optional[list[str]], typer.Option(
+        help="ROLE or ROLE=COMMENT: run a failed agent again (repeatable).")] = None,
+    abort: Annotated[bool, typer.Option("--abort", help="End the run: nothing is merged, branches are kept.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the decision sent as JSON.")] = False,
 ) -> None:
-    """Approve or reject each agent of a run paused for review; the run then integrates."""
+    """Decide each agent of a run paused for review: approve, reject, revise (with a comment) or retry;
+    or abort the run. With agents sent back the run pauses for review again after their new round."""
     from ultrawork.cli.runs import run_status, submit_review
     from ultrawork.local_server.manager import ensure_server
 
@@ -450,12 +456,25 @@ def review_command(
         rejected = [r for r in roles if r not in approved]
     from ultrawork.cli.runs import run_url
 
-    sent = submit_review(run_id, approved, rejected, comment)
+    again = {}
+    for kind, items in (("revise", revise or []), ("retry", retry or [])):
+        for item in items:
+            role, _, text = item.partition("=")
+            if not role.strip() or (kind == "revise" and not text.strip()):
+                fail(f"--{kind} {item!r} must look like ROLE=COMMENT" if kind == "revise" else
+                     f"--retry {item!r} must name a role", 2)
+            again[role.strip()] = (kind, text.strip())
+    approved = [r for r in approved if r not in again]
+    rejected = [r for r in rejected if r not in again]
+    sent = submit_review(run_id, approved, rejected, comment, again=again, abort=abort)
     if as_json:
         print(json.dumps({"run_id": run_id, "decision": sent, "approved": approved, "rejected": rejected,
-                          "ui": run_url(run_id)}, indent=2))
+                          "again": {r: {"decision": k, "comment": c} for r, (k, c) in again.items()},
+                          "aborted": abort, "ui": run_url(run_id)}, indent=2))
         return
-    out.print(f"run {run_id} resumed: approved {', '.join(approved) or 'none'}; rejected {', '.join(rejected) or 'none'}")
+    out.print(f"run {run_id} resumed: " + ("aborted" if abort else
+              f"approved {', '.join(approved) or 'none'}; rejected {', '.join(rejected) or 'none'}"
+              + (f"; sent back {', '.join(again)}" if again else "")))
     out.print(f"UI: {run_url(run_id)}", highlight=False)
 
 

@@ -61,13 +61,14 @@ class RunDisplay(threading.Thread):
         be sent is shown at once and retried; when it still cannot be sent, the driving command is
         interrupted with the reason, so a run never waits silently for a review nobody will send."""
         try:
-            status = self._watch()
-            if status is not None and not self.done.is_set():
+            reviewed = 0                       # a run asks again after a round of agents sent back
+            while (status := self._watch(reviewed)) is not None and not self.done.is_set():
                 self._review_with_retries(status)
+                reviewed = status.review_round
         except BaseException as exc:  # noqa: BLE001 - anything else: the command must not wait in silence
             self._give_up(exc)
 
-    def _watch(self):
+    def _watch(self, reviewed: int = 0):
         shown_error, shown_url = None, False
         with Live(console=self.console, refresh_per_second=4, transient=False) as live:
             while not self.done.is_set():
@@ -83,7 +84,7 @@ class RunDisplay(threading.Thread):
                     shown_url = True
                 if status is not None:
                     live.update(render(status))
-                    if status.review == "requested":
+                    if status.review == "requested" and status.review_round > reviewed:
                         return status
                 self.done.wait(0.5)
         return None
@@ -126,31 +127,38 @@ class RunDisplay(threading.Thread):
                                f"  ultrawork review {self.run_id} --approve {','.join(roles)}\n"
                                f"  ultrawork review {self.run_id} --reject-all")
             return
-        approve, reject, comment = decision
+        approve, reject, comment, *rest = decision
+        again = rest[0] if rest else {}
         failpoint("review:send")
-        submit_review(self.run_id, approve, reject, comment)
+        submit_review(self.run_id, approve, reject, comment, again=again)
         self.console.print(f"review sent: approved {', '.join(approve) or 'none'}; "
-                           f"rejected {', '.join(reject) or 'none'}")
+                           f"rejected {', '.join(reject) or 'none'}"
+                           + (f"; sent back {', '.join(again)}" if again else ""))
 
 
-def ask(console: Console, status) -> tuple[list[str], list[str], str]:
-    """Ask approve/reject for each agent in the terminal."""
+def ask(console: Console, status) -> tuple[list[str], list[str], str, dict]:
+    """Ask approve/reject/revise for each agent in the terminal, its diff shown first."""
     from ultrawork.cli.diffs import agent_report, coloured
     from ultrawork.cli.runs import open_run
 
-    approve, reject = [], []
+    approve, reject, again = [], [], {}
     console.print(f"\n[bold]Review run {status.run_id}[/]: Plan.md files are in {status.path}/plans")
     run = open_run(status.run_id)
     for agent in status.agents:
         console.print()
         console.print(coloured(agent_report(run, agent.role)[1]), end="", soft_wrap=True)
         while True:
-            answer = console.input(f"  {agent.role} ({agent.outcome or agent.stage}) — approve? [y/n] ").strip().lower()
+            answer = console.input(f"  {agent.role} ({agent.outcome or agent.stage}) — approve? "
+                                   "[y/n/r = send back with a comment] ").strip().lower()
             if answer in ("y", "yes", "n", "no"):
                 (approve if answer.startswith("y") else reject).append(agent.role)
                 break
+            if answer in ("r", "revise", "retry"):
+                kind = "retry" if agent.outcome == "failed" else "revise"
+                again[agent.role] = (kind, console.input(f"  what should {agent.role} do? ").strip())
+                break
     comment = console.input("  comment (optional): ").strip()
-    return approve, reject, comment
+    return approve, reject, comment, again
 
 
 def stdin_is_terminal() -> bool:

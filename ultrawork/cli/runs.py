@@ -43,6 +43,7 @@ class RunStatus:
     state: str | None
     review: str | None
     integration: str | None
+    review_round: int = 1
     agents: list[AgentStatus] = field(default_factory=list)
     history: list[str] = field(default_factory=list)
 
@@ -136,6 +137,7 @@ def run_status(run_id: str, with_state: bool = True) -> RunStatus:
     status = RunStatus(
         run_id=run_id, path=str(run.path), task=run.task, flow_run_id=orchestration.get("flow_run_id"),
         state=None, review=_json(run.path / "review.json").get("state"),
+        review_round=_json(run.path / "review.json").get("round", 1),
         integration=_json(run.path / "integration.json").get("outcome"),
         agents=agent_stages(run, roles, history), history=history,
     )
@@ -214,8 +216,11 @@ def wait_for_review_form(flow_run_id: str, timeout: float = 60.0) -> None:
 
 
 def submit_review(run_id: str, approve: list[str], reject: list[str], comment: str = "",
-                  wait: float = 60.0) -> dict[str, str]:
-    """Resume a paused run with a decision per agent; the server validates it against the form."""
+                  wait: float = 60.0, again: dict[str, tuple[str, str]] | None = None,
+                  abort: bool = False) -> dict[str, str]:
+    """Resume a paused run with a decision per agent; the server validates it against the form.
+
+    ``again``: role -> ("revise" or "retry", comment) for agents sent back; ``abort`` ends the run."""
     from prefect.flow_runs import resume_flow_run
 
     from ultrawork.flows.review import review_input
@@ -223,7 +228,7 @@ def submit_review(run_id: str, approve: list[str], reject: list[str], comment: s
     status = run_status(run_id, with_state=False)
     roles = [a.role for a in status.agents]
     try:
-        data = review_input(roles, approve, reject, comment)
+        data = review_input(roles, approve, reject, comment, again=again, abort=abort)
     except ValueError as exc:
         raise ReviewRejected(str(exc)) from None
     if not status.flow_run_id:

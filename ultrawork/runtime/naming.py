@@ -37,3 +37,25 @@ def flow_run_url(flow_run_id: str | None) -> str | None:
     from ultrawork.runtime.artifacts import ui_url
 
     return ui_url(f"runs/flow-run/{flow_run_id}") if flow_run_id else None
+
+
+def continued_run_id() -> str | None:
+    """The run id this flow run was given before (its ``run:<id>`` tag): a run suspended for its
+    review starts its flow again from the top when the review comes, and continues that run."""
+    from prefect.context import get_run_context
+
+    flow_run = get_run_context().flow_run
+    return next((t.removeprefix("run:") for t in flow_run.tags if t.startswith("run:")), None)
+
+
+def continues_flow_run(run_id: str) -> bool:
+    """Whether the run's record names this very flow run: it ran here before (and was suspended)."""
+    from prefect.context import get_run_context
+
+    from ultrawork.workspace.ledger import RunLedger, RunNotFound
+
+    try:
+        recorded = RunLedger.open(run_id).orchestration.get("flow_run_id")
+    except RunNotFound:
+        return False
+    return recorded == str(get_run_context().flow_run.id)
