@@ -35,7 +35,9 @@ from .errors import (
     SandboxTimeout,
 )
 from .output import BoundedBuffer, OutputLog
-from .policy import SandboxPolicy, looks_secret, validate_spec
+from ultrawork.secret_names import looks_secret
+
+from .policy import SandboxPolicy, validate_spec
 from .procs import owner_token, owner_alive
 from .spec import (
     HOME_TARGET,

@@ -112,6 +112,7 @@ class McpSession:
         self._agents: dict[str, object] = {}
         self._step_locks: dict[str, threading.Lock] = {}
         self._creating = 0
+        self._slots: dict[str, object] = {}      # sandbox id -> its slot of the global sandbox cap
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
 
@@ -158,6 +159,8 @@ class McpSession:
             spec = SandboxSpec(image=image, role=role, run_id=self.run_id, workspace=path,
                                workspace_mode=workspace_mode, limits=limits or Limits(), network=network)
         validate_spec(spec, self.engine.policy)
+        from ultrawork.runtime.caps import SandboxSlot, release
+        slot = SandboxSlot.take(f"{self.run_id}/{role}")
         with self._lock:
             self._creating += 1
         sandbox = None
@@ -169,6 +172,9 @@ class McpSession:
                 late = sandbox is not None and self.closed and not self.bound
                 if sandbox is not None and not late:
                     self._own[sandbox.id] = sandbox
+                    self._slots[sandbox.id] = slot
+                else:
+                    release(slot)
                 self._changed.notify_all()
         if late:
             self.engine.cleanup(sandbox)
@@ -214,13 +220,16 @@ class McpSession:
         removed = self.engine.cleanup(sandbox)
         with self._lock:
             self._own.pop(sandbox.id, None)
+            slot = self._slots.pop(sandbox.id, None)
+        if slot is not None:
+            slot.release()
         if ws is not None:
             ws.plan.append_note(f"MCP session removed sandbox {sandbox.name}", kind="sandbox")
         return Cleaned(sandbox_id=sandbox.id, removed=removed)
 
     def list(self, run: str | None = None) -> SandboxList:
         self._check_open()
-        if run is not None and not RUN_ID_RE.match(run):
+        if run is not None and not RUN_ID_RE.fullmatch(run):
             raise SandboxPolicyError("run", f"{run!r} is not a run id")
         if self.bound and run not in (None, self.run_id):
             raise SandboxPolicyError("run", f"this server is bound to run {self.run_id!r}")
@@ -237,10 +246,14 @@ class McpSession:
 
     # -- lifecycle -----------------------------------------------------------------------
     def close(self) -> list[str]:
-        """End the session: unless bound to a run, remove every sandbox it made; return their names."""
+        """End the session: unless bound to a run, remove every sandbox it made; return their names.
+        Its slots of the global sandbox cap are given back either way (a run's kept sandboxes are the run's)."""
         with self._lock:
             self.closed = True
+            slots, self._slots = list(self._slots.values()), {}
             if self.bound:
+                for slot in slots:
+                    slot.release()
                 return []
             deadline = time.monotonic() + CLOSE_WAIT
             while self._creating and time.monotonic() < deadline:
@@ -255,6 +268,8 @@ class McpSession:
         except Exception as exc:  # noqa: BLE001 - shutting down; say so, never raise
             print(f"ultrawork mcp: cleanup of run {self.run_id} failed: {exc} "
                   "('ultrawork sandboxes reap' removes what is left)", file=sys.stderr, flush=True)
+        for slot in slots:
+            slot.release()
         return removed
 
     # -- helpers -------------------------------------------------------------------------

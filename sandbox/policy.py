@@ -6,7 +6,6 @@ user editing a profile sees exactly what to change.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 from pathlib import Path
@@ -15,23 +14,23 @@ from pydantic import BaseModel, Field
 
 from .errors import SandboxPolicyError
 from .mount_source import pin_mount_source
+from ultrawork.secret_names import looks_secret
+from ultrawork.workspace.names import ROLE_PATTERN, RUN_ID_PATTERN
+from ultrawork.settings import settings
+
 from .spec import LABEL_AGENT, LABEL_MANAGED, LABEL_MCP_BOUND, LABEL_RUN, SandboxSpec, ultrawork_home
 
-ROLE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ROLE_RE = ROLE_PATTERN              # one role rule: ultrawork.workspace.names
+RUN_ID_RE = RUN_ID_PATTERN          # one run-id rule: ultrawork.workspace.names
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
 
-SECRET_ENV_PATTERNS = ("*TOKEN*", "*SECRET*", "*PASSWORD*", "*PASSWD*", "*_KEY", "*CREDENTIAL*", "*API_KEY*")
 FORBIDDEN_TARGET_PREFIXES = ("/proc", "/sys", "/dev", "/etc", "/usr", "/bin", "/sbin", "/lib")
 UNCONFINED_OPTS = ("seccomp=unconfined", "seccomp:unconfined", "apparmor=unconfined", "apparmor:unconfined")
 
 
 def _default_roots() -> list[Path]:
-    roots = [ultrawork_home() / "runs"]
-    extra = os.environ.get("ULTRAWORK_WORKSPACE_ROOTS", "")
-    roots += [Path(p) for p in extra.split(os.pathsep) if p]
-    return roots
+    return [ultrawork_home() / "runs", *settings().extra_workspace_roots]
 
 
 class SandboxPolicy(BaseModel):
@@ -54,12 +53,6 @@ class SandboxPolicy(BaseModel):
     )
 
 
-def looks_secret(name: str) -> bool:
-    """True for env names like ``GITHUB_TOKEN``, ``DB_PASSWORD``, ``AWS_SECRET_ACCESS_KEY``."""
-    upper = name.upper()
-    return any(fnmatch.fnmatchcase(upper, pattern) for pattern in SECRET_ENV_PATTERNS)
-
-
 def check_mount_source(field: str, source: Path, policy: SandboxPolicy) -> Path:
     """The resolved, pinned path Docker gets for ``source`` (see :mod:`ultrawork.sandbox.mount_source`)."""
     return pin_mount_source(field, source, policy.workspace_roots)
@@ -75,9 +68,9 @@ def _check_target(field: str, target: str) -> None:
 def validate_spec(spec: SandboxSpec, policy: SandboxPolicy | None = None) -> None:
     """Raise :class:`SandboxPolicyError` for the first field of ``spec`` the policy refuses."""
     policy = policy or SandboxPolicy()
-    if not ROLE_RE.match(spec.role):
+    if not ROLE_RE.fullmatch(spec.role):
         raise SandboxPolicyError("role", f"{spec.role!r} must match {ROLE_RE.pattern}")
-    if not RUN_ID_RE.match(spec.run_id):
+    if not RUN_ID_RE.fullmatch(spec.run_id):
         raise SandboxPolicyError("run_id", f"{spec.run_id!r} must match {RUN_ID_RE.pattern}")
     if not IMAGE_RE.match(spec.image):
         raise SandboxPolicyError("image", f"{spec.image!r} is not an image reference")

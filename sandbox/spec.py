@@ -8,7 +8,6 @@ engine adds the hardened defaults that no spec can turn off.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +21,8 @@ SANDBOX_UID = 1000
 WORKSPACE_TARGET = "/workspace"
 HOME_TARGET = "/home/agent"
 
+from ultrawork.settings import ultrawork_home  # noqa: E402,F401 - its one definition, used with the labels
+
 LABEL_MANAGED = "ultrawork.managed"
 LABEL_RUN = "ultrawork.run"
 LABEL_AGENT = "ultrawork.agent"
@@ -31,9 +32,6 @@ LABEL_HOME = "ultrawork.home"  # home_tag() of the $ULTRAWORK_HOME it belongs to
 LABEL_MCP_BOUND = "ultrawork.mcp-bound"  # "true": made by an MCP server bound to a run, kept while that server lives
 
 
-def ultrawork_home() -> Path:
-    """Where runs, logs and state live (``$ULTRAWORK_HOME``, default ``~/.ultrawork``)."""
-    return Path(os.environ.get("ULTRAWORK_HOME") or Path.home() / ".ultrawork")
 
 
 def home_tag() -> str:

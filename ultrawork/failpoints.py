@@ -31,19 +31,20 @@ from typing import Any
 
 from ultrawork.agents.errors import AgentExecutionError
 from ultrawork.sandbox.errors import McpError, SandboxError
+from ultrawork.settings import settings
 from ultrawork.workspace.errors import GitError
 
 _MEMORY: dict[str, int] = {}
 
 
 def _rules() -> list[dict[str, Any]]:
-    raw = os.environ.get("ULTRAWORK_FAULTS")
+    raw = settings().faults
     return json.loads(raw) if raw else []
 
 
 def _take(index: int, times: int, after: int = 0) -> bool:
     """Count one matching call of rule ``index``; True when this call is one that fires."""
-    state_file = os.environ.get("ULTRAWORK_FAULTS_STATE")
+    state_file = settings().faults_state
     key = str(index)
     if not state_file:
         _MEMORY[key] = count = _MEMORY.get(key, 0) + 1

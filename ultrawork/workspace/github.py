@@ -76,17 +76,13 @@ def open_pull_request(target: GitHubTarget, head: str, title: str, body: str) ->
 
 def github_target_from_env() -> GitHubTarget | None:
     """GitHub settings from ``ULTRAWORK_GITHUB_*`` variables; None when no repository is set."""
-    import os
+    from ultrawork.settings import settings
 
-    repository = os.environ.get("ULTRAWORK_GITHUB_REPOSITORY")
-    if not repository:
+    s = settings()
+    if not s.github_repository:
         return None
-    token = os.environ.get("ULTRAWORK_GITHUB_TOKEN") or os.environ.get("GITHUB_TOKEN")
-    if not token:
+    if s.github_token is None or not s.github_token.get_secret_value():
         raise GitHubError("ULTRAWORK_GITHUB_REPOSITORY is set but no ULTRAWORK_GITHUB_TOKEN (or GITHUB_TOKEN)")
-    return GitHubTarget(
-        repository=repository, token=token,
-        api_url=os.environ.get("ULTRAWORK_GITHUB_API_URL", "https://api.github.com"),
-        push_url=os.environ.get("ULTRAWORK_GITHUB_PUSH_URL") or None,
-        base_branch=os.environ.get("ULTRAWORK_GITHUB_BASE") or None,
-    )
+    return GitHubTarget(repository=s.github_repository, token=s.github_token.get_secret_value(),
+                        api_url=s.github_api_url, push_url=s.github_push_url or None,
+                        base_branch=s.github_base or None)

@@ -22,14 +22,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ultrawork.secret_names import looks_secret
 from ultrawork.workspace.errors import WorkspaceError
 from ultrawork.workspace.repo_guard import read_regular_file
 
 EXCERPT_LINES = 40
 EXCERPT_BYTES = 4096
 MAX_LISTED_FILES = 100
-SECRET_NAME = re.compile(r"(?i)(secret|token|passw|pwd|passphrase|api[_-]?key|private|credential|"
-                         r"auth|cookie|session|signature|cert|(^|[_.-])key($|[_.-]))")
 _MARKER = re.compile(r"^<!-- ultrawork:(header|step|note|final) (\{.*\}) -->$")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -148,7 +147,7 @@ def render_sandbox_spec(spec: Mapping[str, Any] | None) -> str:
         return "_no sandbox spec given_"
     lines = []
     for key, value in _flatten(spec):
-        if any(SECRET_NAME.search(part) for part in key.split(".")):
+        if looks_secret(key):
             shown = "<redacted>"
         else:
             shown = value if isinstance(value, str) else json.dumps(value, default=str)

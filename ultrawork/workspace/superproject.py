@@ -33,6 +33,7 @@ from ultrawork.workspace.hooks import (HookContext, HookPoint, HookRegistry, Hoo
                              hooks_from_entry_points)
 from ultrawork.workspace.locks import file_lock
 from ultrawork.workspace.names import agent_branch, resolve_base_ref, validate_role, validate_run_id
+from ultrawork.settings import ultrawork_home  # noqa: F401 - its one definition
 from ultrawork.workspace.stages import Stage
 from ultrawork.workspace.stages import subject as stage_subject
 from ultrawork.workspace.repo_guard import TargetRepo, check_gitmodules, open_target_repo
@@ -40,8 +41,6 @@ from ultrawork.workspace.repo_guard import TargetRepo, check_gitmodules, open_ta
 RUN_SCHEMA = 1
 
 
-def ultrawork_home() -> Path:
-    return Path(os.environ.get("ULTRAWORK_HOME") or "~/.ultrawork").expanduser().resolve()
 
 
 def run_path(run_id: str) -> Path:
