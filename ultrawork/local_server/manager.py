@@ -242,6 +242,7 @@ def ensure_server(start_timeout: float = 90.0, say=lambda msg: None) -> str:
     url = os.environ.get("PREFECT_API_URL")
     if url:
         _local_auth_for(url)
+        _refresh_prefect_settings()
         return url
     home = server_home()
     with HolderLock(home / LOCK_FILE).acquire("starting the local Prefect server", wait=start_timeout + 60):
@@ -264,7 +265,19 @@ def ensure_server(start_timeout: float = 90.0, say=lambda msg: None) -> str:
         _wait_until_healthy(server, home, auth, start_timeout, proc)
     os.environ["PREFECT_API_URL"] = server["url"]
     os.environ["PREFECT_API_AUTH_STRING"] = auth
+    _refresh_prefect_settings()
     return server["url"]
+
+
+def _refresh_prefect_settings() -> None:
+    """Prefect reads its settings once, when it is imported; a process that imported it before the
+    server was ensured would otherwise keep no API URL and start Prefect's own throwaway server."""
+    import sys
+
+    if "prefect.context" in sys.modules:
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
 
 
 def server_report() -> dict:

@@ -1,0 +1,40 @@
+"""A process that imported Prefect before ultrawork ensured its server still talks to that server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent("""
+    import prefect                      # imported first, as any user script or worker would
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from ultrawork.local_server.manager import ensure_server, stop_server
+
+    @flow(name="where-am-i")
+    def where_am_i():
+        return 1
+
+    url = ensure_server(start_timeout=180)
+    try:
+        state = where_am_i(return_state=True)
+        with get_client(sync_client=True) as client:
+            print("API", client.api_url)
+            print("FOUND", client.read_flow_run(state.state_details.flow_run_id).name)
+        print("URL", url)
+    finally:
+        stop_server()
+""")
+
+
+def test_a_flow_after_prefect_was_imported_runs_on_the_ultrawork_server(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(ULTRAWORK_HOME=str(tmp_path / "home"), HOME=str(tmp_path))   # a throwaway server would live in ~/.prefect
+    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    assert lines["API"].rstrip("/") == lines["URL"].rstrip("/")
+    assert "FOUND" in lines
+    assert not (tmp_path / ".prefect" / "prefect.db").exists()      # no throwaway server's database
