@@ -1,9 +1,11 @@
 """The review as a person gives it: the Prefect UI in a real browser (Debian's Chromium via Playwright).
 
 A four-agent run pauses for review on the session's Prefect server; the test opens
-the run in the UI, checks the summary lists every agent, submits an incomplete form
-(refused: the run stays paused), then a complete one, and checks that the run
-completes with exactly the approved agents' work on the integration branch.
+the run in the UI, checks the summary lists every agent and shows the writer's diff,
+submits an incomplete form (refused: the run stays paused), then sends the writer back
+with a comment; the writer's second round gets the comment in its prompt, the run asks
+again, and the second review approves it: the run completes with exactly the approved
+agents' work on the integration branch.
 Screenshots go to ``test-artifacts/browser/`` in the repository root.
 """
 
@@ -23,6 +25,11 @@ pytestmark = [pytest.mark.docker, pytest.mark.prefect, pytest.mark.browser]
 ROLES = ["explore", "librarian", "oracle", "frontend"]
 DECISIONS = {"explore": "approve", "librarian": "reject", "oracle": "reject", "frontend": "approve"}
 COMMENT = ("oracle", "Findings noted; nothing to merge from a read-only review.")
+REVISE = "Also say in the guide that an empty name raises."
+# the writer keeps each prompt it gets; its second round adds the line the reviewer asked for
+WRITER = ["sh", "-c", "cat /agent/prompt.md >> /plan/prompts.log && echo ===== >> /plan/prompts.log && "
+                      "if grep -q 'Review, round 2' /agent/prompt.md; then echo 'An empty name raises.' >> docs/guide.md; "
+                      "else exec python3 /agent/builtin_agent.py frontend; fi"]
 TASK = """Fix the TODO in widgets/core.py and document the check.
 
 ```ultrawork-edit
@@ -78,7 +85,7 @@ def decide(page, dialog, role: str, choice: str) -> None:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect
 
-    select = dialog.get_by_label(f"{role.capitalize()}: approve or reject")
+    select = dialog.get_by_label(f"{role.capitalize()}: approve, reject or revise")
     option = page.get_by_role("option", name=choice, exact=True)
     for _ in range(5):
         if not option.is_visible():
@@ -92,6 +99,24 @@ def decide(page, dialog, role: str, choice: str) -> None:
     expect(select).to_contain_text(choice)
 
 
+def wait_for_round(run_id: str, round_no: int, timeout: float = 240) -> None:
+    import json
+    import time
+
+    from ultrawork.sandbox.spec import ultrawork_home
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            review = json.loads((ultrawork_home() / "runs" / run_id / "review.json").read_text())
+        except (OSError, ValueError):
+            review = {}
+        if review.get("round") == round_no and review.get("state") == "requested":
+            return
+        assert time.monotonic() < deadline, f"the run never asked for review round {round_no}"
+        time.sleep(0.3)
+
+
 def test_review_in_the_prefect_ui(prefect_api, uw_home, tmp_path, docker_client, browser, capsys):
     from playwright.sync_api import expect
 
@@ -101,7 +126,8 @@ def test_review_in_the_prefect_ui(prefect_api, uw_home, tmp_path, docker_client,
     repo = make_target_repo(tmp_path / "widgets")
     base = git(repo, "rev-parse", "HEAD")
     run_id = f"ui-{uuid.uuid4().hex[:6]}"
-    flow = FlowThread({"task": TASK, "repo": str(repo), "agents": ROLES, "run_id": run_id})
+    flow = FlowThread({"task": TASK, "repo": str(repo), "agents": ROLES, "run_id": run_id,
+                       "agent_commands": {"frontend": WRITER}})
     flow.start()
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     context.set_default_timeout(30_000)
@@ -115,7 +141,7 @@ def test_review_in_the_prefect_ui(prefect_api, uw_home, tmp_path, docker_client,
         page.goto(f"{ui}/runs/flow-run/{fr}")
         page.get_by_role("button", name="Resume").click()
         for role in ROLES:
-            expect(page.get_by_text(f"{role.capitalize()}: approve or reject")).to_be_visible()
+            expect(page.get_by_text(f"{role.capitalize()}: approve, reject or revise")).to_be_visible()
         page.get_by_role("button", name="Submit").click()
         for role in ROLES:
             expect(page.get_by_text(f"'{role}' is a required property")).to_be_visible()
@@ -138,6 +164,12 @@ def test_review_in_the_prefect_ui(prefect_api, uw_home, tmp_path, docker_client,
         for role in ROLES:
             expect(summary.get_by_role("row").filter(has_text=role)).to_have_count(1)
             expect(dialog.get_by_text(f"{role.capitalize()}: comment")).to_be_visible()
+        # the writer's change itself, above the decision, with the link to the whole diff
+        expect(dialog.get_by_text("frontend: its diff")).to_be_visible()
+        expect(dialog.get_by_text("+        raise ValueError('name')").first).to_be_visible()
+        link = dialog.get_by_role("link", name="The whole diff as an artifact")
+        expect(link).to_have_count(1)
+        diff_url = link.get_attribute("href")
 
         # Frontend neither approved nor rejected: refused, the run stays paused.
         for role in ROLES[:-1]:
@@ -149,12 +181,34 @@ def test_review_in_the_prefect_ui(prefect_api, uw_home, tmp_path, docker_client,
         page.screenshot(path=shots["incomplete form refused (v2 UI)"])
         assert flow_run_state(fr) == "Paused"
 
-        # The complete decision, with one comment.
-        decide(page, dialog, "frontend", DECISIONS["frontend"])
-        dialog.get_by_label(f"{COMMENT[0].capitalize()}: comment").fill(COMMENT[1])
+        # The writer is sent back with a comment.
+        decide(page, dialog, "frontend", "revise")
+        dialog.get_by_label("Frontend: comment").fill(REVISE)
         page.set_viewport_size({"width": 1280, "height": 2300})           # the whole dialog in one picture
-        shots["the filled form"] = ARTIFACTS / "review-form.png"
-        dialog.screenshot(path=shots["the filled form"])
+        shots["the first review: the writer sent back"] = ARTIFACTS / "review-form.png"
+        dialog.screenshot(path=shots["the first review: the writer sent back"])
+        dialog.get_by_role("button", name="Resume").click()
+        expect(dialog).to_be_hidden()
+
+        # The whole diff opens from its link.
+        page.set_viewport_size({"width": 1280, "height": 1000})
+        page.goto(diff_url)
+        expect(page.get_by_text("+        raise ValueError('name')").first).to_be_visible()
+
+        # The second round: the run asks again; this time every decision, the writer approved.
+        wait_for_round(run_id, 2)
+        fr = flow.wait_for_review()
+        page.goto(f"{ui}/v2/runs/flow-run/{fr}")
+        page.get_by_role("button", name="Open menu").first.click()
+        page.get_by_role("menuitem", name="Resume").click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog.get_by_text("+An empty name raises.").first).to_be_visible()   # its new work, in its diff
+        for role in ROLES:
+            decide(page, dialog, role, DECISIONS[role])
+        dialog.get_by_label(f"{COMMENT[0].capitalize()}: comment").fill(COMMENT[1])
+        page.set_viewport_size({"width": 1280, "height": 2300})
+        shots["the second review"] = ARTIFACTS / "review-form-round-2.png"
+        dialog.screenshot(path=shots["the second review"])
         dialog.get_by_role("button", name="Resume").click()
         expect(dialog).to_be_hidden()
         result = flow.wait()
@@ -169,8 +223,9 @@ def test_review_in_the_prefect_ui(prefect_api, uw_home, tmp_path, docker_client,
         for role in ROLES:
             expect(page.get_by_text(f"{run_id}-{role}", exact=True).first).to_be_visible()
         page.get_by_role("tab", name="Artifacts").click()
-        for key in [f"results-{run_id}", f"progress-{run_id}", *(f"plan-{run_id}-{r}" for r in ROLES)]:
-            expect(page.get_by_text(key, exact=True)).to_be_visible()
+        for key in [f"results-{run_id}", f"progress-{run_id}", f"diff-{run_id}-frontend",
+                    *(f"plan-{run_id}-{r}" for r in ROLES)]:
+            expect(page.get_by_text(key, exact=True).first).to_be_visible()     # results: once per round
         shots["the completed run"] = ARTIFACTS / "run-completed.png"
         page.screenshot(path=shots["the completed run"], full_page=True)
     finally:
@@ -197,5 +252,10 @@ def test_review_in_the_prefect_ui(prefect_api, uw_home, tmp_path, docker_client,
     assert frontend, "the approved writer made commits"
     assert git(repo, "rev-list", "--no-merges", f"{base}..{integration}").split() == frontend
     assert git(repo, "diff", "--name-only", f"ultrawork/{run_id}/frontend", integration) == ""
+    # the writer's second round: its prompt carried the reviewer's comment, its work followed it
+    prompts = (uw_home / "runs" / run_id / "plans" / "frontend" / "prompts.log").read_text().split("=====\n")
+    assert REVISE not in prompts[0] and REVISE in prompts[1]
+    assert "An empty name raises." in git(repo, "show", f"{integration}:docs/guide.md")
+    assert {o.role: o.round for o in result.agents} == {"explore": 1, "librarian": 1, "oracle": 1, "frontend": 2}
     for rejected in ("librarian", "oracle"):
         assert git(repo, "rev-list", f"{base}..ultrawork/{run_id}/{rejected}") == ""
