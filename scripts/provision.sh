@@ -21,7 +21,10 @@ mkdir -p "$UW_STATE/logs"
 
 say() { printf '[provision] %s\n' "$*" >&2; }
 
+# provision_python [EXTRAS]: the project, with EXTRAS (default "dev": what the tests need; the
+# main job passes "" and gets only what a run needs). A venv that has the dev extras serves both.
 provision_python() {
+  local extras="${1-dev}"
   local py="${PYTHON:-python3}"
   if [ ! -x "$UW_VENV/bin/python" ]; then
     say "creating virtual environment $UW_VENV"
@@ -30,12 +33,15 @@ provision_python() {
   local stamp="$UW_VENV/.ultrawork-installed"
   local want
   want="$(sha256sum "$UW_ROOT/pyproject.toml" | cut -d' ' -f1)"
-  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    say "installing ultrawork and its dependencies into $UW_VENV"
+  local have=""
+  [ -f "$stamp" ] && have="$(cat "$stamp")"
+  # the stamp is the pyproject hash, then " dev" when the dev extras are in
+  if [ "${have%% *}" != "$want" ] || { [ -n "$extras" ] && [ "${have#* }" != "$extras" ]; }; then
+    say "installing ultrawork${extras:+ with its $extras extras} into $UW_VENV"
     # pip warns about configured-but-absent local indexes on some machines; keep real errors
-    "$UW_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$UW_ROOT[dev]" 2>&1 \
+    "$UW_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$UW_ROOT${extras:+[$extras]}" 2>&1 \
       | { grep -v "^WARNING: Location '" || true; } >&2
-    echo "$want" > "$stamp"
+    echo "$want${extras:+ $extras}" > "$stamp"
   fi
 }
 

@@ -21,6 +21,20 @@ def demo(env_extra: dict | None = None, timeout: float = 300) -> subprocess.Comp
                           stdin=subprocess.DEVNULL)
 
 
+def assert_demo_integrated(done: subprocess.CompletedProcess, home: Path) -> None:
+    """Every agent succeeded and the greeting change is on the run's integration branch."""
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "integrated" in done.stdout
+    agents = [line.split() for line in done.stdout.splitlines()
+              if line.strip().split(" ")[0] in ("explore", "librarian", "oracle", "frontend") and "ultrawork/" in line]
+    assert len(agents) == 4 and all(a[1] == "succeeded" for a in agents), done.stdout
+    run_id = agents[0][2].split("/")[1]
+    repo = max((home / "demo").iterdir(), key=lambda p: p.stat().st_mtime)
+    core = subprocess.run(["git", "-C", str(repo), "show", f"ultrawork/{run_id}/integration:greetings/core.py"],
+                          capture_output=True, text=True, check=True).stdout
+    assert 'f"Hello, {name}!"' in core
+
+
 def leftover_containers(docker_client, home: Path) -> list:
     return docker_client.containers.list(all=True, filters={"label": f"ultrawork.home={home}"})
 
@@ -28,17 +42,16 @@ def leftover_containers(docker_client, home: Path) -> list:
 def test_the_demo_without_a_terminal_ends_integrated_every_time(prefect_api, uw_home, docker_client):
     for attempt in range(3):
         done = demo()
-        assert done.returncode == 0, f"attempt {attempt}: {done.stdout}\n{done.stderr}"
-        assert "integrated" in done.stdout and "review sent: approved" in done.stdout
+        assert_demo_integrated(done, uw_home)
+        assert "review sent: approved" in done.stdout
     assert leftover_containers(docker_client, uw_home) == []
 
 
 def test_a_review_that_fails_to_send_is_shown_and_retried(prefect_api, uw_home, tmp_path, docker_client):
     faults = json.dumps([{"at": "review:send", "action": "sandbox_error", "times": 2}])
     done = demo({"ULTRAWORK_FAULTS": faults, "ULTRAWORK_FAULTS_STATE": str(tmp_path / "faults.json")})
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert_demo_integrated(done, uw_home)
     assert done.stdout.count("the review could not be sent") == 2
-    assert "integrated" in done.stdout
 
 
 def test_a_review_that_can_never_be_sent_ends_the_command_with_the_reason(prefect_api, uw_home, tmp_path,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 
 SECRET_FRAGMENTS = ("secret", "token", "passw", "passphrase", "credential", "cookie", "signature", "private")
-SECRET_WORDS = frozenset({"key", "keys", "apikey", "pwd", "auth", "authorization", "session"})
+SECRET_WORDS = frozenset({"apikey", "pwd", "auth", "authorization", "session"})
+LAST_WORDS = frozenset({"key", "keys"})      # API_KEY, x-api-key; not GIT_CONFIG_KEY_0 (git's own setting)
 _WORD = re.compile(r"[^a-z0-9]+")
 
 
@@ -19,4 +20,5 @@ def looks_secret(name: str) -> bool:
     lowered = str(name).lower()
     if any(fragment in lowered for fragment in SECRET_FRAGMENTS):
         return True
-    return any(word in SECRET_WORDS for word in _WORD.split(lowered))
+    words = [w for w in _WORD.split(lowered) if w]
+    return bool(words) and (words[-1] in LAST_WORDS or any(word in SECRET_WORDS for word in words))
