@@ -70,11 +70,14 @@ def test_four_agents_in_parallel_then_review_then_integration(prefect_api, uw_ho
     assert result.outcome == "integrated", result.message
     assert [o.status for o in result.agents] == ["succeeded"] * 4
 
-    # Four subflows whose start-to-end intervals all intersect.
+    # Four subflows: the three research ones overlap; the writer starts after them, with their findings.
     runs = subflow_runs(orchestration(uw_home, run_id)["flow_run_id"])
     assert sorted(r.name for r in runs) == sorted(f"{run_id}-{role}" for role in roles)
     assert all({f"run:{run_id}", f"role:{r.name.rsplit('-', 1)[1]}"} <= set(r.tags) for r in runs)
-    assert max(r.start_time for r in runs) < min(r.end_time for r in runs), "agent subflows must overlap"
+    research = [r for r in runs if not r.name.endswith("-frontend")]
+    writer = next(r for r in runs if r.name.endswith("-frontend"))
+    assert max(r.start_time for r in research) < min(r.end_time for r in research), "research subflows must overlap"
+    assert writer.start_time >= max(r.end_time for r in research), "the writer starts after the research"
 
     # Four branches, four Plan.md files, no container left.
     for role in roles:
