@@ -77,6 +77,8 @@ provision_docker() {
 
 provision_image() {
   "$UW_VENV/bin/ultrawork" sandbox build --if-missing
+  # a migrated empty Prefect database, so a new home's local server starts in seconds
+  "$UW_VENV/bin/python" -m ultrawork.local_server.template >&2
 }
 
 provision_browser() {

@@ -33,6 +33,7 @@ import urllib.request
 from pathlib import Path
 
 from ultrawork.sandbox.procs import HolderLock, own_processes, process_cmdline, process_environ, process_start, process_uid
+from ultrawork.local_server import template
 from ultrawork.sandbox.spec import ultrawork_home
 
 STATE_FILE = "server.json"
@@ -181,6 +182,7 @@ def _start(home: Path, auth: str, say) -> tuple[dict, subprocess.Popen]:
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     os.fchmod(log, 0o600)
     say(f"starting the local Prefect server on 127.0.0.1:{port} (log: {log_path})")
+    template.seed(home / "prefect.db")      # a new home: the migrated empty database, not 8 s of migrations
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", ENTRY, "--host", "127.0.0.1", "--port", str(port), "--home", str(home)],
