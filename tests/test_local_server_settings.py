@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -38,3 +39,25 @@ def test_a_flow_after_prefect_was_imported_runs_on_the_ultrawork_server(tmp_path
     assert lines["API"].rstrip("/") == lines["URL"].rstrip("/")
     assert "FOUND" in lines
     assert not (tmp_path / ".prefect" / "prefect.db").exists()      # no throwaway server's database
+
+
+def test_a_new_home_starts_on_the_migrated_template_and_serves_flows(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), HOME=str(tmp_path))
+    built = subprocess.run([sys.executable, "-m", "ultrawork.local_server.template"], capture_output=True,
+                           text=True, env=env, timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    template = next((tmp_path / "cache" / "ultrawork").glob("prefect-*.db"))
+    assert template.stat().st_mode & 0o077 == 0
+    with sqlite3.connect(template) as db:           # a mark that only a copy of the template carries
+        db.execute("CREATE TABLE seeded_from_template (x INTEGER)")
+    for home in ("first", "second"):
+        env["ULTRAWORK_HOME"] = str(tmp_path / home)
+        done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "FOUND" in done.stdout
+        database = tmp_path / home / "prefect" / "prefect.db"
+        assert database.stat().st_mode & 0o077 == 0
+        with sqlite3.connect(database) as db:
+            assert db.execute("SELECT name FROM sqlite_master WHERE name = 'seeded_from_template'").fetchone()
+    assert template.stat().st_size > 0      # the template itself is never served: still there, unchanged
