@@ -49,8 +49,10 @@ def test_a_new_home_starts_on_the_migrated_template_and_serves_flows(tmp_path):
     assert built.returncode == 0, built.stdout + built.stderr
     template = next((tmp_path / "cache" / "ultrawork").glob("prefect-*.db"))
     assert template.stat().st_mode & 0o077 == 0
-    with sqlite3.connect(template) as db:           # a mark that only a copy of the template carries
-        db.execute("CREATE TABLE seeded_from_template (x INTEGER)")
+    db = sqlite3.connect(template)                  # a mark that only a copy of the template carries
+    db.execute("CREATE TABLE seeded_from_template (x INTEGER)")
+    db.commit()
+    db.close()
     for home in ("first", "second"):
         env["ULTRAWORK_HOME"] = str(tmp_path / home)
         done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300)
