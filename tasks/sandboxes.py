@@ -14,6 +14,9 @@ a flood costs the orchestrator neither memory nor log rows.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
+import functools
 import os
 import threading
 from typing import Callable
@@ -48,6 +51,16 @@ STEP_ERRORS = (AgentExecutionError, SandboxError, ResourceLimitExceeded, Gateway
 LOG_LINES = 2000              # most output lines one step sends to the run's log
 LOG_BYTES = 256 * 1024        # most output bytes one step sends to the run's log
 LOG_MARKER = "[output truncated: {dropped} more bytes not logged; the tail is in Plan.md]"
+# A step holds its thread for as long as it runs (the exec is a blocking Docker call): steps get a pool
+# of their own, so the default pool (cores + 4 threads) stays free for sandbox starts and git work.
+STEP_THREADS = 64
+_STEP_POOL = concurrent.futures.ThreadPoolExecutor(STEP_THREADS, thread_name_prefix="ultrawork-step")
+
+
+async def in_step_pool(fn, /, *args, **kwargs):
+    """``asyncio.to_thread`` on the steps' own pool (the caller's context, Prefect's run context included)."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(_STEP_POOL, call)
 
 
 def engine() -> SandboxEngine:
@@ -160,7 +173,7 @@ async def run_step(handle: SandboxHandle, ws, argv: list[str], timeout: float) -
     output = OutputLog(lambda stream, text: log.info("[%s %s] %s", role, stream, text),
                        max_lines=LOG_LINES, max_bytes=LOG_BYTES, marker=LOG_MARKER)
     try:
-        result = await asyncio.to_thread(
+        result = await in_step_pool(
             guarded_execute, engine(), sandbox, argv, ws=ws, timeout=timeout, output_log=output,
             before_execute=lambda: failpoint("step", role=role, kill=lambda: engine().cleanup(sandbox)))
         if result.leftovers_killed:
