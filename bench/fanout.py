@@ -16,13 +16,17 @@ and the median ratio: on a small, shared machine one pair can be off by several
 percent either way, and the median of alternating pairs is what a change moved.
 With ``--network gateway`` the ultrawork side's agents run a Claude Code profile, so the run
 starts its egress gateway and each sandbox sits on its own internal network behind it.
-Usage: python bench/fanout.py [--workload 5] [--agents 4] [--repeat 1] [--network none|gateway]
+With more than four agents (up to 16: role instances such as frontend-2) a 4-agent run goes before each
+pair and the report holds the ratio of the two wall times (target <= 1.5) and the peak RSS of this
+process (the orchestrator) and the server (target <= 400 MB together).
+Usage: python bench/fanout.py [--workload 5] [--agents 4..16] [--repeat 1] [--network none|gateway]
 (uses $PREFECT_API_URL, else starts ultrawork's local Prefect server in a temporary home).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import asyncio
 import json
 import os
@@ -38,6 +42,33 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 ROLES = ["explore", "librarian", "oracle", "frontend"]
+
+
+def agent_names(agents: int) -> list[str]:
+    """Four roles, then their instances: explore, ..., frontend, explore-2, ..., frontend-4 (16 agents)."""
+    return [ROLES[i % 4] + (f"-{i // 4 + 1}" if i >= 4 else "") for i in range(agents)]
+
+
+def rss_mb(pid: int) -> dict[str, float] | None:
+    """Current and peak resident memory of ``pid`` in MB (Linux), or None."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    kb = lambda name: int(fields.get(name, "0 kB").split()[0])   # noqa: E731
+    return {"rss_mb": round(kb("VmRSS") / 1024, 1), "peak_mb": round(kb("VmHWM") / 1024, 1)}
+
+
+def memory_report() -> dict:
+    """This process (the orchestrator) and ultrawork's local Prefect server, peak RSS in MB."""
+    from ultrawork.local_server.manager import _read_record, server_home
+
+    record = _read_record(server_home())
+    server = rss_mb(record["pid"]) if record else None
+    orchestrator = rss_mb(os.getpid())
+    total = (orchestrator or {}).get("peak_mb", 0) + (server or {}).get("peak_mb", 0)
+    return {"orchestrator": orchestrator, "server": server, "peak_total_mb": round(total, 1), "target_mb": 400}
 
 
 def machine_cpu_seconds() -> float | None:
@@ -93,7 +124,7 @@ def baseline(repo: Path, workdir: Path, workload: float, agents: int) -> dict:
                 stages[key].append(value)
 
     started, cpu = time.monotonic(), machine_cpu_seconds()
-    threads = [threading.Thread(target=one, args=(ROLES[i % 4] + (str(i) if i >= 4 else ""),)) for i in range(agents)]
+    threads = [threading.Thread(target=one, args=(name,)) for name in agent_names(agents)]
     for t in threads:
         t.start()
     for t in threads:
@@ -106,27 +137,43 @@ def ultrawork(repo: Path, workload: float, agents: int, network: str = "none") -
     from ultrawork.cli.runs import submit_review
     from ultrawork.flows.sisyphus import sisyphus
 
-    roles = ROLES[:agents]
+    roles = agent_names(agents)
     run_id = f"bench-{int(time.time())}-{os.urandom(2).hex()}"
     marks: dict[str, float] = {}
     home = Path(os.environ["ULTRAWORK_HOME"])
 
-    def watch() -> None:
+    def watch() -> None:   # the review, sent as soon as the run asks; retried, never waited on forever
         review = home / "runs" / run_id / "review.json"
         while not review.exists() or "requested" not in review.read_text():
-            time.sleep(0.05)
+            if finished.wait(0.05):
+                return
         marks["paused"], marks["cpu"] = time.monotonic(), _spent(cpu)
-        submit_review(run_id, approve=[], reject=roles)
+        for attempt in range(5):
+            try:
+                submit_review(run_id, approve=[], reject=roles)
+                return
+            except Exception as exc:  # noqa: BLE001 - shown, retried
+                print(f"review not sent ({exc}); retrying", file=sys.stderr)
+                if finished.wait(2 ** attempt):
+                    return
+
+    finished = threading.Event()
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     marks["start"], cpu = time.monotonic(), machine_cpu_seconds()
-    result = asyncio.run(sisyphus("benchmark the fan-out", str(repo), agents=roles, run_id=run_id,
-                                  agent_commands={r: ["sh", "-c", f"sleep {workload}"] for r in roles},
-                                  # --network gateway: every agent a Claude Code profile behind the run's gateway
-                                  agent_profiles={r: "claude-code" for r in roles} if network == "gateway" else None))
+    try:
+        result = asyncio.run(sisyphus("benchmark the fan-out", str(repo), agents=roles, run_id=run_id,
+                                      review_timeout=REVIEW_TIMEOUT,
+                                      agent_commands={r: ["sh", "-c", f"sleep {workload}"] for r in roles},
+                                      # --network gateway: every agent a Claude Code profile behind the run's gateway
+                                      agent_profiles={r: "claude-code" for r in roles} if network == "gateway" else None))
+    finally:
+        finished.set()
+        watcher.join(10)
     marks["end"] = time.monotonic()
-    watcher.join(10)
+    if "paused" not in marks:
+        raise RuntimeError(f"the run ended without asking for its review: {result.outcome}: {result.message}")
     starts = [o.started_at for o in result.agents]
     ends = [o.ended_at for o in result.agents]
     t0 = marks["start"]
@@ -146,16 +193,47 @@ def ultrawork(repo: Path, workload: float, agents: int, network: str = "none") -
     }
 
 
+REVIEW_TIMEOUT = 600          # a run whose review never comes ends on its own
+
+
+class BenchmarkStopped(Exception):
+    """SIGTERM, SIGINT or the overall timeout: the run is cancelled and everything cleaned up."""
+
+
+def stop_on_signals(timeout: float) -> dict:
+    """SIGTERM and the overall timeout (SIGALRM) end the benchmark the way Ctrl-C does: the flow is
+    cancelled (its sandboxes removed), the local server stopped and the scratch folder deleted."""
+    def stop(signum, frame):
+        raise BenchmarkStopped(f"stopped by {signal.Signals(signum).name}"
+                               + (f" after {timeout:.0f} s" if signum == signal.SIGALRM else ""))
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGALRM)}
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    return before
+
+
+def restore_signals(before: dict) -> None:
+    if before:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", type=float, default=5.0, help="seconds each agent sleeps")
-    parser.add_argument("--agents", type=int, default=4, choices=range(1, 5))
+    parser.add_argument("--agents", type=int, default=4, choices=range(1, 17),
+                        help="agents in the run (above 4: role instances such as frontend-2); above 4 the report "
+                             "also holds a 4-agent run and the ratio of the two wall times")
     parser.add_argument("--repeat", type=int, default=1, help="alternating pairs; the median ratio is reported")
     parser.add_argument("--network", choices=["none", "gateway"], default="none",
                         help="gateway: the agents reach the network only through the run's egress gateway")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds before the benchmark gives up")
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    handlers = stop_on_signals(args.timeout)
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     if args.network == "gateway":   # the gateway starts only with the secret its profile names (never sent anywhere)
         os.environ.setdefault("ANTHROPIC_API_KEY", "bench-placeholder-not-a-key")
@@ -164,11 +242,13 @@ def main(argv: list[str] | None = None) -> dict:
     from ultrawork.local_server.manager import ensure_server, stop_server
 
     own_server = not os.environ.get("PREFECT_API_URL")
-    pairs = []
+    pairs, four, memory = [], [], {}
     try:
         ensure_server()
         repo = make_repo(work / "repo")
         for i in range(args.repeat):
+            if args.agents > 4:                  # the 4-agent run the larger fan-out is held against
+                four.append(ultrawork(repo, args.workload, 4, args.network)["wall_seconds"])
             uw = ultrawork(repo, args.workload, args.agents, args.network)
             raw = baseline(repo, work / f"baseline-{i}", args.workload, args.agents)
             pairs.append({"ultrawork": uw, "baseline": raw,
@@ -176,7 +256,9 @@ def main(argv: list[str] | None = None) -> dict:
             if args.repeat > 1:
                 print(f"pair {i + 1}/{args.repeat}: ratio {pairs[-1]['ratio']} (ultrawork "
                       f"{uw['wall_seconds']:.2f}s, baseline {raw['wall_seconds']:.2f}s)", file=sys.stderr)
+        memory = memory_report()
     finally:
+        restore_signals(handlers)
         if own_server:
             stop_server()
         shutil.rmtree(work, ignore_errors=True)
@@ -184,6 +266,13 @@ def main(argv: list[str] | None = None) -> dict:
     typical = sorted(pairs, key=lambda p: p["ratio"])[(len(pairs) - 1) // 2]   # its timings are shown
     report = {"workload_seconds": args.workload, "agents": args.agents, "network": args.network, **typical,
               "ratio": round(statistics.median(ratios), 3), "target_ratio": 1.25}
+    report["memory"] = memory
+    if four:
+        walls = [p["ultrawork"]["wall_seconds"] for p in pairs]
+        report["versus_4_agents"] = {"wall_seconds_4": round(statistics.median(four), 3),
+                                     f"wall_seconds_{args.agents}": round(statistics.median(walls), 3),
+                                     "ratio": round(statistics.median(walls) / statistics.median(four), 3),
+                                     "target_ratio": 1.5}
     if len(pairs) > 1:
         report.update(ratios=ratios, ratio_min=min(ratios), ratio_max=max(ratios), pairs=pairs)
     print(json.dumps(report, indent=2))

@@ -10,10 +10,14 @@ from __future__ import annotations
 import re
 import time
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, Field
-from pydantic_ai.usage import RunUsage, UsageLimits
 
 from .config import ModelAgentConfig
+
+if TYPE_CHECKING:   # the model library loads with the first model agent, not with every run
+    from pydantic_ai.usage import RunUsage, UsageLimits
 
 # pydantic-ai's limit names (in its UsageLimitExceeded messages) -> ours
 _LIMIT_NAMES = {"request_limit": "max_requests", "input_tokens_limit": "max_input_tokens",
@@ -70,6 +74,8 @@ class TurnRecord(BaseModel):
 
 def usage_limits(config: ModelAgentConfig) -> UsageLimits:
     """The request and token budgets as pydantic-ai enforces them (time is a run timeout)."""
+    from pydantic_ai.usage import UsageLimits
+
     return UsageLimits(request_limit=config.max_requests, input_tokens_limit=config.max_input_tokens,
                        output_tokens_limit=config.max_output_tokens)
 
