@@ -240,6 +240,11 @@ def report(result, as_json: bool = False) -> None:
     out.print(f"[{color}]{result.outcome}[/]: {result.message}")
     for agent in result.agents:
         out.print(f"  {agent.role:<10} {agent.status:<10} {agent.branch}  (Plan.md: {agent.plan_path})")
+        if agent.model:   # a model agent: which model, and what it spent
+            u = agent.usage or {}
+            cost = "" if u.get("cost") is None else f", cost {u['cost']:g}"
+            out.print(f"  {'':<10} model {agent.model}: {u.get('requests', 0)} request(s), "
+                      f"{u.get('input_tokens', 0)} input / {u.get('output_tokens', 0)} output tokens{cost}")
     if result.check is not None:
         out.print(f"  checks: {'passed' if result.check.passed else 'failed'} (exit {result.check.exit_code})")
     raise typer.Exit(code)
