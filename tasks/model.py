@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 
 from ultrawork.agents.outcome import AgentOutcome
 from ultrawork.blocks.model import ModelAgentSettings
@@ -24,7 +25,7 @@ from ultrawork.model_agent.config import ModelAgentConfig
 from ultrawork.model_agent.errors import BudgetExceeded, ModelCallError, ModelConfigError
 from ultrawork.runtime.logs import get_logger
 from ultrawork.sandbox.errors import SandboxError
-from ultrawork.tasks.recovery import task_options
+from ultrawork.tasks.recovery import recovery_for, task_options, will_retry
 
 DEFAULT_SETTINGS = "default"
 
@@ -123,6 +124,18 @@ async def model_agent_loop(handle, ws, role: str, prompt: str, writable: bool, t
     except SandboxError:
         handle.broken = True
         raise
+    except ModelCallError as exc:
+        await asyncio.to_thread(_note_retry, handle, ws, exc)
+        raise
+
+
+def _note_retry(handle, ws, exc: ModelCallError) -> None:
+    """A failed model call that will be retried: a recovery in the outcome and in Plan.md."""
+    context = TaskRunContext.get()
+    if will_retry(exc, context.task_run.run_count if context else 1):
+        action = recovery_for(exc).action
+        handle.recoveries.append(f"ModelCallError: {action}")
+        ws.plan.append_note(f"{str(exc)[:500]} (recovery: {action})", kind="recovery")
 
 
 def usage_line(name: str, usage: AgentUsage) -> str:

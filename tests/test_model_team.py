@@ -52,6 +52,8 @@ class TeamStandIn(OpenAIStandIn):
         if turn > len(script):
             return 500, {"error": {"message": f"no reply {turn} for {name}", "type": "server_error"}}
         reply = script[turn - 1]
+        if reply.status != 200:
+            return reply.status, {"error": {"message": reply.text or "error", "type": "server_error"}}
         message = {"role": "assistant", "content": reply.text}
         if reply.tool_calls:
             message["tool_calls"] = [{"id": f"call_{name}_{turn}_{i}", "type": "function",
@@ -320,3 +322,34 @@ def test_a_model_agent_without_a_model_is_refused_before_anything_starts(prefect
                       "agent_profiles": {"explore": "model"}})
     assert not (uw_home / "runs" / run_id).exists()
     assert git(repo, "branch", "--list", f"ultrawork/{run_id}/*") == ""
+
+
+def test_a_failed_model_call_is_retried_and_the_run_budget_stops_a_later_agent(prefect_api, uw_home, tmp_path,
+                                                                               docker_client):
+    """ModelCallError: the agent runs again (with backoff) and finishes; the run's shared request
+    budget, spent by the research, stops the writer before its first request, naming the limit."""
+    repo = make_target_repo(tmp_path / "widgets")
+    run_id = f"retry-{uuid.uuid4().hex[:6]}"
+    overloaded = Reply(status=500, text="the stand-in is overloaded")
+    scripts = {
+        # the provider client retries a 500 twice itself; the third makes a ModelCallError
+        "explore": [overloaded, overloaded, overloaded, tool_call("list_files", path="."),
+                    final_answer("mapped", findings=["widgets/core.py"])],
+        "frontend": [final_answer("never asked")],
+    }
+    with TeamStandIn(scripts) as server:
+        settings = save_settings(server, run_max_requests=2)
+        try:
+            result = run_sisyphus({"task": "Look at the widgets", "repo": str(repo), "run_id": run_id,
+                                   "agents": list(scripts), "agent_profiles": {r: "model" for r in scripts},
+                                   "model_settings": settings, "review_timeout": 2})
+        finally:
+            delete_settings(settings)
+    explore, frontend = result.agents
+    assert explore.status == "succeeded", explore.errors
+    assert explore.retries == 1 and any("ModelCallError" in r for r in explore.recoveries)
+    assert "the stand-in is overloaded" in Path(explore.plan_path).read_text()
+    assert server.turns["explore"] == 5 and explore.usage["requests"] == 2
+    assert frontend.status == "failed" and "run_max_requests" in frontend.errors[-1]
+    assert "frontend" not in server.turns, "the writer sent no request past the run's budget"
+    assert frontend.usage["requests"] == 0 and frontend.retries == 0
