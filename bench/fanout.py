@@ -139,6 +139,7 @@ def ultrawork(repo: Path, workload: float, agents: int, network: str = "none") -
 
     roles = agent_names(agents)
     run_id = f"bench-{int(time.time())}-{os.urandom(2).hex()}"
+    STARTED_RUNS.append(run_id)
     marks: dict[str, float] = {}
     home = Path(os.environ["ULTRAWORK_HOME"])
 
@@ -193,6 +194,7 @@ def ultrawork(repo: Path, workload: float, agents: int, network: str = "none") -
     }
 
 
+STARTED_RUNS: list[str] = []
 REVIEW_TIMEOUT = 600          # a run whose review never comes ends on its own
 
 
@@ -204,6 +206,10 @@ def stop_on_signals(timeout: float) -> dict:
     """SIGTERM and the overall timeout (SIGALRM) end the benchmark the way Ctrl-C does: the flow is
     cancelled (its sandboxes removed), the local server stopped and the scratch folder deleted."""
     def stop(signum, frame):
+        from ultrawork.tasks.sandboxes import engine
+
+        for run_id in STARTED_RUNS:      # at once: the steps waiting on them end, and nothing is left running
+            engine().remove_run(run_id)
         raise BenchmarkStopped(f"stopped by {signal.Signals(signum).name}"
                                + (f" after {timeout:.0f} s" if signum == signal.SIGALRM else ""))
     if threading.current_thread() is not threading.main_thread():
@@ -218,6 +224,16 @@ def restore_signals(before: dict) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
     for sig, handler in before.items():
         signal.signal(sig, handler)
+
+
+def remove_scratch(work: Path, wait: float = 15.0) -> None:
+    """Delete the scratch folder; after a stop, a cancelled run's last git writes may still land in it."""
+    deadline = time.monotonic() + wait
+    while True:
+        shutil.rmtree(work, ignore_errors=True)
+        if not work.exists() or time.monotonic() > deadline:
+            return
+        time.sleep(0.5)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -261,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
         restore_signals(handlers)
         if own_server:
             stop_server()
-        shutil.rmtree(work, ignore_errors=True)
+        remove_scratch(work)
     ratios = [p["ratio"] for p in pairs]
     typical = sorted(pairs, key=lambda p: p["ratio"])[(len(pairs) - 1) // 2]   # its timings are shown
     report = {"workload_seconds": args.workload, "agents": args.agents, "network": args.network, **typical,

@@ -727,6 +727,10 @@ class SandboxEngine:
                 removed.append(info)
         return removed
 
+    def remove_run(self, run_id: str) -> list[SandboxInfo]:
+        """Remove every sandbox of this home's run ``run_id`` at once (its driver is stopping)."""
+        return [info for info in self.list(run_id=run_id, home=home_tag()) if self.cleanup(info.id)]
+
     def prune_volumes(self) -> list[str]:
         """Remove the scratch volumes of sandboxes that are gone: a container removed from
         outside without ``-v`` (``docker rm -f``) leaves its anonymous volume behind."""
