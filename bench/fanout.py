@@ -96,7 +96,8 @@ def make_repo(path: Path) -> Path:
 
 
 def baseline(repo: Path, workdir: Path, workload: float, agents: int) -> dict:
-    """The same per-agent work in threads: branch + clone, Plan.md, hardened container, exec, cleanup."""
+    """The same per-agent work in threads: branch + clone, Plan.md, hardened container, exec, cleanup,
+    in the run's order (research roles together, then the writers together)."""
     from ultrawork.sandbox import Limits, Mount, SandboxEngine, SandboxPolicy, SandboxSpec
 
     engine = SandboxEngine(SandboxPolicy(workspace_roots=[workdir]))
@@ -123,12 +124,20 @@ def baseline(repo: Path, workdir: Path, workload: float, agents: int) -> dict:
             for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                 stages[key].append(value)
 
+    from ultrawork.agents.team import RESEARCH_ROLES, base_role
+
+    names = agent_names(agents)
+    research = [n for n in names if base_role(n) in RESEARCH_ROLES]
+    writers = [n for n in names if n not in research]
+    # the run's own order: research side by side, then the writers (with the findings) side by side
+    groups = [research, writers] if research and writers else [names]
     started, cpu = time.monotonic(), machine_cpu_seconds()
-    threads = [threading.Thread(target=one, args=(name,)) for name in agent_names(agents)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    for group in groups:
+        threads = [threading.Thread(target=one, args=(name,)) for name in group]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     return {"wall_seconds": time.monotonic() - started, "machine_cpu_seconds": _spent(cpu),
             "stages_max_seconds": {k: round(max(v), 3) for k, v in stages.items()}}
 
