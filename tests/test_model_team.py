@@ -353,3 +353,69 @@ def test_a_failed_model_call_is_retried_and_the_run_budget_stops_a_later_agent(p
     assert frontend.status == "failed" and "run_max_requests" in frontend.errors[-1]
     assert "frontend" not in server.turns, "the writer sent no request past the run's budget"
     assert frontend.usage["requests"] == 0 and frontend.retries == 0
+
+
+def test_a_resumed_run_does_not_repeat_the_model_calls_of_agents_that_finished(prefect_api, uw_home, tmp_path,
+                                                                               docker_client):
+    """The run's process is killed after explore finished while librarian waits on the model; the
+    resumed run takes explore's outcome (tokens, findings) from the ledger and asks the model nothing
+    for it; librarian starts over; the writer gets both researchers' findings."""
+    import os
+    import sys
+    import threading
+
+    repo = make_target_repo(tmp_path / "widgets")
+    run_id = f"resume-{uuid.uuid4().hex[:6]}"
+    release = threading.Event()
+
+    def slow_librarian(name: str, turn: int) -> None:
+        if name == "librarian" and turn == 1:
+            release.wait(60)                  # the run is killed meanwhile
+
+    scripts = {
+        "explore": [tool_call("list_files", path=".", prompt_tokens=150),
+                    final_answer("mapped", findings=["explore found widgets/core.py"], prompt_tokens=170)],
+        "librarian": [final_answer("never used: its process was killed"),
+                      final_answer("deps", findings=["librarian found attrs>=23"])],
+        "frontend": [final_answer("nothing to change")],
+    }
+    ultrawork = str(Path(sys.executable).with_name("ultrawork"))
+    with TeamStandIn(scripts, on_request=slow_librarian) as server:
+        settings = save_settings(server)
+        try:
+            params = {"task": "Look at the widgets", "repo": str(repo), "run_id": run_id, "agents": list(scripts),
+                      "agent_profiles": {r: "model" for r in scripts}, "model_settings": settings}
+            env = {**os.environ, "ULTRAWORK_FAULTS_STATE": str(tmp_path / "faults.json"),
+                   "ULTRAWORK_FAULTS": json.dumps([{"at": "stage:agent-finished", "action": "kill_process"}])}
+            first = subprocess.run([sys.executable, "-m", "ultrawork.cli.launch", json.dumps(params)], env=env,
+                                   capture_output=True, text=True, timeout=240)
+            assert first.returncode == -9, first.stdout[-3000:] + first.stderr[-3000:]
+            release.set()
+            outcomes = sorted(p.stem for p in (uw_home / "runs" / run_id / "outcomes").glob("*.json"))
+            assert outcomes == ["explore"]
+            explore_turns = server.turns["explore"]
+
+            def review() -> None:
+                deadline = time.monotonic() + 240
+                while (uw_home / "runs" / run_id / "review.json").exists() is False or \
+                        "requested" not in (uw_home / "runs" / run_id / "review.json").read_text():
+                    if time.monotonic() > deadline:
+                        return
+                    time.sleep(0.2)
+                approve_all(run_id)
+
+            reviewer = threading.Thread(target=review, daemon=True)
+            reviewer.start()
+            resumed = subprocess.run([ultrawork, "resume", run_id], capture_output=True, text=True,
+                                     timeout=300, env=os.environ.copy(), stdin=subprocess.DEVNULL)
+            reviewer.join(10)
+        finally:
+            delete_settings(settings)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "integrated" in resumed.stdout and "model openai:standin-model" in resumed.stdout
+    by_role = {p.stem: json.loads(p.read_text()) for p in (uw_home / "runs" / run_id / "outcomes").glob("*.json")}
+    assert server.turns["explore"] == explore_turns == 2, "no model call for the agent that had finished"
+    assert by_role["explore"]["usage"]["input_tokens"] == 320 and by_role["explore"]["model"]
+    assert by_role["librarian"]["status"] == "succeeded" and server.turns["librarian"] == 2
+    writer_prompt = user_prompt(server.by_agent["frontend"][0])
+    assert "explore found widgets/core.py" in writer_prompt and "librarian found attrs>=23" in writer_prompt
