@@ -205,6 +205,10 @@ def test_research_feeds_the_model_writer_read_only_write_refused_tokens_counted_
     assert by_role["frontend"].usage["requests"] == 4 and by_role["frontend"].usage["output_tokens"] == 100
     assert by_role["frontend"].usage["cost"] == pytest.approx((700 * 1.0 + 100 * 4.0) / 1e6)
     assert all(o.model == "openai:standin-model" for o in result.agents)
+    from ultrawork.flows.review import agent_facts     # the sentence beside the reviewer's decision
+
+    assert "Model openai:standin-model: 4 request(s), 700 input / 100 output tokens, cost 0.0011" in \
+        agent_facts(by_role["frontend"])
     assert "tokens" in Path(by_role["librarian"].plan_path).read_text()
 
     # every model turn is in the agent's Prefect log
