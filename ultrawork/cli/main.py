@@ -144,13 +144,14 @@ def sandboxes_reap(
 
 def start_run(repo: str, task: str, agents: Optional[list[str]], base: str, commands: dict[str, list[str]],
               review_timeout: int, detach: bool, decide=None, agent_profiles: Optional[dict[str, str]] = None,
-              as_json: bool = False) -> None:
+              as_json: bool = False, model_settings: Optional[str] = None) -> None:
     """Validate, make sure the shared server runs, then run (or launch) the Sisyphus flow."""
+    from ultrawork.agents.team import with_instances
     from ultrawork.cli.request import check_request, new_run_id
     from ultrawork.local_server.manager import ensure_server
 
     try:
-        check_request(task, repo, agents, base, commands)
+        check_request(task, repo, agents, base, commands, profiles=with_instances({}, agents))   # frontend-2 ...
     except ValueError as exc:
         fail(str(exc), 2)
     ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
@@ -159,6 +160,8 @@ def start_run(repo: str, task: str, agents: Optional[list[str]], base: str, comm
               "agent_commands": commands or None, "review_timeout": review_timeout}
     if agent_profiles:
         params["agent_profiles"] = agent_profiles
+    if model_settings:
+        params["model_settings"] = model_settings
     (err if as_json else out).print(f"run [bold]{run_id}[/] on {repo}")
     drive(params, detach, decide, as_json=as_json)
 
@@ -319,7 +322,11 @@ def run_command(
     agent_command: Annotated[Optional[list[str]], typer.Option(
         help='ROLE=\'["arg", ...]\': the command a role runs (a JSON list; repeatable).')] = None,
     agent_profile: Annotated[Optional[list[str]], typer.Option(
-        help="ROLE=PROFILE: run a role with builtin, claude-code, opencode or codex (repeatable).")] = None,
+        help="ROLE=PROFILE: run a role with builtin, model (the built-in model agent), claude-code, opencode "
+             "or codex (repeatable).")] = None,
+    model_settings: Annotated[Optional[str], typer.Option(
+        help="Name of the ultrawork-model-agent block the model agents and the planner use "
+             "(default: the block named 'default', if saved).")] = None,
     base: Annotated[str, typer.Option(help="Base ref the agents' branches start from.")] = "HEAD",
     review_timeout: Annotated[str, typer.Option(help="How long to wait for the review: 90s, 30m, 2h, 1d.")] = "24h",
     detach: Annotated[bool, typer.Option("--detach", help="Run in the background and return.")] = False,
@@ -341,7 +348,7 @@ def run_command(
         fail(str(exc), 2)
     roles = [r.strip() for r in agents.split(",") if r.strip()] if agents else None
     start_run(repo, task, roles, base, commands, round(parse_duration(review_timeout)), detach,
-              agent_profiles=chosen, as_json=as_json)
+              agent_profiles=chosen, as_json=as_json, model_settings=model_settings)
 
 
 @app.command("demo")
