@@ -423,3 +423,21 @@ def test_a_resumed_run_does_not_repeat_the_model_calls_of_agents_that_finished(p
     assert by_role["librarian"]["status"] == "succeeded" and server.turns["librarian"] == 2
     writer_prompt = user_prompt(server.by_agent["frontend"][0])
     assert "explore found widgets/core.py" in writer_prompt and "librarian found attrs>=23" in writer_prompt
+
+
+def test_a_planner_that_fails_leaves_the_run_to_the_built_in_rules(prefect_api, uw_home, tmp_path, docker_client):
+    repo = make_target_repo(tmp_path / "widgets")
+    run_id = f"noplan-{uuid.uuid4().hex[:6]}"
+    refused = Reply(status=400, text="the stand-in cannot plan")
+    with TeamStandIn({"sisyphus": [refused] * 3}) as server:
+        settings = save_settings(server)
+        try:
+            result = run_sisyphus({"task": "Map the code", "repo": str(repo), "run_id": run_id,
+                                   "model_settings": settings, "review_timeout": 2})
+        finally:
+            delete_settings(settings)
+    assert server.turns == {"sisyphus": 3}, "the planning call was tried three times (two retries), no more"
+    assert [o.role for o in result.agents] == ["explore"] and result.agents[0].status == "succeeded"
+    assert result.agents[0].model is None, "explore ran the built-in offline agent"
+    recorded = json.loads((uw_home / "runs" / run_id / "plan.json").read_text())
+    assert recorded["planned_by"] == "rules" and [a["agent"] for a in recorded["agents"]] == ["explore"]
