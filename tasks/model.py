@@ -45,6 +45,7 @@ class ModelRun:
 
 
 _ACTIVE: ContextVar[ModelRun | None] = ContextVar("ultrawork_model_run", default=None)
+UNUSABLE_DEFAULT: ContextVar[str | None] = ContextVar("ultrawork_model_unusable", default=None)
 
 
 async def load_model_settings(name: str | None) -> ModelAgentSettings | None:
@@ -68,6 +69,7 @@ async def use_model_settings(name: str | None, needed_by: list[str], spent: list
     ``needed_by``: the agents configured to run the model agent; without settings they are
     refused by name here. ``spent``: usage recorded by agents of an earlier attempt (the run
     budget counts them)."""
+    UNUSABLE_DEFAULT.set(None)
     settings = await load_model_settings(name)
     if settings is None:
         if needed_by:
@@ -76,7 +78,15 @@ async def use_model_settings(name: str | None, needed_by: list[str], spent: list
                                    "or pass model_settings")
         _ACTIVE.set(None)
         return None
-    config = await asyncio.to_thread(settings.config)          # reads the host environment for api_key_env
+    try:
+        config = await asyncio.to_thread(settings.config)      # reads the host environment for api_key_env
+    except ModelConfigError as exc:
+        if name or needed_by:
+            raise
+        _ACTIVE.set(None)   # the default block is unusable: runs without a model agent go on, offline
+        get_logger().warning("model settings %r not used: %s", DEFAULT_SETTINGS, exc)
+        UNUSABLE_DEFAULT.set(str(exc))
+        return None
     run = ModelRun(config, settings.run_budget(total_usage(list(spent))), settings,
                    f"block {name or DEFAULT_SETTINGS!r}")
     _ACTIVE.set(run)

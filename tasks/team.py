@@ -22,7 +22,7 @@ from ultrawork.model_agent.accounting import total_usage
 from ultrawork.model_agent.errors import ModelAgentError, ModelCallError, ModelConfigError
 from ultrawork.runtime.artifacts import artifact_key
 from ultrawork.runtime.logs import get_logger
-from ultrawork.tasks.model import ModelRun, use_model_settings
+from ultrawork.tasks.model import UNUSABLE_DEFAULT, ModelRun, use_model_settings
 from ultrawork.tasks.recovery import task_options
 from ultrawork.workspace.gitcmd import run_git
 from ultrawork.workspace.ledger import RunLedger
@@ -45,8 +45,10 @@ def check_model_agents(profiles: dict[str, AgentProfile], model: ModelRun | None
     """A role set to run the model agent needs a model: refused by name before anything starts."""
     needing = [name for name, p in profiles.items() if p.agent == "model"]
     if needing and model is None:
+        why = UNUSABLE_DEFAULT.get()
         raise ModelConfigError(f"agent(s) {', '.join(needing)} run the model agent, but no model is configured: "
-                               "save an ultrawork-model-agent block named 'default' or pass model_settings")
+                               + (f"the block 'default' is unusable ({why})" if why else
+                                  "save an ultrawork-model-agent block named 'default' or pass model_settings"))
 
 
 def _repo_files(repo: str) -> list[str]:

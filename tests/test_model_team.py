@@ -441,3 +441,24 @@ def test_a_planner_that_fails_leaves_the_run_to_the_built_in_rules(prefect_api, 
     assert result.agents[0].model is None, "explore ran the built-in offline agent"
     recorded = json.loads((uw_home / "runs" / run_id / "plan.json").read_text())
     assert recorded["planned_by"] == "rules" and [a["agent"] for a in recorded["agents"]] == ["explore"]
+
+
+def test_an_unusable_default_model_block_leaves_offline_runs_alone_and_refuses_model_agents_by_name(
+        prefect_api, uw_home, tmp_path, docker_client, monkeypatch):
+    from ultrawork.blocks.model import ModelAgentSettings
+    from ultrawork.model_agent import ModelConfigError
+
+    monkeypatch.delenv("UW_TEAM_MISSING_KEY", raising=False)
+    repo = make_target_repo(tmp_path / "widgets")
+    ModelAgentSettings(model="gpt-test", api_key_env="UW_TEAM_MISSING_KEY").save("default", overwrite=True)
+    try:
+        offline = run_sisyphus({"task": "Map the code", "repo": str(repo), "run_id": f"off-{uuid.uuid4().hex[:6]}",
+                                "review_timeout": 2})
+        refused_id = f"nokey-{uuid.uuid4().hex[:6]}"
+        with pytest.raises(ModelConfigError, match="UW_TEAM_MISSING_KEY is not set"):
+            run_sisyphus({"task": "Map the code", "repo": str(repo), "agents": ["explore"], "run_id": refused_id,
+                          "agent_profiles": {"explore": "model"}})
+    finally:
+        ModelAgentSettings.delete("default")
+    assert [o.status for o in offline.agents] == ["succeeded"] and offline.outcome == "review-timed-out"
+    assert not (uw_home / "runs" / refused_id).exists()
