@@ -73,7 +73,7 @@ def test_conflicting_writers_end_in_conflict_and_integrating_after_the_fix_finis
     result = run_sisyphus({"task": TASK, "repo": str(repo), "agents": ["explore", "oracle", "frontend"],
                            "run_id": run_id,
                            "agent_commands": {"frontend": writes("frontend wrote this", "frontend.txt"),
-                                              "oracle": writes("oracle wrote this", "oracle.txt")}},
+                                              "oracle": writes("oracle wrote this", "oracle.txt")}, "review_timeout": 300},
                           approve_all)
     integration = f"ultrawork/{run_id}/integration"
     # the roles merge in the run's order: oracle first, then frontend, whose core.py conflicts
@@ -130,7 +130,7 @@ def test_a_failing_check_stops_the_pull_request_and_a_passing_one_opens_it(
         monkeypatch.setenv("ULTRAWORK_GITHUB_PUSH_URL", str(remote))
         result = run_sisyphus({"task": TASK, "repo": str(repo), "agents": ["frontend"], "run_id": run_id,
                                "agent_commands": {"frontend": writes("frontend wrote this")},
-                               "check_command": check}, approve_all)
+                               "check_command": check, "review_timeout": 300}, approve_all)
         assert result.check is not None and result.check.passed is passing
         assert "checking core.py" in result.check.output_tail
         if passing:
