@@ -462,3 +462,31 @@ def test_an_unusable_default_model_block_leaves_offline_runs_alone_and_refuses_m
         ModelAgentSettings.delete("default")
     assert [o.status for o in offline.agents] == ["succeeded"] and offline.outcome == "review-timed-out"
     assert not (uw_home / "runs" / refused_id).exists()
+
+
+def test_a_plan_names_known_agents_once_and_gives_each_writer_its_own_files():
+    from pydantic import ValidationError
+
+    from ultrawork.agents.profiles import DEFAULT_PROFILES
+    from ultrawork.agents.team import RunPlan, base_role, with_instances
+
+    ok = RunPlan(summary="s", agents=[{"agent": "explore", "brief": "map"},
+                                      {"agent": "frontend", "brief": "a", "files": ["a.py"]},
+                                      {"agent": "frontend-2", "brief": "b", "files": ["b.py"]}])
+    assert ok.names() == ["explore", "frontend", "frontend-2"] and ok.brief("frontend-2") == "b"
+    for bad, named in [
+        ([{"agent": "frontend", "brief": "a", "files": ["a.py"]}, {"agent": "frontend-2", "brief": "b", "files": ["a.py"]}],
+         "both touch a.py"),
+        ([{"agent": "hacker", "brief": "x"}], "unknown agent 'hacker'"),
+        ([{"agent": "explore", "brief": "x"}, {"agent": "explore", "brief": "y"}], "each named once"),
+        ([{"agent": f"frontend-{n}", "brief": "x"} for n in range(2, 17)] + [{"agent": "frontend", "brief": "x"},
+                                                                         {"agent": "explore", "brief": "x"}],
+         "1 to 16 agents"),
+    ]:
+        with pytest.raises(ValidationError, match=named):
+            RunPlan(summary="s", agents=bad)
+    assert (base_role("frontend-16"), base_role("frontend-17"), base_role("oracle-3")) == \
+        ("frontend", "frontend-17", "oracle")
+    team = with_instances(dict(DEFAULT_PROFILES), ["frontend", "frontend-2", "oracle-2"])
+    assert team["frontend-2"].role == "frontend-2" and team["frontend-2"].workspace_mode == "rw"
+    assert team["oracle-2"].workspace_mode == "ro" and "frontend-17" not in with_instances({}, ["frontend-17"])
