@@ -21,7 +21,8 @@ class SandboxSettings(Block):
     ``max_*`` caps and ``allowed_networks`` are the sandbox policy, which refuses
     any profile that asks for more. A step stopped by its memory or pids limit is
     retried once with that limit multiplied by ``limit_raise_factor``, up to the
-    ``limit_raise_max_*`` ceilings (default: the caps). Hardening (no capabilities, read-only root,
+    ``limit_raise_max_*`` ceilings (default: the caps). ``max_sandboxes`` sizes the global
+    concurrency limit ``ultrawork-sandboxes`` every sandbox holds a slot of. Hardening (no capabilities, read-only root,
     user 1000, no new privileges) is not a setting: no block can turn it off.
 
     Example:
@@ -57,6 +58,9 @@ class SandboxSettings(Block):
                                                   "(MiB; default: max_memory_mb).")
     limit_raise_max_pids: int | None = Field(None, ge=8, description="Ceiling of a raised pids limit "
                                              "(default: max_pids).")
+    max_sandboxes: int = Field(16, ge=1, description="Cap: the most sandboxes alive at once across every run, "
+                               "worker, CLI command and MCP session of this Prefect server (the global "
+                               "concurrency limit 'ultrawork-sandboxes'; the others wait for a slot).")
 
     def limits(self) -> Limits:
         return Limits(memory_mb=self.memory_mb, cpus=self.cpus, pids=self.pids)

@@ -34,6 +34,7 @@ from ultrawork.sandbox.output import OutputLog
 from ultrawork.sandbox.steps import guarded_execute
 from ultrawork.sandbox.spec import ultrawork_home
 
+from ultrawork.runtime.caps import SandboxSlot, release as release_slot
 from ultrawork.runtime.config import active_limit_raise, active_policy
 from ultrawork.failpoints import failpoint
 from ultrawork.runtime.logs import get_logger
@@ -92,6 +93,7 @@ class SandboxHandle:
         self.broken = False
         self.recreate_why = self.RECREATED
         self.recoveries: list[str] = []
+        self.slot: SandboxSlot | None = None    # of the global sandbox cap, held until cleanup
 
     def ensure(self, note: Callable[[str], None] | None = None) -> Sandbox:
         self.spec = through_gateway(self.spec, note)   # its gateway network and placeholders; restarted if down
@@ -105,6 +107,8 @@ class SandboxHandle:
             self.recreate_why = self.RECREATED
         if self.sandbox is None:
             validate_spec(self.spec, eng.policy)
+            if self.slot is None:
+                self.slot = SandboxSlot.take(f"{self.spec.run_id}/{self.spec.role}")
             self.sandbox = eng.create(self.spec)
             self.created += 1
             self.broken = False
@@ -142,6 +146,7 @@ class SandboxHandle:
         if self.sandbox is not None:
             engine().cleanup(self.sandbox)
             self.sandbox = None
+        self.slot = release_slot(self.slot)
 
 
 @task(name="start-sandbox", cache_policy=NO_CACHE, **task_options(SandboxError))

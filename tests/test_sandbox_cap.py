@@ -1,0 +1,88 @@
+"""The global sandbox cap: however many runs share a Prefect server, at most ``max_sandboxes``
+sandboxes live at once; the other agents wait for a slot and every run still finishes."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+import uuid
+
+import pytest
+from flowkit import FlowThread, make_target_repo, review_state
+from pg import postgres_database, prefect_pg_api, prefect_pg_server  # noqa: F401 (fixtures)
+
+pytestmark = [pytest.mark.docker, pytest.mark.prefect]
+
+ROLES = ["explore", "librarian", "oracle", "frontend"]
+CAP = 3
+
+
+class Sampler(threading.Thread):
+    """Counts the runs' live sandboxes (by their run label) every 0.2 s."""
+
+    def __init__(self, client, run_ids: list[str]):
+        super().__init__(daemon=True)
+        self.client, self.run_ids = client, run_ids
+        self.stop = threading.Event()
+        self.peak, self.samples = 0, 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            live = sum(len(self.client.containers.list(filters={"label": f"ultrawork.run={rid}"}))
+                       for rid in self.run_ids)
+            self.peak, self.samples = max(self.peak, live), self.samples + 1
+            time.sleep(0.2)
+
+
+def reject_all_when_asked(run_id: str) -> threading.Thread:
+    from ultrawork.cli.runs import submit_review
+
+    def act() -> None:
+        deadline = time.monotonic() + 300
+        while review_state(run_id) != "requested" and time.monotonic() < deadline:
+            time.sleep(0.3)
+        submit_review(run_id, approve=[], reject=ROLES)
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(act,), daemon=True)   # this API
+    thread.start()
+    return thread
+
+
+def test_two_runs_of_four_agents_never_exceed_the_sandbox_cap(prefect_pg_api, docker_client, uw_home, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    from ultrawork.blocks import SandboxSettings
+    from ultrawork.runtime.caps import LIMIT_NAME
+
+    SandboxSettings(max_sandboxes=CAP).save("default", overwrite=True)
+    repo = make_target_repo(tmp_path / "repo")
+    run_ids = [f"cap-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    flows = [FlowThread({"task": "wait a little", "repo": str(repo), "agents": ROLES, "run_id": rid,
+                         "agent_commands": {r: ["sh", "-c", "sleep 4"] for r in ROLES}}) for rid in run_ids]
+    sampler = Sampler(docker_client, run_ids)
+    sampler.start()
+    reviewers = [reject_all_when_asked(rid) for rid in run_ids]
+    started = time.monotonic()
+    for flow in flows:
+        flow.start()
+    try:
+        results = [flow.wait(timeout=240) for flow in flows]
+    finally:
+        sampler.stop.set()
+        sampler.join(5)
+    for reviewer in reviewers:
+        reviewer.join(30)
+
+    assert [r.outcome.value if hasattr(r.outcome, "value") else r.outcome for r in results] == \
+        ["nothing-approved"] * 2, results
+    assert all(len(r.agents) == 4 for r in results)
+    assert sampler.samples > 20, sampler.samples
+    assert 0 < sampler.peak <= CAP, f"{sampler.peak} sandboxes at once, cap {CAP}"
+    # 8 agents of 4 s each through 3 slots take at least three rounds
+    assert time.monotonic() - started > 3 * 4
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(LIMIT_NAME)
+    assert limit.limit == CAP and limit.active_slots == 0, limit
+    assert not docker_client.containers.list(all=True, filters={"label": f"ultrawork.run={run_ids[0]}"})
+    assert not docker_client.containers.list(all=True, filters={"label": f"ultrawork.run={run_ids[1]}"})
