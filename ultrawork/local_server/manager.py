@@ -223,15 +223,26 @@ def _local_auth_for(url: str) -> None:
         os.environ["PREFECT_API_AUTH_STRING"] = auth_string(home)
 
 
+# How every ultrawork process's Prefect client retries (prefect.yaml's work pool gives the same
+# values to the flow runs of every worker; tests/test_client_retries.py keeps them equal).
+CLIENT_RETRY_SETTINGS = {
+    # 2 + 4 + ... + 256 s of back-off: a server or database gone for ~8 min, not for ever
+    "PREFECT_CLIENT_MAX_RETRIES": "8",
+    # besides 502/503 and timeouts (always retried): a database stall or lock answers 500 or 504
+    "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500,504",
+}
+
+
 def configure_client() -> None:
     """How this process's Prefect client retries, unless the environment already says.
 
     Prefect's SQLite server answers lock contention with 503; the local server replays those itself
     for 5 s and then sends a short Retry-After, and the client's default of 5 retries may still run
-    out on a busy server. Retry more, but not without end: a refused connection backs off 2**n
-    seconds, so 8 retries give up on a server gone for ~8 min.
+    out on a busy server. A PostgreSQL server stalled by a lock or load answers 500 or times out.
+    Retry those too, with back-off, but not without end (``CLIENT_RETRY_SETTINGS``).
     """
-    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "8")
+    for name, value in CLIENT_RETRY_SETTINGS.items():
+        os.environ.setdefault(name, value)
 
 
 def ensure_server(start_timeout: float = 90.0, say=lambda msg: None) -> str:
