@@ -64,7 +64,7 @@ def step_task_runs(run_id: str, role: str):
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, TaskRunFilter, TaskRunFilterName
 
     with get_client(sync_client=True) as client:
-        flows = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[role])),
+        flows = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"{run_id}-{role}"])),
                                       limit=200)
         ids = {f.id for f in flows if (f.parameters or {}).get("run_id") == run_id}
         tasks = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="run-step")),
@@ -90,7 +90,7 @@ def test_an_output_flood_ends_at_its_timeout_with_flat_memory_and_few_log_record
         prefect_api, uw_home, tmp_path, docker_client):
     from conftest import flush_prefect_workers
 
-    import flows.sisyphus  # noqa: F401 - imported before the memory baseline
+    import ultrawork.flows.sisyphus  # noqa: F401 - imported before the memory baseline
 
     repo = make_target_repo(tmp_path / "widgets")
     run_id = f"flood-{uuid.uuid4().hex[:6]}"

@@ -27,7 +27,7 @@ from flowkit import git, make_target_repo, review_state
 
 ULTRAWORK = str(Path(sys.executable).with_name("ultrawork"))
 STRAY_DATABASE = "postgresql+asyncpg://nobody:nothing@127.0.0.1:9/elsewhere"
-ENSURE = "from flows.server import ensure_server; print(ensure_server(start_timeout=150))"
+ENSURE = "from ultrawork.local_server.manager import ensure_server; print(ensure_server(start_timeout=150))"
 
 
 def own_env(home: Path, **extra: str) -> dict[str, str]:
@@ -209,7 +209,7 @@ def test_a_resume_is_refused_while_another_process_drives_the_run(uw_home, tmp_p
 
     run = RunSuperproject.create("held-run", make_target_repo(tmp_path / "widgets"), "task")
     before = git(run.path, "rev-parse", "HEAD")
-    holder_code = ("import sys, time; from flows.runs import claim_run; claim_run(sys.argv[1], 'a test driver'); "
+    holder_code = ("import sys, time; from ultrawork.cli.runs import claim_run; claim_run(sys.argv[1], 'a test driver'); "
                    "print('held', flush=True); time.sleep(120)")
     holder = subprocess.Popen([sys.executable, "-c", holder_code, "held-run"], env=own_env(uw_home),
                               stdout=subprocess.PIPE, text=True)
@@ -256,12 +256,11 @@ def test_two_resumes_of_a_crashed_run_run_its_agents_once(prefect_api, uw_home, 
 
     repo = make_target_repo(tmp_path / "widgets")
     run_id = f"race-{uuid.uuid4().hex[:6]}"
-    slow_once = ["sh", "-c", "if [ ! -e /plan/.attempted ]; then touch /plan/.attempted; sleep 120; fi; "
-                             "exec python3 /agent/builtin_agent.py frontend"]
+    # explore (research) finishes first; the process dies as the writer's first step starts in its sandbox
     env = {**os.environ, "ULTRAWORK_FAULTS_STATE": str(tmp_path / "faults.json"),
-           "ULTRAWORK_FAULTS": json.dumps([{"at": "stage:agent-finished", "after": 0, "action": "kill_process"}])}
+           "ULTRAWORK_FAULTS": json.dumps([{"at": "step", "role": "frontend", "action": "kill_process"}])}
     params = {"task": "Document make_widget.", "repo": str(repo), "agents": ["explore", "frontend"],
-              "run_id": run_id, "agent_commands": {"frontend": slow_once}, "review_timeout": 180}
+              "run_id": run_id, "review_timeout": 180}
     created: Counter = Counter()
     stream = docker_client.events(decode=True, filters={"type": "container", "event": "create",
                                                         "label": f"ultrawork.run={run_id}"})

@@ -25,7 +25,7 @@ def test_server_status_and_stop_refuse_while_a_run_uses_it(tmp_path):
     home = tmp_path / "home"
     assert ultrawork(home, "server", "status").returncode == 1          # none yet
     started = subprocess.run(
-        [sys.executable, "-c", "from flows.server import ensure_server; print(ensure_server(start_timeout=120))"],
+        [sys.executable, "-c", "from ultrawork.local_server.manager import ensure_server; print(ensure_server(start_timeout=120))"],
         env={**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}, "ULTRAWORK_HOME": str(home)},
         capture_output=True, text=True, timeout=180, check=True)
     url = started.stdout.strip().splitlines()[-1]

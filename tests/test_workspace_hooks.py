@@ -29,7 +29,7 @@ def test_builtin_order_is_the_documented_table():
     assert len(BUILTIN_HOOKS) == 9
     assert {h.name for h in BUILTIN_HOOKS if h.safety} == {
         "container-safety-enforcer", "isolation-checker", "resource-limit-monitor"}
-    import ultrawork.workspace.hooks
+    from ultrawork import workspace
     for spec in BUILTIN_HOOKS:
         assert spec.name in workspace.hooks.__doc__
 
