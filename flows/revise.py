@@ -14,6 +14,7 @@ import asyncio
 
 from ultrawork.agents.outcome import AgentOutcome
 from ultrawork.agents.profiles import AgentProfile
+from ultrawork.failpoints import failpoint
 from ultrawork.flows.agent import agent
 from ultrawork.flows.review import ReviewOutcome, review_run
 from ultrawork.runtime.artifacts import publish_results
@@ -70,6 +71,7 @@ async def rerun(run_id: str, ledger: RunLedger, profile: AgentProfile, comment: 
     outcome = outcome.model_copy(update={"round": round_no})
     await ledger.arecord(f"outcomes/{role}", outcome.model_dump(mode="json"),
                          stage_subject(role, Stage.OUTCOME_RECORDED, f"({outcome.status})"))
+    failpoint("stage:round-agent-finished", role=role)
     return outcome
 
 

@@ -78,3 +78,68 @@ def test_a_revised_writer_runs_again_with_the_comment_and_a_failed_agent_is_retr
     assert any(s.startswith("round 2: ") for s in history)
     assert any(s.startswith("review: ") and "sent back frontend" in s and "retried explore" in s for s in history)
     assert json.loads((run_dir / "review.json").read_text())["round"] == 2
+
+
+def test_a_run_killed_mid_round_resumes_the_round_without_rerunning_who_finished_it(
+        prefect_api, uw_home, tmp_path, docker_client):
+    """Round 2 sends two agents back; the process is killed once the quick one finished its round;
+    `ultrawork resume` runs only the slow one again, then asks for the second review."""
+    import os
+    import subprocess
+    import sys
+    import threading
+    import time
+    from collections import Counter
+    from pathlib import Path
+
+    from flowkit import review_state
+
+    from ultrawork.cli.runs import run_status, submit_review
+
+    repo = make_target_repo(tmp_path / "widgets")
+    run_id = f"rk-{uuid.uuid4().hex[:6]}"
+    slow = ["sh", "-c", "if grep -q 'Review, round 2' /agent/prompt.md; then sleep 8; fi; "
+                        "echo more >> widgets/rounds.txt"]
+    env = {**os.environ, "ULTRAWORK_FAULTS_STATE": str(tmp_path / "faults.json"),
+           "ULTRAWORK_FAULTS": json.dumps([{"at": "stage:round-agent-finished", "role": "explore",
+                                            "action": "kill_process"}])}
+    params = {"task": "Map and document.", "repo": str(repo), "agents": ["explore", "frontend"], "run_id": run_id,
+              "agent_commands": {"frontend": slow}, "review_timeout": 300}
+
+    def send_back() -> None:
+        while review_state(run_id) != "requested":
+            time.sleep(0.2)
+        submit_review(run_id, [], [], again={"explore": ("revise", "map the docs too"),
+                                             "frontend": ("revise", "one more line")})
+
+    reviewer = threading.Thread(target=send_back, daemon=True)
+    reviewer.start()
+    started = time.time()
+    with open(tmp_path / "first.log", "ab") as log:
+        first = subprocess.run([sys.executable, "-m", "ultrawork.cli.launch", json.dumps(params)], env=env,
+                               stdout=log, stderr=subprocess.STDOUT, timeout=240)
+    assert first.returncode == -9, (tmp_path / "first.log").read_text()[-3000:]
+    outcomes = {r: json.loads((uw_home / "runs" / run_id / "outcomes" / f"{r}.json").read_text())["round"]
+                for r in ("explore", "frontend")}
+    assert outcomes == {"explore": 2, "frontend": 1}, "killed after the quick agent finished round 2"
+
+    def approve_round_two() -> None:
+        deadline = time.monotonic() + 180
+        while not ((s := run_status(run_id, with_state=False)).review == "requested" and s.review_round == 2):
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        submit_review(run_id, ["explore", "frontend"], [])
+
+    reviewer = threading.Thread(target=approve_round_two, daemon=True)
+    reviewer.start()
+    ultrawork = str(Path(sys.executable).with_name("ultrawork"))
+    resumed = subprocess.run([ultrawork, "resume", run_id], capture_output=True, text=True, timeout=300,
+                             env=os.environ.copy(), stdin=subprocess.DEVNULL)
+    reviewer.join(10)
+    assert resumed.returncode == 0 and "integrated" in resumed.stdout, resumed.stdout + resumed.stderr
+    events = docker_client.events(since=int(started) - 1, until=int(time.time()) + 1, decode=True,
+                                  filters={"type": "container", "event": "create", "label": f"ultrawork.run={run_id}"})
+    created = Counter(e["Actor"]["Attributes"].get("ultrawork.agent") for e in events)
+    # explore: round 1 and round 2 once; frontend: round 1, the killed round 2, round 2 again
+    assert created == Counter({"explore": 2, "frontend": 3}), created
+    assert git(repo, "show", f"ultrawork/{run_id}/integration:widgets/rounds.txt") == "more\nmore"
