@@ -24,6 +24,7 @@ from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel, Field
 
 from ultrawork.backlog import Backlog, BacklogError, Claim, default_backlog, open_backlog, outcome_trigger
+from ultrawork.backlog.sweeping import runs_in_flight
 from ultrawork.backlog.machine import OUTCOME_TRIGGERS
 from ultrawork.tasks.backlog import claim_issues, publish_sweep, record_event, scan_backlog
 from ultrawork.runtime.config import load_config
@@ -129,6 +130,58 @@ async def follow(source: Backlog, claim: Claim, *, deployment: str, agents: list
             gate.release()
 
 
+async def reconcile(source: Backlog, actor: str) -> list[SweptIssue]:
+    """Every pass first settles the issues earlier sweeps left in flight (the sweep crashed, or a
+    database stall outlasted its retries): a run paused for review puts its issue in ``review``; a
+    finished run's outcome fires its event; a crashed or vanished run sends its issue back to the
+    backlog, so the next pass runs it again. Runs still working are left to the sweep following them."""
+    from uuid import UUID
+
+    issues, _ = await scan_backlog(source)
+    rows = []
+    async with get_client() as client:
+        for pending in runs_in_flight(issues):
+            issue = pending.issue
+            row = SweptIssue(issue=issue.id, title=issue.title, state=issue.state, run_id=pending.run_id,
+                             flow_run_id=pending.flow_run_id, note="reconciled")
+            try:
+                state = (await client.read_flow_run(UUID(pending.flow_run_id))).state
+            except (ObjectNotFound, ValueError):
+                state = None
+            if state is not None and not state.is_final():
+                if state.is_paused() and issue.state == "implement":
+                    await _record(source, row, "review_requested", actor, run_id=pending.run_id,
+                                  flow_run_id=pending.flow_run_id)
+                    rows.append(row)
+                continue
+            row.outcome, message = outcome_of(state) if state is not None else ("failed", "its flow run is gone")
+            await _settle(source, row, actor, message)
+            rows.append(row)
+    if rows:
+        get_logger().info("reconciled: %s", ", ".join(f"{r.issue} {r.outcome or 'review'} -> {r.state}" for r in rows))
+    return rows
+
+
+async def _record(source: Backlog, row: SweptIssue, trigger: str, actor: str, **data) -> None:
+    try:
+        row.state = (await record_event(source, row.issue, trigger, actor, data)).state
+    except BacklogError as exc:        # e.g. someone moved or dropped the issue meanwhile
+        row.note = f"could not record {trigger}: {exc}"
+        get_logger().warning("issue %s: %s", row.issue, row.note)
+
+
+async def _settle(source: Backlog, row: SweptIssue, actor: str, message: str) -> None:
+    """Fire the event of ``row.outcome`` (after ``review_requested`` when the review was never recorded)."""
+    ids = {"run_id": row.run_id, "flow_run_id": row.flow_run_id}
+    if row.state == "implement" and row.outcome != "failed":
+        await _record(source, row, "review_requested", actor, **ids)
+    trigger = outcome_trigger(row.outcome)
+    data = {**ids, "outcome": row.outcome, "message": message[:500]}
+    if trigger == "release":
+        data["reason"] = message[:500] or row.outcome
+    await _record(source, row, trigger, actor, **data)
+
+
 @flow(name="backlog-sweep", log_prints=True)
 async def sweep(
     backlog: str | None = None,
@@ -160,6 +213,7 @@ async def sweep(
     flow_run = get_run_context().flow_run
     actor = f"sweep {flow_run.name} ({flow_run.id})"
 
+    reconciled = await reconcile(source, actor)
     issues, problems = await scan_backlog(source)
     claims, skips = await claim_issues(source, issues, actor, limit)
     gate = asyncio.Semaphore(concurrency)
@@ -169,10 +223,10 @@ async def sweep(
 
     skipped = [SweptIssue(issue=s.issue_id, note=s.reason) for s in skips]
     skipped += [SweptIssue(issue=getattr(p, "where", "") or "?", note=str(p)) for p in problems]
-    result = SweepResult(backlog=source.name, swept=list(swept), skipped=skipped)
+    result = SweepResult(backlog=source.name, swept=[*reconciled, *swept], skipped=skipped)
     rows = [{"issue": r.issue, "title": r.title, "outcome": r.outcome or "skipped", "state": r.state,
              "run": r.run_id or "", "note": r.note} for r in [*result.swept, *result.skipped]]
     await publish_sweep(rows, source.name)
-    log.info("sweep of %s: %d run(s); %s; %d skipped", source.name, len(swept),
+    log.info("sweep of %s: %d run(s), %d reconciled; %s; %d skipped", source.name, len(swept), len(reconciled),
              ", ".join(f"{r.issue} {r.outcome} -> {r.state}" for r in swept) or "nothing claimed", len(skipped))
     return result

@@ -93,3 +93,36 @@ def claim_eligible(backlog: Backlog, issues: list[Issue], actor: str,
 def outcome_trigger(outcome: str) -> str:
     """The trigger a run outcome fires; anything unknown counts as a failed run."""
     return OUTCOME_TRIGGERS.get(outcome, OUTCOME_TRIGGERS["failed"])
+
+
+@dataclass
+class RunInFlight:
+    """An issue a sweep started a run for whose outcome is not on the issue yet."""
+    issue: Issue
+    run_id: str
+    flow_run_id: str
+
+
+OUTCOME_EVENTS = frozenset(OUTCOME_TRIGGERS.values())
+
+
+def runs_in_flight(issues: list[Issue]) -> list[RunInFlight]:
+    """Issues in ``implement`` or ``review`` whose latest ``run_started`` has no outcome event after it.
+
+    A sweep that crashed, or lost its server for a while, leaves these behind; the next pass
+    reads their runs and moves them on (``flows/sweep.py::reconcile``).
+    """
+    found = []
+    for issue in issues:
+        if issue.state not in ("implement", "review"):
+            continue
+        starts = [i for i, e in enumerate(issue.history) if e.trigger == "run_started"]
+        if not starts:
+            continue
+        after = issue.history[starts[-1] + 1:]
+        if any(e.trigger in OUTCOME_EVENTS or e.trigger == "claim" for e in after):
+            continue
+        data = issue.history[starts[-1]].data
+        found.append(RunInFlight(issue, str(data.get("run_id", "")), str(data.get("flow_run_id", ""))))
+    return found
+
