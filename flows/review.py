@@ -174,14 +174,18 @@ def verdicts(decision: BaseModel, roles: list[str]) -> list[Verdict]:
 
 
 def review_input(roles: list[str], approve: list[str], reject: list[str], comment: str = "",
-                 again: dict[str, tuple[str, str]] | None = None, abort: bool = False) -> dict[str, str]:
+                 again: dict[str, tuple[str, str]] | None = None, abort: bool = False,
+                 failed: list[str] | None = None) -> dict[str, str]:
     """The run input for a review given on the command line; every role must be decided once.
 
     ``again``: role -> ("revise" or "retry", its comment) for the agents sent back;
-    ``abort``: the run is aborted (every agent's decision is "abort")."""
+    ``abort``: the run is aborted -- a decision of the agents that ``failed`` (the others are rejected)."""
     again = again or {}
     if abort:
-        return {r: "abort" for r in roles} | ({f"{r}_comment": comment for r in roles} if comment else {})
+        if not failed:
+            raise ValueError("abort is a decision for a failed agent and none failed; reject every agent instead")
+        return ({r: "abort" if r in failed else "reject" for r in roles}
+                | ({f"{r}_comment": comment for r in roles} if comment else {}))
     chosen = [*approve, *reject, *again]
     unknown = sorted(set(chosen) - set(roles))
     if unknown:

@@ -20,6 +20,8 @@ from ultrawork.flows.review import ReviewOutcome, review_run
 from ultrawork.runtime.artifacts import publish_results
 from ultrawork.runtime.logs import get_logger
 from ultrawork.runtime.naming import agent_tags
+from ultrawork.tasks.egress import run_egress
+from ultrawork.tasks.mcp import run_mcp_servers
 from ultrawork.workspace.ledger import RunLedger
 from ultrawork.workspace.repo_guard import read_regular_file
 from ultrawork.workspace.stages import Stage
@@ -84,8 +86,10 @@ async def run_round(run_id: str, ledger: RunLedger, outcomes: list[AgentOutcome]
     if not again:
         return outcomes
     get_logger().info("run %s: round %d: %s again", run_id, round_no, ", ".join(again))
-    redone = await asyncio.gather(*(rerun(run_id, ledger, profiles[role], comment, round_no)
-                                    for role, comment in again.items()))
+    chosen = {role: profiles[role] for role in again}
+    async with run_egress(run_id, chosen), run_mcp_servers(run_id, chosen):   # as in their first round
+        redone = await asyncio.gather(*(rerun(run_id, ledger, profiles[role], comment, round_no)
+                                        for role, comment in again.items()))
     by_role = {o.role: o for o in redone}
     outcomes = [by_role.get(o.role, o) for o in outcomes]
     await publish_results(run_id, outcomes)

@@ -102,3 +102,28 @@ def test_each_writers_diff_is_above_the_form_and_links_the_whole_diff():
     assert "<summary><b>frontend</b>: its diff</summary>" in text and "+    if not name:" in text
     assert "[The whole diff as an artifact](http://ui/a/1)" in text
     assert "<b>explore</b>: its diff" not in text          # read-only: its findings, not a diff
+
+
+def test_with_rounds_left_a_finished_agent_can_be_sent_back_and_a_failed_one_retried():
+    from ultrawork.flows.review import review_form, review_input, verdicts
+
+    form = review_form("r1", "task", OUTCOMES, rounds_left=True)
+    props = form.model_json_schema()["properties"]
+    assert props["frontend"]["enum"] == ["approve", "reject", "revise"]
+    assert props["frontend"]["title"] == "Frontend: approve, reject or revise"
+    assert props["librarian"]["enum"] == ["retry", "reject", "approve", "abort"]
+    assert "Failed with AgentCommandError" in props["librarian"]["description"]
+    last = review_form("r1", "task", OUTCOMES, rounds_left=False).model_json_schema()["properties"]
+    assert "revise" not in last["frontend"]["enum"] and "retry" not in last["librarian"]["enum"]
+
+    data = review_input([o.role for o in OUTCOMES], ["explore", "oracle"], [],
+                        again={"frontend": ("revise", "add a test"), "librarian": ("retry", "")})
+    decided = verdicts(form.model_validate(data), [o.role for o in OUTCOMES])
+    assert [(v.role, v.choice, v.approved, v.comment) for v in decided] == [
+        ("explore", "approve", True, ""), ("librarian", "retry", False, ""), ("oracle", "approve", True, ""),
+        ("frontend", "revise", False, "add a test")]
+    aborted = review_input([o.role for o in OUTCOMES], [], [], abort=True, failed=["librarian"])
+    assert aborted == {"explore": "reject", "librarian": "abort", "oracle": "reject", "frontend": "reject"}
+    form.model_validate(aborted)
+    with pytest.raises(ValueError, match="none failed"):
+        review_input(["explore"], [], [], abort=True, failed=[])

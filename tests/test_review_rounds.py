@@ -143,3 +143,31 @@ def test_a_run_killed_mid_round_resumes_the_round_without_rerunning_who_finished
     # explore: round 1 and round 2 once; frontend: round 1, the killed round 2, round 2 again
     assert created == Counter({"explore": 2, "frontend": 3}), created
     assert git(repo, "show", f"ultrawork/{run_id}/integration:widgets/rounds.txt") == "more\nmore"
+
+
+def test_aborting_on_a_failed_agent_ends_the_run_with_nothing_merged(prefect_api, uw_home, tmp_path, docker_client):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = make_target_repo(tmp_path / "widgets")
+    run_id = f"ab-{uuid.uuid4().hex[:6]}"
+    ultrawork = str(Path(sys.executable).with_name("ultrawork"))
+    seen = {}
+
+    def abort(rid: str) -> None:
+        from ultrawork.cli.runs import run_status, wait_for_review_form
+
+        wait_for_review_form(run_status(rid, with_state=False).flow_run_id)
+        sent = subprocess.run([ultrawork, "review", rid, "--abort", "--comment", "wrong repository", "--json"],
+                              capture_output=True, text=True, env=os.environ.copy(), timeout=120)
+        seen["cli"] = (sent.returncode, sent.stdout + sent.stderr)
+
+    result = run_sisyphus({"task": "Map it.", "repo": str(repo), "agents": ["explore", "frontend"], "run_id": run_id,
+                           "review_timeout": 300, "agent_commands": {"explore": RESEARCHER}}, abort)
+    assert seen["cli"][0] == 0 and json.loads(seen["cli"][1])["aborted"] is True, seen["cli"]
+    assert result.outcome == "aborted" and "wrong repository" in result.message, result.message
+    assert not result.merged
+    assert subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"refs/heads/ultrawork/{run_id}/integration"],
+                          cwd=repo, capture_output=True).returncode != 0

@@ -450,7 +450,8 @@ def review_command(
         help="ROLE=COMMENT: send the agent back; it runs again on its branch with the comment (repeatable).")] = None,
     retry: Annotated[Optional[list[str]], typer.Option(
         help="ROLE or ROLE=COMMENT: run a failed agent again (repeatable).")] = None,
-    abort: Annotated[bool, typer.Option("--abort", help="End the run: nothing is merged, branches are kept.")] = False,
+    abort: Annotated[bool, typer.Option("--abort", help="A failed agent's decision: end the run; nothing is "
+                                                        "merged, branches are kept.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the decision sent as JSON.")] = False,
 ) -> None:
     """Decide each agent of a run paused for review: approve, reject, revise (with a comment) or retry;

@@ -228,7 +228,8 @@ def submit_review(run_id: str, approve: list[str], reject: list[str], comment: s
     status = run_status(run_id, with_state=False)
     roles = [a.role for a in status.agents]
     try:
-        data = review_input(roles, approve, reject, comment, again=again, abort=abort)
+        data = review_input(roles, approve, reject, comment, again=again, abort=abort,
+                            failed=[a.role for a in status.agents if a.outcome == "failed"])
     except ValueError as exc:
         raise ReviewRejected(str(exc)) from None
     if not status.flow_run_id:
