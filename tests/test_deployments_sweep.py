@@ -179,7 +179,7 @@ def test_nightly_sweep_deployment_runs_one_sisyphus_per_issue_on_two_workers(pre
         with get_client(sync_client=True) as client:
             deployment = client.read_deployment_by_name("sisyphus/sisyphus")
             runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id={"any_": [deployment.id]}),
-                                         flow_run_filter=FlowRunFilter(name={"like_": "issue-"}))
+                                         flow_run_filter=FlowRunFilter(tags={"all_": ["backlog-sweep"]}))
             ours = [r for r in runs if r.parameters.get("run_id") in decided.values()]
             assert len(ours) == 4 and all(r.state.is_completed() for r in ours)
             parents = {client.read_task_run(r.parent_task_run_id).flow_run_id for r in ours}
