@@ -130,6 +130,9 @@ def prefect_pg_server(postgres_database, tmp_path_factory):
     try:
         yield server
     finally:
+        from conftest import flush_prefect_workers
+
+        flush_prefect_workers()    # logs and events still held go out while the server answers
         server.stop()
 
 

@@ -83,3 +83,46 @@ def _named_flow(name: str):
     def stall_check() -> None:
         pass
     return stall_check
+
+
+def locked_flow_run_table(database: str, seconds: int) -> subprocess.Popen:
+    """A psql session holding ``LOCK TABLE flow_run IN ACCESS EXCLUSIVE MODE`` for ``seconds``, once held."""
+    lock = subprocess.Popen(["psql", "-h", PG_SOCKET, "-d", database, "-v", "ON_ERROR_STOP=1", "-c",
+                             f"BEGIN; LOCK TABLE flow_run IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep({seconds}); "
+                             "COMMIT;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while psql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE "
+               "c.relname = 'flow_run' AND l.mode = 'AccessExclusiveLock' AND l.granted", database) != "1":
+        assert time.monotonic() < deadline, "the lock on flow_run was never taken"
+        time.sleep(0.1)
+    return lock
+
+
+@pytest.mark.docker
+def test_a_run_paused_for_review_completes_after_a_thirty_second_stall(prefect_pg_api, postgres_database,
+                                                                      docker_client, uw_home, tmp_path):
+    from flowkit import FlowThread, make_target_repo
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, PREFECT_CLIENT_RETRY_EXTRA_CODES, temporary_settings
+
+    from ultrawork.cli.runs import submit_review
+
+    roles = ["explore", "frontend"]
+    repo = make_target_repo(tmp_path / "repo")
+    with temporary_settings(updates={
+            PREFECT_CLIENT_MAX_RETRIES: int(CLIENT_RETRY_SETTINGS["PREFECT_CLIENT_MAX_RETRIES"]),
+            PREFECT_CLIENT_RETRY_EXTRA_CODES: CLIENT_RETRY_SETTINGS["PREFECT_CLIENT_RETRY_EXTRA_CODES"]}):
+        run = FlowThread({"task": "look around", "repo": str(repo), "agents": roles, "run_id": "stall-review",
+                          "agent_commands": {r: ["sh", "-c", "true"] for r in roles}})
+        run.start()
+        run.wait_for_review(timeout=240)
+        lock = locked_flow_run_table(postgres_database[0], STALL)
+        try:
+            started = time.monotonic()
+            submit_review("stall-review", approve=[], reject=roles, wait=120)   # made while the table is locked
+            reviewed_after = time.monotonic() - started
+        finally:
+            lock.wait(STALL + 30)
+        result = run.wait(timeout=240)
+    assert reviewed_after >= STALL - 5, f"the review went through in {reviewed_after:.0f}s: no stall reproduced"
+    assert str(result.outcome) in ("nothing-approved", "RunOutcome.NOTHING_APPROVED"), result.outcome
+    assert docker_client.containers.list(all=True, filters={"label": "ultrawork.run=stall-review"}) == []
