@@ -38,6 +38,16 @@ def test_workers_flow_runs_get_the_client_retries(project_file):
     assert {k: env[k] for k in CLIENT_RETRY_SETTINGS} == CLIENT_RETRY_SETTINGS
 
 
+def test_configure_client_applies_to_a_process_that_already_imported_prefect():
+    code = ("import prefect; from prefect.settings import get_current_settings as s; "
+            "from ultrawork.local_server.manager import configure_client; configure_client(); "
+            "print(s().client.max_retries, sorted(s().client.retry_extra_codes))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_CLIENT_")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         check=True).stdout.split("\n")[-2]
+    assert out == "8 [500, 504]", out
+
+
 def stalled_call(database: str, flow_run_id: str, settings: dict) -> tuple[subprocess.CompletedProcess, float]:
     """Set the run's state from a new process while ``flow_run`` is locked for ``STALL`` seconds."""
     lock = subprocess.Popen(["psql", "-h", PG_SOCKET, "-d", database, "-v", "ON_ERROR_STOP=1", "-c",

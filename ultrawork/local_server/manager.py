@@ -241,8 +241,12 @@ def configure_client() -> None:
     out on a busy server. A PostgreSQL server stalled by a lock or load answers 500 or times out.
     Retry those too, with back-off, but not without end (``CLIENT_RETRY_SETTINGS``).
     """
-    for name, value in CLIENT_RETRY_SETTINGS.items():
-        os.environ.setdefault(name, value)
+    missing = {name: value for name, value in CLIENT_RETRY_SETTINGS.items() if name not in os.environ}
+    os.environ.update(missing)
+    if missing and "prefect.context" in sys.modules:   # Prefect read its settings at import: read them again
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
 
 
 def ensure_server(start_timeout: float = 90.0, say=lambda msg: None) -> str:
