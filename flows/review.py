@@ -226,10 +226,12 @@ async def agent_changes(run_id: str, outcomes: list[AgentOutcome]) -> dict[str, 
 
 def frees_the_worker() -> bool:
     """A run from a deployment suspends for its review (its worker is free until the review comes);
-    a run started here (``ultrawork run``, a test) pauses in its process."""
+    a run started here (``ultrawork run``, a test) pauses in its process, and so does a run another
+    flow waits on (a backlog sweep's): Prefect cannot suspend a child run."""
     from prefect.context import get_run_context
 
-    return get_run_context().flow_run.deployment_id is not None
+    flow_run = get_run_context().flow_run
+    return flow_run.deployment_id is not None and flow_run.parent_task_run_id is None
 
 
 def decision_subject(decided: list[Verdict]) -> str:
