@@ -143,6 +143,8 @@ def baseline(repo: Path, workdir: Path, workload: float, agents: int) -> dict:
 
 
 def ultrawork(repo: Path, workload: float, agents: int, network: str = "none") -> dict:
+    from prefect.exceptions import TerminationSignal
+
     from ultrawork.cli.runs import submit_review
     from ultrawork.flows.sisyphus import sisyphus
 
@@ -178,6 +180,9 @@ def ultrawork(repo: Path, workload: float, agents: int, network: str = "none") -
                                       agent_commands={r: ["sh", "-c", f"sleep {workload}"] for r in roles},
                                       # --network gateway: every agent a Claude Code profile behind the run's gateway
                                       agent_profiles={r: "claude-code" for r in roles} if network == "gateway" else None))
+    except TerminationSignal as exc:   # Prefect's own SIGTERM handler, installed while a flow runs
+        remove_started_runs()
+        raise BenchmarkStopped(f"stopped by {signal.Signals(exc.signal).name}") from None
     finally:
         finished.set()
         watcher.join(10)
@@ -211,14 +216,19 @@ class BenchmarkStopped(Exception):
     """SIGTERM, SIGINT or the overall timeout: the run is cancelled and everything cleaned up."""
 
 
+def remove_started_runs() -> None:
+    """At once: the steps waiting on their sandboxes end, and nothing is left running."""
+    from ultrawork.tasks.sandboxes import engine
+
+    for run_id in STARTED_RUNS:
+        engine().remove_run(run_id)
+
+
 def stop_on_signals(timeout: float) -> dict:
     """SIGTERM and the overall timeout (SIGALRM) end the benchmark the way Ctrl-C does: the flow is
     cancelled (its sandboxes removed), the local server stopped and the scratch folder deleted."""
     def stop(signum, frame):
-        from ultrawork.tasks.sandboxes import engine
-
-        for run_id in STARTED_RUNS:      # at once: the steps waiting on them end, and nothing is left running
-            engine().remove_run(run_id)
+        remove_started_runs()
         raise BenchmarkStopped(f"stopped by {signal.Signals(signum).name}"
                                + (f" after {timeout:.0f} s" if signum == signal.SIGALRM else ""))
     if threading.current_thread() is not threading.main_thread():

@@ -43,7 +43,7 @@ def sweep_process(root: str, name: str, barrier, results) -> None:
 
 def test_two_sweeps_at_once_claim_every_eligible_issue_exactly_once(tmp_path):
     eligible = make_backlog(tmp_path)
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")   # a clean process: no threads of the test session inherited
     barrier, results = ctx.Barrier(2), ctx.Queue()
     procs = [ctx.Process(target=sweep_process, args=(str(tmp_path), f"sweep-{k}", barrier, results)) for k in "ab"]
     for p in procs:

@@ -53,9 +53,11 @@ def test_two_runs_of_four_agents_never_exceed_the_sandbox_cap(prefect_pg_api, do
     from prefect.client.orchestration import get_client
 
     from ultrawork.blocks import SandboxSettings
+    from ultrawork.runtime import caps
     from ultrawork.runtime.caps import LIMIT_NAME
 
     SandboxSettings(max_sandboxes=CAP).save("default", overwrite=True)
+    caps._SYNCED.clear()     # this process may have matched the limit to the old block less than a minute ago
     repo = make_target_repo(tmp_path / "repo")
     run_ids = [f"cap-{uuid.uuid4().hex[:8]}" for _ in range(2)]
     flows = [FlowThread({"task": "wait a little", "repo": str(repo), "agents": ROLES, "run_id": rid,
