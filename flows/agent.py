@@ -42,9 +42,10 @@ async def agent(run_id: str, profile: AgentProfile, prompt: str, round_no: int =
             env.step_failed(exc)
         finally:
             await asyncio.shield(env.remove_sandbox())   # cleanup, before the host touches the work tree
-        await note_egress(env.run_id, env.role, env.ws)  # what it asked for on the network, into Plan.md
+        egress = await note_egress(env.run_id, env.role, env.ws)  # what it asked for on the network, into Plan.md
         await env.commit()                          # commit: nothing an agent did is lost
         outcome = await env.finalize()              # finalize Plan.md, publish the branch
+        outcome.egress = egress
     except Exception as exc:  # noqa: BLE001 - whatever broke in this agent is its outcome, never its siblings'
         await asyncio.shield(env.remove_sandbox())
         outcome = env.failed_outright(exc)

@@ -62,6 +62,8 @@ def agent_facts(o: AgentOutcome) -> str:
         cost = "" if o.usage.get("cost") is None else f", cost {o.usage['cost']:g}"
         facts += (f" Model {o.model}: {o.usage.get('requests', 0)} request(s), {o.usage.get('input_tokens', 0)} "
                   f"input / {o.usage.get('output_tokens', 0)} output tokens{cost}.")
+    if o.egress:
+        facts += f" {_text(o.egress[0].upper() + o.egress[1:])}."
     if o.round > 1:
         facts += f" Round {o.round}."
     if o.status != "succeeded":

@@ -100,11 +100,11 @@ async def check_egress(profiles: dict[str, AgentProfile]) -> None:
         del found
 
 
-async def note_egress(run_id: str, role: str, ws) -> None:
-    """The agent's egress summary (counts and hosts, never header values) as a Plan.md note."""
+async def note_egress(run_id: str, role: str, ws) -> str | None:
+    """The agent's egress summary (counts and hosts, never header values) as a Plan.md note; the line."""
     egress = registered(run_id)
     if egress is None or ws is None or role not in egress.gateway.rules.agents:
-        return
+        return None
 
     def note() -> str:
         text = summary_markdown(summarize(role, egress.gateway.requests(role)))
@@ -112,9 +112,12 @@ async def note_egress(run_id: str, role: str, ws) -> None:
         return text
 
     try:
-        get_logger().info("%s %s", role, await asyncio.to_thread(note))
+        line = await asyncio.to_thread(note)
     except GatewayError as exc:   # the gateway's log is gone with its container: say so
-        ws.plan.append_note(f"egress: no record ({exc})", kind="egress")
+        line = f"egress: no record ({exc})"
+        ws.plan.append_note(line, kind="egress")
+    get_logger().info("%s %s", role, line)
+    return line
 
 
 @task(name="start-egress-gateway", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2,

@@ -371,6 +371,11 @@ def test_claude_code_edits_through_the_gateway_and_the_key_stays_on_the_host(
     assert "1 refused" in Path(explore.plan_path).read_text()
     artifacts = _artifacts_text(run_id)
     assert f"egress-{run_id}".lower() in artifacts
+    # ... and in each outcome, so the review form's sentence and the results table show it
+    assert frontend.egress and "allowed" in frontend.egress and "api.anthropic.com" in frontend.egress
+    assert explore.egress and "1 refused" in explore.egress
+    from ultrawork.flows.review import agent_facts
+    assert "Egress: " in agent_facts(explore) and "1 refused" in agent_facts(explore)
 
     # the key is nowhere: docker inspect, the sandbox's environment and files, logs, artifacts,
     # Plan.md, the run's home (rules folder gone), the target repository

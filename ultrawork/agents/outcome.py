@@ -33,6 +33,7 @@ class AgentOutcome(BaseModel):
     model: str | None = None                      # provider:model of a model agent; None for a command
     usage: dict | None = None                     # a model agent's requests, tokens, tool calls, seconds, cost
     findings: list[str] = Field(default_factory=list)   # what a research agent found, for the writers
+    egress: str | None = None          # behind the gateway: allowed / refused counts and hosts (no header values)
 
 
 class RunOutcome(StrEnum):

@@ -33,7 +33,8 @@ async def publish_results(run_id: str, outcomes: list[AgentOutcome]) -> None:
         {"agent": o.role, "outcome": o.status, "files changed": o.files_changed,
          "insertions": o.insertions, "deletions": o.deletions, "commits": len(o.commits),
          "duration (s)": round(o.duration, 1), "retries": o.retries,
-         "sandboxes created": o.sandboxes_created, "branch": o.branch, **_model_columns(o.model, o.usage)}
+         "sandboxes created": o.sandboxes_created, "branch": o.branch, **_model_columns(o.model, o.usage),
+         **({"egress": o.egress or ""} if any(x.egress for x in outcomes) else {})}
         for o in outcomes
     ]
     if any(o.usage for o in outcomes):                 # the run's model totals
