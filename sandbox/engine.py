@@ -738,6 +738,8 @@ class SandboxEngine:
             result = self.client.volumes.prune(filters={"label": [f"{LABEL_MANAGED}=true",
                                                                   f"{LABEL_HOME}={home_tag()}"]})
         except docker.errors.APIError as exc:
+            if "already running" in str(exc.explanation or exc):   # another run's reaper is pruning them now
+                return []
             raise SandboxError(f"removing leftover sandbox volumes failed: {exc.explanation or exc}") from None
         return list(result.get("VolumesDeleted") or [])
 

@@ -285,8 +285,11 @@ def _logs_since(started: float) -> list[str]:
 def _artifacts_text(run_id: str) -> str:
     from prefect.client.orchestration import get_client
 
-    with get_client(sync_client=True) as client:
-        found = [a for a in client.read_artifacts(limit=200) if run_id.lower() in (a.key or "")]
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:   # by key: the session's server holds many artifacts
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=run_id.lower())),
+                                      limit=200)
     return "\n".join(json.dumps({"key": a.key, "data": a.data, "description": a.description}, default=str)
                      for a in found)
 

@@ -60,9 +60,11 @@ def approve_all(rid: str) -> None:
 
 def artifact(key: str) -> str:
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
 
     with get_client(sync_client=True) as client:
-        found = client.read_latest_artifacts(limit=200)
+        found = client.read_latest_artifacts(           # by its key: the session's server holds many artifacts
+            artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=[key])))
     return next(a.data for a in found if a.key == key)
 
 

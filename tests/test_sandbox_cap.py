@@ -58,6 +58,10 @@ def test_two_runs_of_four_agents_never_exceed_the_sandbox_cap(prefect_pg_api, do
 
     SandboxSettings(max_sandboxes=CAP).save("default", overwrite=True)
     caps._SYNCED.clear()     # this process may have matched the limit to the old block less than a minute ago
+    # Prefect keeps one slot-acquiring service per limit name and process, bound to the server of its first
+    # use: this session's earlier runs used another server (one process talks to one server in real use)
+    from prefect.concurrency.services import ConcurrencySlotAcquisitionWithLeaseService
+    ConcurrencySlotAcquisitionWithLeaseService._instances.clear()
     repo = make_target_repo(tmp_path / "repo")
     run_ids = [f"cap-{uuid.uuid4().hex[:8]}" for _ in range(2)]
     flows = [FlowThread({"task": "wait a little", "repo": str(repo), "agents": ROLES, "run_id": rid,
@@ -73,6 +77,10 @@ def test_two_runs_of_four_agents_never_exceed_the_sandbox_cap(prefect_pg_api, do
     finally:
         sampler.stop.set()
         sampler.join(5)
+        ConcurrencySlotAcquisitionWithLeaseService._instances.clear()   # the next run binds to its own server
+        SandboxSettings(max_sandboxes=SandboxSettings.model_fields["max_sandboxes"].default).save(
+            "default", overwrite=True)
+        caps._SYNCED.clear()
     for reviewer in reviewers:
         reviewer.join(30)
 
