@@ -24,7 +24,7 @@ from ultrawork.agents.profiles import AgentProfile
 from ultrawork.gateway import EgressSummary, GatewayError, SecretUnavailable
 from ultrawork.gateway.rules import secret_source
 from ultrawork.gateway.run import (
-    egress_rules, run_egress as registered, start_run_egress, stop_run_egress, summarize, summary_markdown,
+    egress_rules, run_egress as registered, start_run_egress, stop_run_egress, summary_markdown,
 )
 from ultrawork.runtime.artifacts import artifact_key
 from ultrawork.runtime.logs import get_logger
@@ -107,7 +107,7 @@ async def note_egress(run_id: str, role: str, ws) -> str | None:
         return None
 
     def note() -> str:
-        text = summary_markdown(summarize(role, egress.gateway.requests(role)))
+        text = summary_markdown(egress.gateway.summary(role))
         ws.plan.append_note(text, kind="egress")
         return text
 

@@ -186,19 +186,6 @@ def step_requests(spec) -> list[dict]:
     return egress.new_requests(spec.role) if egress is not None else []
 
 
-def summarize(agent: str, records: list[dict]) -> EgressSummary:
-    """Allowed / refused / failed counts, bytes and hosts of ``records``."""
-    out = EgressSummary(agent)
-    for e in records:
-        decision = e.get("decision", "refused")
-        setattr(out, decision, getattr(out, decision, 0) + 1)
-        per_host = out.hosts.setdefault(e.get("host", "?"), {})
-        per_host[decision] = per_host.get(decision, 0) + 1
-        out.bytes_in += int(e.get("bytes_in") or 0)
-        out.bytes_out += int(e.get("bytes_out") or 0)
-    return out
-
-
 def summary_markdown(summary: EgressSummary) -> str:
     """One Plan.md line per host: what the agent asked for on the network (no header values)."""
     head = (f"egress: {summary.allowed} allowed, {summary.refused} refused, {summary.failed} failed "
