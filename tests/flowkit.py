@@ -129,3 +129,21 @@ class FlowThread(threading.Thread):
         flow_run_id = run_status(self.params["run_id"], with_state=False).flow_run_id
         wait_for_review_form(flow_run_id, max(5.0, deadline - time.monotonic()))
         return flow_run_id
+
+
+def server_logs_since(started: float) -> list[str]:
+    """Every log message the Prefect server holds from ``started`` (a time.time()) on, oldest first."""
+    import datetime
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTimestamp
+
+    after = datetime.datetime.fromtimestamp(started - 1, tz=datetime.timezone.utc)
+    messages: list[str] = []
+    with get_client(sync_client=True) as client:
+        while True:
+            batch = client.read_logs(log_filter=LogFilter(timestamp=LogFilterTimestamp(after_=after)),
+                                     limit=200, offset=len(messages))
+            messages += [log.message for log in batch]
+            if len(batch) < 200:
+                return messages

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from flowkit import git, make_target_repo, run_sisyphus
+from flowkit import git, make_target_repo, run_sisyphus, server_logs_since
 
 from conftest import IN_CI
 
@@ -268,18 +268,7 @@ def _record_count(model_lab) -> int:
 
 
 def _logs_since(started: float) -> list[str]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterTimestamp
-    after = datetime.datetime.fromtimestamp(started - 1, tz=datetime.timezone.utc)
-    messages, offset = [], 0
-    with get_client(sync_client=True) as client:
-        while True:
-            batch = client.read_logs(log_filter=LogFilter(timestamp=LogFilterTimestamp(after_=after)),
-                                     limit=200, offset=offset)
-            messages += [log.message for log in batch]
-            offset += len(batch)
-            if len(batch) < 200:
-                return messages
+    return server_logs_since(started)
 
 
 def _artifacts_text(run_id: str) -> str:

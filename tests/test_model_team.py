@@ -6,7 +6,6 @@ agent name in the instructions the model agent sends) and one for Sisyphus's pla
 
 from __future__ import annotations
 
-import datetime
 import json
 import re
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flowkit import git, make_target_repo, run_sisyphus
+from flowkit import git, make_target_repo, run_sisyphus, server_logs_since
 from openai_standin import OpenAIStandIn, Reply, final_answer, tool_call
 
 pytestmark = [pytest.mark.docker, pytest.mark.prefect]
@@ -91,21 +90,9 @@ def tool_results(body: dict) -> list[str]:
 
 def logs_since(started: float, wanted: str, timeout: float = 30.0) -> list[str]:
     """The server's log messages since ``started``, once one contains ``wanted`` (logs arrive in batches)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterTimestamp
-
-    after = datetime.datetime.fromtimestamp(started - 1, tz=datetime.timezone.utc)
     deadline = time.monotonic() + timeout
     while True:
-        messages, offset = [], 0
-        with get_client(sync_client=True) as client:
-            while True:
-                batch = client.read_logs(log_filter=LogFilter(timestamp=LogFilterTimestamp(after_=after)),
-                                         limit=200, offset=offset)
-                messages += [log.message for log in batch]
-                offset += len(batch)
-                if len(batch) < 200:
-                    break
+        messages = server_logs_since(started)
         if any(wanted in m for m in messages) or time.monotonic() > deadline:
             return messages
         time.sleep(1)
