@@ -30,8 +30,8 @@ def psql(sql: str, database: str = "postgres") -> str:
                           check=True, capture_output=True, text=True, timeout=60).stdout.strip()
 
 
-def require_postgres() -> None:
-    """PostgreSQL answers on its socket and this user may sign in; otherwise fail (CI) or skip."""
+def postgres_problem() -> str | None:
+    """Why PostgreSQL cannot be used here (None when it answers and this user may sign in)."""
     problem = None
     if not shutil.which("psql") or not shutil.which("pg_isready"):
         problem = "psql/pg_isready are missing"
@@ -42,6 +42,12 @@ def require_postgres() -> None:
             psql("SELECT 1")
         except subprocess.CalledProcessError as exc:
             problem = f"cannot sign in to PostgreSQL as this user: {exc.stderr.strip()}"
+    return problem
+
+
+def require_postgres() -> None:
+    """PostgreSQL answers on its socket and this user may sign in; otherwise fail (CI) or skip."""
+    problem = postgres_problem()
     if problem:
         message = f"{problem} (scripts/provision.sh starts Debian's PostgreSQL)"
         if IN_CI:
