@@ -26,7 +26,7 @@ async def finish_run(run_id: str, ledger: RunLedger, task: str, outcomes: list[A
                      decided: list[Verdict], github, check_command: list[str] | None = None,
                      open_anyway: bool = False) -> RunResult:
     approved = [v.role for v in decided if v.approved]
-    target_repo = str(ledger.run.target.path)
+    target_repo = ledger.run.where
     summary = RunResult(run_id=run_id, outcome=RunOutcome.INTEGRATED, target_repo=target_repo, agents=outcomes,
                         verdicts=decided, message="")
     aborted = [v for v in decided if v.choice == "abort"]

@@ -35,7 +35,7 @@ from ultrawork.tasks.mcp import run_mcp_servers
 from ultrawork.tasks.reaper import reap_stale_work
 from ultrawork.tasks.team import check_model_agents, model_for_run, plan_run, record_plan, run_usage_line
 from ultrawork.runtime.together import together
-from ultrawork.tasks.workspaces import create_run
+from ultrawork.tasks.workspaces import checkout_repository, create_run
 from ultrawork.workspace.errors import WorkspaceError
 from ultrawork.workspace.ledger import RunLedger
 from ultrawork.workspace.names import validate_run_id
@@ -83,7 +83,8 @@ async def sisyphus(
 
     Args:
         task: What the agents should do; a ```diff or ```ultrawork-edit block may follow.
-        repo: Path of the git repository to work on, on the machine that runs the flow.
+        repo: The git repository to work on: a path on the machine that runs the flow, or a URL (file://,
+            https://, ssh://) that every worker clones once and pushes the run's branches back to.
         agents: Roles to run (explore, librarian, oracle, frontend); default: chosen from the task.
         base: Base ref the agents' branches start from.
         run_id: The run's id (default: a new one); names its branches and its record.
@@ -106,10 +107,11 @@ async def sisyphus(
     config = await load_config()                         # the saved blocks, or the defaults
     use_config(config)                                   # this run's sandbox caps
     model = await model_for_run(model_settings, run_id, resume)             # None offline
-    plan = await plan_run(run_id, task, repo, agents, resume, model)        # the model's plan, or the rules
+    target = await checkout_repository(repo)            # a URL: this worker's cache clone, fetched now
+    plan = await plan_run(run_id, task, target, agents, resume, model)      # the model's plan, or the rules
     agents = plan.names() if plan is not None else agents
     named = with_instances(with_named_profiles(config.profiles, agent_profiles), agents)   # frontend-2 ...
-    profiles = await asyncio.to_thread(check_request, task, repo, agents, base, agent_commands, profiles=named)
+    profiles = await asyncio.to_thread(check_request, task, target, agents, base, agent_commands, profiles=named)
     await check_egress(profiles)                         # bad input stops here: egress rules, secrets
     check_model_agents(profiles, model)                  # and a model agent without a model
     params = {"task": task, "repo": repo, "agents": list(profiles), "base": base,
@@ -117,7 +119,7 @@ async def sisyphus(
               "check_command": check_command, "agent_profiles": agent_profiles,
               "model_settings": model_settings, "max_review_rounds": max_review_rounds}
     async with run_egress(run_id, profiles):            # the egress gateway starts alongside the setup
-        ledger = await open_run(run_id, params, resume, github=config.github is not None)
+        ledger = await open_run(run_id, params, target, resume, github=config.github is not None)
         plan = await record_plan(run_id, ledger, task, plan, profiles)      # ledger stage + artifact
         async with run_mcp_servers(run_id, profiles):   # both stopped with the agents
             outcomes = await run_agents(run_id, ledger, task, profiles, plan)   # research, then the writers
@@ -133,13 +135,15 @@ async def sisyphus(
     return await ended(run_id, summary)
 
 
-async def open_run(run_id: str, params: dict, resume: bool, github: bool) -> RunLedger:
-    """The run's superproject (created, or reopened on resume) and its orchestration record."""
+async def open_run(run_id: str, params: dict, target: str, resume: bool, github: bool) -> RunLedger:
+    """The run's superproject (created, or reopened on resume) and its orchestration record; ``target``
+    is the repository the run works in (for a URL ``params["repo"]``, this worker's cache clone)."""
     if resume:
         reaped = await reap_stale_work()                                  # what dead runs left behind
     else:   # a new run has no clones yet, so the reaper cannot touch it: both at once
         reaped, _ = await asyncio.gather(reap_stale_work(), create_run(
-            run_id, params["repo"], params["task"], params["base"], params["hooks"]))
+            run_id, target, params["task"], params["base"], params["hooks"],
+            remote=params["repo"] if target != params["repo"] else None))
     ledger = RunLedger.open(run_id)
     await name_run(run_id)                                                # found by its run id in the UI
     flow_run = get_run_context().flow_run
@@ -205,6 +209,6 @@ async def _show(run_id: str, role: str, progress: Progress) -> None:
 
 def review_timed_out(run_id: str, ledger: RunLedger, outcomes: list[AgentOutcome], review_timeout: int) -> RunResult:
     branches = ", ".join(o.branch for o in outcomes)
-    target_repo = str(ledger.run.target.path)
+    target_repo = ledger.run.where
     return RunResult(run_id=run_id, outcome=RunOutcome.REVIEW_TIMED_OUT, target_repo=target_repo, agents=outcomes,
                      message=f"no review within {review_timeout}s; every branch is kept in {target_repo}: {branches}")

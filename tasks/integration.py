@@ -9,7 +9,9 @@ from prefect.cache_policies import NO_CACHE
 
 from ultrawork.workspace.errors import GitError
 from ultrawork.workspace.github import GitHubTarget, PullRequestRef
-from ultrawork.workspace.integration import AgentBranch, IntegrationResult, integrate, publish_pull_request
+from ultrawork.workspace.integration import (AgentBranch, IntegrationResult, integrate, integration_branch,
+                                             publish_pull_request)
+from ultrawork.workspace.remote import sync_cache
 from ultrawork.workspace.superproject import RunSuperproject
 
 from ultrawork.failpoints import failpoint
@@ -22,8 +24,11 @@ async def integrate_branches(run_id: str, approved: list[str]) -> IntegrationRes
     def merge() -> IntegrationResult:
         failpoint("git:integrate")
         run = RunSuperproject.open(run_id)
+        if run.remote:                      # a branch a person fixed on the remote is merged as it is there
+            sync_cache(run.remote)
         branches = [AgentBranch(role, run.agent(role).branch, run.target.path) for role in approved]
-        return integrate(run.target.path, run_id, run.base_sha, branches, when=run.meta["created_at"])
+        with run.pushing(integration_branch(run_id)):
+            return integrate(run.target.path, run_id, run.base_sha, branches, when=run.meta["created_at"])
     return await asyncio.to_thread(merge)
 
 

@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ultrawork.workspace.errors import GitError
 from ultrawork.workspace.integration import shortstat
+from ultrawork.workspace.remote import local_repository
 from ultrawork.workspace.superproject import RunSuperproject
 
 from ultrawork.failpoints import failpoint
@@ -22,15 +23,22 @@ from ultrawork.tasks.recovery import task_options
 GIT_RETRIES = task_options(GitError)
 
 
+@task(name="checkout-repository", cache_policy=NO_CACHE, **GIT_RETRIES)
+async def checkout_repository(repo: str) -> str:
+    """The repository the run works in: ``repo``'s path, or for a URL this worker's cache clone, fetched now."""
+    return await asyncio.to_thread(local_repository, repo)
+
+
 @task(name="create-run", cache_policy=NO_CACHE, **GIT_RETRIES)
-async def create_run(run_id: str, repo: str, task_text: str, base: str, hooks: list[dict] | None = None) -> str:
+async def create_run(run_id: str, repo: str, task_text: str, base: str, hooks: list[dict] | None = None,
+                     remote: str | None = None) -> str:
     """The run's superproject (idempotent: an existing run with this id is reopened)."""
     def make() -> str:
         failpoint("git:create-run")
         try:
             return str(RunSuperproject.open(run_id).path)
         except Exception:  # noqa: BLE001 - not there yet
-            return str(RunSuperproject.create(run_id, repo, task_text, base, hooks=hooks or []).path)
+            return str(RunSuperproject.create(run_id, repo, task_text, base, hooks=hooks or [], remote=remote).path)
     return await asyncio.to_thread(make)
 
 

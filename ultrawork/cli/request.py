@@ -10,6 +10,7 @@ from ultrawork.agents.profiles import AgentProfile, resolve_profiles
 from ultrawork.workspace.errors import WorkspaceError
 from ultrawork.workspace.gitcmd import run_git
 from ultrawork.workspace.names import resolve_base_ref
+from ultrawork.workspace.remote import local_repository
 from ultrawork.workspace.repo_guard import open_target_repo
 
 
@@ -22,7 +23,7 @@ def check_request(task: str, repo: str, agents: list[str] | None, base: str,
                   profiles: dict[str, AgentProfile] | None = None) -> dict[str, AgentProfile]:
     """Every check that can fail on bad input, before anything is created (``profiles``: the configured ones)."""
     profiles = resolve_profiles(task, agents, agent_commands, profiles)
-    target = open_target_repo(repo)
+    target = open_target_repo(local_repository(repo))      # a URL: this home's cache clone, fetched
     base_sha = resolve_base_ref(target.path, base)
     if not target.bare:
         head = run_git(["rev-parse", "HEAD"], cwd=target.path).stdout.strip()

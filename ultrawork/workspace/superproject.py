@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -64,14 +65,35 @@ class RunSuperproject:
                                   state_path=self.private_dir / "hook-state.json")
 
     @property
+    def remote(self) -> str | None:
+        """The repository URL the run was given (its target is then this worker's cache clone of it)."""
+        return self.meta.get("remote")
+
+    @property
+    def where(self) -> str:
+        """Where the run's branches are kept, as a person names it: the URL, or the repository's path."""
+        return self.remote or str(self.target.path)
+
+    def pushing(self, branch: str):
+        """Around an update of ``branch`` in the target: with a remote, push it there afterwards, leased."""
+        if not self.remote:
+            return nullcontext()
+        from ultrawork.workspace.remote import LeasedPush
+
+        return LeasedPush(self.target.path, self.remote, branch)
+
+    @property
     def task(self) -> str:
         return (self.path / "task.md").read_text(encoding="utf-8")
 
     # -- lifecycle ---------------------------------------------------------------------
     @classmethod
     def create(cls, run_id: str, repo: Path | str, task: str, base: str = "HEAD", *,
-               hooks: Sequence[HookSpec | Mapping[str, Any]] = (), max_hook_failures: int = 3) -> "RunSuperproject":
-        """Validate everything, then make the run directory and commit ``run created``."""
+               hooks: Sequence[HookSpec | Mapping[str, Any]] = (), max_hook_failures: int = 3,
+               remote: str | None = None) -> "RunSuperproject":
+        """Validate everything, then make the run directory and commit ``run created``.
+
+        ``remote``: the URL ``repo`` is this worker's cache clone of; what the run publishes is pushed there."""
         path = run_path(run_id)
         target = open_target_repo(repo)
         base_sha = resolve_base_ref(target.path, base)
@@ -89,7 +111,7 @@ class RunSuperproject:
         meta = {"schema": RUN_SCHEMA, "run_id": run_id, "target_repo": str(target.path),
                 "target_git_dir": str(target.git_dir), "target_bare": target.bare, "base_ref": base,
                 "base_sha": base_sha, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "hooks": configured, "max_hook_failures": max_hook_failures}
+                "hooks": configured, "max_hook_failures": max_hook_failures, "remote": remote}
         try:
             run_git(["init", "--quiet", "--template=", "--initial-branch=main"], cwd=path)
             (path / ".git" / "info").mkdir(exist_ok=True)
@@ -228,10 +250,11 @@ class RunSuperproject:
         return AgentWorkspace(self, role, branch)
 
     def publish_branch(self, role: str) -> str:
-        """Make ``refs/heads/<agent branch>`` exist in the target repository; return its sha."""
+        """Make ``refs/heads/<agent branch>`` exist in the target repository (and on the remote); return its sha."""
         ws = self.agent(role)
         ws.prepare_host_git()
-        return fetch_into_target(self.target, ws.clone, ws.branch)
+        with self.pushing(ws.branch):
+            return fetch_into_target(self.target, ws.clone, ws.branch)
 
 
 def _config_value(value: str) -> str:
