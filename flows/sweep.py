@@ -6,8 +6,9 @@ never take the same issue) -> start one Sisyphus run per claim with
 paused for review -> the issue is in ``review``; finished -> the run's outcome
 fires its event (``ultrawork.backlog.machine.OUTCOME_TRIGGERS``) -> a summary table.
 
-At most ``concurrency`` runs do agent work at a time; a run waiting for its
-human review gives its slot back, since it holds no sandbox while it waits.
+At most ``concurrency`` runs do agent work at a time (default: the global sandbox cap,
+which bounds agent work across every worker anyway); a run waiting for its human
+review gives its slot back, since it holds no sandbox while it waits.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ultrawork.backlog import Backlog, BacklogError, Claim, default_backlog, ope
 from ultrawork.backlog.sweeping import runs_in_flight
 from ultrawork.backlog.machine import OUTCOME_TRIGGERS
 from ultrawork.tasks.backlog import claim_issues, publish_sweep, record_event, scan_backlog
+from ultrawork.runtime.caps import configured_size
 from ultrawork.runtime.config import load_config
 from ultrawork.runtime.logs import get_logger
 from ultrawork.workspace.names import validate_run_id
@@ -186,7 +188,7 @@ async def _settle(source: Backlog, row: SweptIssue, actor: str, message: str) ->
 async def sweep(
     backlog: str | None = None,
     limit: int | None = None,
-    concurrency: int = 2,
+    concurrency: int | None = None,
     deployment: str = "sisyphus/sisyphus",
     agents: list[str] | None = None,
     review_timeout: int = 24 * 3600,
@@ -197,17 +199,23 @@ async def sweep(
     Args:
         backlog: A directory holding ``issues/<id>/issue.yaml`` (default ``$ULTRAWORK_HOME/backlog``),
             or ``github:OWNER/NAME?label=LABEL&repo=PATH`` for GitHub issues with a label.
-        limit: Take at most this many issues in this sweep.
-        concurrency: At most this many runs doing agent work at once (runs waiting for review do not count).
+        limit: Take at most this many issues in this sweep (default: every eligible one).
+        concurrency: At most this many runs doing agent work at once (runs waiting for review do not count);
+            default: the sandbox cap (the sandbox block's ``max_sandboxes``), which every run's sandboxes share
+            whichever worker runs them, so the sweep grows with the cap and the pool's workers.
         deployment: The Sisyphus deployment each run is started from (``FLOW/DEPLOYMENT``).
         agents: Roles for issues that name none (default: chosen from each task).
         review_timeout: Seconds each run waits for its review before the issue goes back to the backlog.
         poll_seconds: How often the sweep checks on its runs.
     """
     log = get_logger()
-    if concurrency < 1:
+    if concurrency is not None and concurrency < 1:
         raise ValueError("concurrency must be at least 1")
+    if limit is not None and limit < 1:
+        raise ValueError("limit must be at least 1 (or left out: every eligible issue)")
     config = await load_config()
+    if concurrency is None:                     # the sandbox cap bounds agent work across every worker
+        concurrency = await asyncio.to_thread(configured_size)
     source = open_backlog(backlog or default_backlog(), github=config.github)
     await check_deployment(deployment)                        # a sweep that cannot run claims nothing
     flow_run = get_run_context().flow_run
