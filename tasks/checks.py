@@ -8,7 +8,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from ultrawork.agents.outcome import CheckResult
-from ultrawork.sandbox.checks import run_check
+from ultrawork.runtime.caps import SandboxSlot, release
+from ultrawork.sandbox.checks import CHECK_ROLE, run_check
 from ultrawork.workspace.superproject import RunSuperproject
 
 from ultrawork.runtime.logs import get_logger
@@ -18,8 +19,13 @@ from ultrawork.tasks.sandboxes import engine
 @task(name="run-checks", cache_policy=NO_CACHE)
 async def run_checks(run_id: str, head: str, command: list[str], timeout: float = 900.0) -> CheckResult:
     """Run ``command`` on the integration head in a hardened sandbox; never raises for a failing check."""
-    result = await asyncio.to_thread(run_check, engine(), RunSuperproject.open(run_id), head, command,
-                                     timeout=timeout)
+    def checked() -> CheckResult:
+        slot = SandboxSlot.take(f"{run_id}/{CHECK_ROLE}")       # the check's sandbox counts in the cap too
+        try:
+            return run_check(engine(), RunSuperproject.open(run_id), head, command, timeout=timeout)
+        finally:
+            release(slot)
+    result = await asyncio.to_thread(checked)
     log = get_logger()
     (log.info if result.passed else log.warning)(
         "checks %s on %s: exit %d in %.1fs\n%s", " ".join(command), head[:12], result.exit_code,

@@ -96,3 +96,40 @@ def test_two_runs_of_four_agents_never_exceed_the_sandbox_cap(prefect_pg_api, do
     assert limit.limit == CAP and limit.active_slots == 0, limit
     assert not docker_client.containers.list(all=True, filters={"label": f"ultrawork.run={run_ids[0]}"})
     assert not docker_client.containers.list(all=True, filters={"label": f"ultrawork.run={run_ids[1]}"})
+
+
+def test_the_integration_check_waits_for_a_slot_of_the_cap(prefect_pg_api, docker_client, uw_home, tmp_path):
+    """The repository's checks run in a sandbox too: with every slot taken, the check waits, then runs."""
+    import asyncio
+
+    from ultrawork.blocks import SandboxSettings
+    from ultrawork.runtime import caps
+    from ultrawork.runtime.caps import SandboxSlot
+    from ultrawork.tasks.checks import run_checks
+    from ultrawork.workspace.superproject import RunSuperproject
+
+    SandboxSettings(max_sandboxes=1).save("default", overwrite=True)
+    caps._SYNCED.clear()
+    from prefect.concurrency.services import ConcurrencySlotAcquisitionWithLeaseService
+    ConcurrencySlotAcquisitionWithLeaseService._instances.clear()
+    run_id = f"capcheck-{uuid.uuid4().hex[:8]}"
+    run = RunSuperproject.create(run_id, make_target_repo(tmp_path / "repo"), "check it")
+    holder = SandboxSlot.take("test/the-only-slot")
+    done: dict = {}
+    check = threading.Thread(target=contextvars.copy_context().run, daemon=True, args=(
+        lambda: done.update(result=asyncio.run(run_checks.fn(run_id, run.base_sha, ["true"]))),))
+    try:
+        check.start()
+        time.sleep(6)
+        assert check.is_alive(), f"the check ran while the cap's only slot was held: {done}"
+        assert not docker_client.containers.list(all=True, filters={"label": f"ultrawork.run={run_id}"})
+        holder.release()
+        check.join(120)
+        assert not check.is_alive() and done["result"].passed, done
+    finally:
+        holder.release()
+        ConcurrencySlotAcquisitionWithLeaseService._instances.clear()
+        SandboxSettings(max_sandboxes=SandboxSettings.model_fields["max_sandboxes"].default).save(
+            "default", overwrite=True)
+        caps._SYNCED.clear()
+    assert not docker_client.containers.list(all=True, filters={"label": f"ultrawork.run={run_id}"})
