@@ -16,7 +16,7 @@ STYLES = (("+++", "bold"), ("---", "bold"), ("diff --git", "bold"), ("@@", "cyan
 
 def findings(run, role: str) -> str:
     """A read-only agent's report: its Plan.md findings (as the review form shows them)."""
-    from ultrawork.flows.agent import plan_excerpt
+    from ultrawork.tasks.environment import plan_excerpt
 
     try:
         text = run.agent(role).plan.text()
@@ -52,13 +52,19 @@ def diff_command(
 
     Agents that changed nothing (read-only roles) show their findings instead.
     """
-    from ultrawork.cli.runs import open_run
+    from ultrawork.cli.runs import RunNotFound, open_run
 
-    run = open_run(run_id)
-    roles = [role] if role else run.roles()
+    try:
+        run = open_run(run_id)
+        texts = (agent_report(run, name)[1] for name in ([role] if role else run.roles()))
+    except RunNotFound:                     # a run another machine ran: its diff and Plan.md artifacts
+        from ultrawork.cli.remote_runs import agent_reports
+        from ultrawork.local_server.manager import ensure_server
+
+        ensure_server()
+        texts = agent_reports(run_id, role)
     console = Console(highlight=False, soft_wrap=True)
-    for n, name in enumerate(roles):
-        _, text = agent_report(run, name)
+    for n, text in enumerate(texts):
         if n:
             text = "\n" + text
         if console.is_terminal:

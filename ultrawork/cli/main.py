@@ -416,12 +416,12 @@ def status_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Where a run is: its Prefect state, each agent's stage, the review and the integration."""
-    from ultrawork.cli.runs import list_runs, run_status
+    from ultrawork.cli.runs import find_run_status, list_runs
     from ultrawork.local_server.manager import ensure_server
 
     ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
     ids = [run_id] if run_id else list_runs()[:20]
-    statuses = [run_status(i) for i in ids]
+    statuses = [find_run_status(i) for i in ids]      # a run of another machine: through Prefect
     if as_json:
         data = [s.as_dict() for s in statuses]
         print(json.dumps(data[0] if run_id else data, indent=2))
@@ -456,11 +456,11 @@ def review_command(
 ) -> None:
     """Decide each agent of a run paused for review: approve, reject, revise (with a comment) or retry;
     or abort the run. With agents sent back the run pauses for review again after their new round."""
-    from ultrawork.cli.runs import run_status, submit_review
+    from ultrawork.cli.runs import find_run_status, submit_review
     from ultrawork.local_server.manager import ensure_server
 
     ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
-    roles = [a.role for a in run_status(run_id, with_state=False).agents]
+    roles = [a.role for a in find_run_status(run_id, with_state=False).agents]
     split = lambda text: [r.strip() for r in (text or "").split(",") if r.strip()]  # noqa: E731
     approved, rejected = split(approve), split(reject)
     if approve_all:

@@ -65,7 +65,10 @@ def run_url(run_id: str) -> str | None:
     """The address in the Prefect UI of the run's latest flow run."""
     from ultrawork.runtime.naming import flow_run_url
 
-    return flow_run_url(_json(open_run(run_id).path / "orchestration.json").get("flow_run_id"))
+    try:
+        return flow_run_url(_json(open_run(run_id).path / "orchestration.json").get("flow_run_id"))
+    except RunNotFound:                  # run elsewhere: its flow run, through Prefect
+        return find_run_status(run_id, with_state=False).url
 
 
 def open_run(run_id: str) -> RunSuperproject:
@@ -150,6 +153,16 @@ def run_status(run_id: str, with_state: bool = True) -> RunStatus:
     return status
 
 
+def find_run_status(run_id: str, with_state: bool = True) -> RunStatus:
+    """The run's status from this home's superproject, else (a run another machine ran) through Prefect."""
+    try:
+        return run_status(run_id, with_state)
+    except RunNotFound:
+        from ultrawork.cli.remote_runs import remote_status
+
+        return remote_status(run_id)
+
+
 FINAL_STATES = ("Completed", "Failed", "Cancelled", "Crashed", "Cancelling")
 
 
@@ -225,7 +238,7 @@ def submit_review(run_id: str, approve: list[str], reject: list[str], comment: s
 
     from ultrawork.flows.review import review_input
 
-    status = run_status(run_id, with_state=False)
+    status = find_run_status(run_id, with_state=False)
     roles = [a.role for a in status.agents]
     try:
         data = review_input(roles, approve, reject, comment, again=again, abort=abort,
