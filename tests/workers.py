@@ -174,9 +174,12 @@ class Worker:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def submitted(self, flow_run_ids) -> set[str]:
-        """Those of ``flow_run_ids`` this worker's log says it submitted."""
+        """Those of ``flow_run_ids`` this worker's log says it submitted (not those whose submission the
+        server refused because another worker had taken the run first)."""
         text = self.text()
-        return {str(i) for i in flow_run_ids if str(i) in text}
+        took = set(re.findall(r"submitting flow run '([0-9a-f-]{36})'", text))
+        lost = set(re.findall(r"Aborted submission of flow run '([0-9a-f-]{36})'", text))
+        return {str(i) for i in flow_run_ids} & (took - lost)
 
     def runs(self) -> set[str]:
         """The run ids whose records are in this worker's home."""
