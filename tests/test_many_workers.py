@@ -84,8 +84,7 @@ def test_three_workers_with_their_own_homes_sweep_twelve_issues(prefect_pg_api, 
                              review_timeout=900)
 
         def approve(issue_id: str, run_id: str) -> None:    # from a home that holds no run
-            home = next(w.home for w in workers if run_id in w.runs())   # TRANSITIONAL until review from anywhere
-            done = cli_review(run_id, worker_env(prefect_pg_api, home), "--approve-all", "--comment", "many workers")
+            done = cli_review(run_id, reviewer_env, "--approve-all", "--comment", "many workers")
             assert done.returncode == 0, f"{issue_id}: {done.stdout}{done.stderr}"
 
         reviewer = Reviewer(backlog, approve, set(ISSUES))
