@@ -101,12 +101,15 @@ class PrefectServer:
                 start_new_session=True)
         SERVER_LOGS[self.url] = self.log
         deadline = time.monotonic() + timeout
-        while not healthy(self.url):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the Prefect server on PostgreSQL did not start; log:\n"
-                                   f"{self.log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.5)
+        try:
+            while not healthy(self.url):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the Prefect server on PostgreSQL did not start; log:\n"
+                                       f"{self.log.read_text(errors='replace')[-3000:]}")
+                time.sleep(0.5)
+        except BaseException:      # also a signal that stops the caller while it waits: no server left
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.proc.poll() is None:
