@@ -30,6 +30,7 @@ ULTRAWORK = str(BIN / "ultrawork")
 POOL = "ultrawork-process"
 SWEEP = "backlog-sweep/nightly-backlog-sweep"
 DEPLOYMENTS = ("sisyphus/sisyphus", SWEEP)
+SETTLED = ("accepted", "define")       # where a swept issue goes when its run has ended (integrated, rejected)
 
 
 class SweepFailed(Exception):
@@ -58,15 +59,23 @@ def worker_env(api_url: str, home: Path, auth: str | None = None) -> dict[str, s
 
 
 @contextmanager
-def api_client(api_url: str | None = None, auth: str | None = None) -> Iterator:
-    """A synchronous Prefect client on ``api_url`` (default: this process's settings)."""
-    from prefect.client.orchestration import get_client
+def on_server(api_url: str | None = None, auth: str | None = None) -> Iterator[None]:
+    """This process's Prefect calls (clients, blocks) go to ``api_url`` (default: its settings) meanwhile."""
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     updates = {PREFECT_API_URL: api_url} if api_url else {}
     if auth:
         updates[PREFECT_API_AUTH_STRING] = auth
-    with temporary_settings(updates=updates), get_client(sync_client=True) as client:
+    with temporary_settings(updates=updates):
+        yield
+
+
+@contextmanager
+def api_client(api_url: str | None = None, auth: str | None = None) -> Iterator:
+    """A synchronous Prefect client on ``api_url`` (default: this process's settings)."""
+    from prefect.client.orchestration import get_client
+
+    with on_server(api_url, auth), get_client(sync_client=True) as client:
         yield client
 
 
@@ -170,6 +179,14 @@ class Worker:
         if self.proc is not None:
             stop_worker(self.proc)
 
+    def wait_started(self, timeout: float = 120) -> None:
+        """Until the worker polls its pool (its log says so); RuntimeError with the log if it ends first."""
+        deadline = time.monotonic() + timeout
+        while f"Worker '{self.name}' started" not in self.text():
+            if self.proc is None or self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker {self.name} did not start; log:\n{self.text()[-3000:]}")
+            time.sleep(0.3)
+
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
@@ -241,30 +258,33 @@ class Reviewer:
     """Decides each issue of a backlog once it reaches review, several at a time, until ``done()``.
 
     ``decide(issue_id, run_id)`` raises to refuse; its error ends the loop with the issue named.
-    ``reviewed`` maps issue -> run id; ``at`` the monotonic time each decision returned."""
+    ``reviewed`` maps issue -> run id; ``settled`` issue -> (state, monotonic time) when it was first seen
+    past its run (accepted, define), within the loop's half-second polls."""
 
     backlog: object
     decide: Callable[[str, str], object]
     issues: set[str]
     parallel: int = 3
     reviewed: dict[str, str] = field(default_factory=dict)
-    at: dict[str, float] = field(default_factory=dict)
+    settled: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     def run(self, done: Callable[[], bool], timeout: float, describe: Callable[[], str] = lambda: "") -> None:
         pending: dict[str, Future] = {}
         deadline = time.monotonic() + timeout
-        with ThreadPoolExecutor(self.parallel) as pool:
+        pool = ThreadPoolExecutor(self.parallel)
+        try:
             while True:
                 for issue_id, future in list(pending.items()):
                     if future.done():
                         future.result()         # a refused review ends the loop with its error
-                        self.at[issue_id] = time.monotonic()
                         del pending[issue_id]
                 for issue in self.backlog.scan()[0]:
                     if issue.id not in self.issues:
                         continue
                     if issue.state == "backlog" and issue.version:
                         raise SweepFailed(f"issue {issue.id} went back to the backlog: {issue.history[-1].data}")
+                    if issue.state in SETTLED and issue.id not in self.settled:
+                        self.settled[issue.id] = (issue.state, time.monotonic())
                     if issue.state == "review" and issue.id not in self.reviewed:
                         run_id = issue.history[-1].data["run_id"]
                         self.reviewed[issue.id] = run_id
@@ -275,3 +295,5 @@ class Reviewer:
                     states = {i.id: i.state for i in self.backlog.scan()[0] if i.id in self.issues}
                     raise SweepFailed(f"not done after {timeout:.0f} s; issue states {states}; {describe()}")
                 time.sleep(0.5)
+        finally:       # on any error too: the reviews under way end (bounded by their timeout), queued ones never start
+            pool.shutdown(wait=True, cancel_futures=True)
