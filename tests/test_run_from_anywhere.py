@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -75,6 +76,63 @@ def test_a_run_is_watched_diffed_and_reviewed_from_another_home(prefect_api, uw_
 
     done = json.loads(elsewhere(other, prefect_api, "status", run_id, "--json").stdout)
     assert done["state"] == "Completed" and done["review"] is None
+
+
+def test_a_deployment_run_suspended_on_a_worker_is_reviewed_from_another_home(prefect_api, tmp_path, docker_client):
+    """The worker has its own home; the reviewer's home has nothing of the run: the review form's
+    suspension is seen, the diff read and the review sent through Prefect, and the worker finishes the run."""
+    from prefect.deployments import run_deployment
+    from prefect.states import Cancelled
+
+    from workers import PREFECT, ROOT, api_client, create_pool, remove_sandboxes, start_worker, stop_worker, worker_env
+
+    repo = make_target_repo(tmp_path / "widgets")
+    run_id = f"fd-{uuid.uuid4().hex[:6]}"
+    worker_home, other = tmp_path / "worker-home", tmp_path / "other-home"
+    worker_home.mkdir()
+    other.mkdir()
+    env = worker_env(prefect_api, worker_home, os.environ["PREFECT_API_AUTH_STRING"])
+    create_pool()
+    deployed = subprocess.run([PREFECT, "--no-prompt", "deploy", "--name", "sisyphus"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=180)
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    worker = start_worker("anywhere-worker", env, tmp_path / "worker.log", limit=1)
+    flow_run = None
+    try:
+        flow_run = run_deployment("sisyphus/sisyphus", timeout=0, parameters={
+            "task": TASK, "repo": str(repo), "agents": ["explore", "frontend"], "run_id": run_id,
+            "review_timeout": 600})
+        deadline = time.monotonic() + 240
+        while (status := elsewhere(other, prefect_api, "status", run_id, "--json")).returncode != 0 or \
+                json.loads(status.stdout)["state"] != "Suspended":
+            assert time.monotonic() < deadline, (status.stdout, status.stderr,
+                                                 (tmp_path / "worker.log").read_text()[-3000:])
+            time.sleep(1)
+        shown = json.loads(status.stdout)
+        assert shown["flow_run_id"] == str(flow_run.id) and shown["review"] == "requested"
+        assert {a["role"]: a["outcome"] for a in shown["agents"]} == {"explore": "succeeded", "frontend": "succeeded"}
+        assert f"+{ADDED}" in elsewhere(other, prefect_api, "diff", run_id, "frontend").stdout
+
+        review = elsewhere(other, prefect_api, "review", run_id, "--approve", "frontend", "--reject", "explore")
+        assert review.returncode == 0, review.stderr
+        deadline = time.monotonic() + 240
+        with api_client() as client:
+            while not (state := client.read_flow_run(flow_run.id).state).is_final():
+                assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()[-3000:]
+                time.sleep(1)
+        assert state.name == "Completed", state.message
+    finally:
+        stop_worker(worker)
+        if flow_run is not None:
+            with api_client() as client:
+                if not client.read_flow_run(flow_run.id).state.is_final():
+                    client.set_flow_run_state(flow_run.id, Cancelled(message="the test ended"), force=True)
+                client.delete_deployment(client.read_deployment_by_name("sisyphus/sisyphus").id)
+        remove_sandboxes(docker_client, [worker_home])
+    assert git(repo, "show", f"ultrawork/{run_id}/integration:notes/hello.txt") == ADDED
+    assert (worker_home / "runs" / run_id).is_dir() and not (other / "runs").exists()
+    done = json.loads(elsewhere(other, prefect_api, "status", run_id, "--json").stdout)
+    assert done["state"] == "Completed"
 
 
 def test_a_run_nowhere_is_a_clear_error(prefect_api, tmp_path):
