@@ -75,7 +75,7 @@ def test_a_run_is_watched_diffed_and_reviewed_from_another_home(prefect_api, uw_
     assert not (other / "runs").exists()          # nothing of the run was made in the other home
 
     done = json.loads(elsewhere(other, prefect_api, "status", run_id, "--json").stdout)
-    assert done["state"] == "Completed" and done["review"] is None
+    assert (done["state"], done["review"], done["integration"]) == ("Completed", "decided", "integrated")
 
 
 def test_a_deployment_run_suspended_on_a_worker_is_reviewed_from_another_home(prefect_api, tmp_path, docker_client):
@@ -132,7 +132,7 @@ def test_a_deployment_run_suspended_on_a_worker_is_reviewed_from_another_home(pr
     assert git(repo, "show", f"ultrawork/{run_id}/integration:notes/hello.txt") == ADDED
     assert (worker_home / "runs" / run_id).is_dir() and not (other / "runs").exists()
     done = json.loads(elsewhere(other, prefect_api, "status", run_id, "--json").stdout)
-    assert done["state"] == "Completed"
+    assert (done["state"], done["review"], done["integration"]) == ("Completed", "decided", "integrated")
 
 
 def test_a_run_nowhere_is_a_clear_error(prefect_api, tmp_path):

@@ -105,16 +105,27 @@ def _review_round(state) -> int:
     return int(match.group(1)) if match else 1
 
 
+def _outcome(state) -> str | None:
+    """How a finished run ended: its Completed message starts with the outcome (flows.integrate.ended)."""
+    from ultrawork.agents.outcome import RunOutcome
+
+    if state is None or not state.is_completed():
+        return None
+    word = (state.message or "").split(":", 1)[0]
+    return word if word in {o.value for o in RunOutcome} else None
+
+
 def remote_status(run_id: str) -> RunStatus:
-    """The run's status as the Prefect server knows it (no ledger: no history, no integration outcome)."""
+    """The run's status as the Prefect server knows it (no ledger: no history, no agent steps)."""
     run = read_run(run_id)
     state = run.flow_run.state
     paused = state is not None and state.is_paused()
+    outcome = _outcome(state)
     return RunStatus(
         run_id=run_id, path=REMOTE_PATH, task=str((run.flow_run.parameters or {}).get("task") or ""),
         flow_run_id=str(run.flow_run.id), state=state.name if state else None,
-        review="requested" if paused else None, review_round=_review_round(state) if paused else 1,
-        integration=None,
+        review="requested" if paused else "decided" if outcome else None,
+        review_round=_review_round(state) if paused else 1, integration=outcome,
         agents=[AgentStatus(role, stage=_stage(run, role), outcome=run.row(role).get("outcome"))
                 for role in run.roles],
     )
