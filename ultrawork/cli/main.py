@@ -316,7 +316,7 @@ def server_stop(
 
 @app.command("run")
 def run_command(
-    repo: Annotated[str, typer.Option(help="Path of the git repository to work on.")],
+    repo: Annotated[str, typer.Option(help="The git repository to work on: a path, or a URL (file://, https://, ssh://).")],
     task: Annotated[str, typer.Option(help="What the agents should do (a patch or ultrawork-edit block may follow).")],
     agents: Annotated[Optional[str], typer.Option(help="Comma-separated roles (default: chosen from the task).")] = None,
     agent_command: Annotated[Optional[list[str]], typer.Option(
