@@ -59,7 +59,7 @@ def test_a_deployment_run_suspended_for_review_is_finished_by_another_worker(pre
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectAlreadyExists
 
-    from test_deployments_sweep import start_worker, stop_worker
+    from workers import start_worker, stop_worker
 
     from ultrawork.cli.runs import submit_review
 
