@@ -58,6 +58,10 @@ def test_a_run_is_watched_diffed_and_reviewed_from_another_home(prefect_api, uw_
         one = elsewhere(other, prefect_api, "diff", run_id, "frontend")
         assert f"+{ADDED}" in one.stdout and "explore" not in one.stdout
 
+        resume = elsewhere(other, prefect_api, "resume", run_id)       # its records are in home A only
+        assert resume.returncode == 1 and "Traceback" not in resume.stderr, resume.stderr
+        assert f"run {run_id} is waiting for its review (Paused)" in resume.stderr, resume.stderr
+
         review = elsewhere(other, prefect_api, "review", run_id, "--approve-all")
         assert review.returncode == 0, review.stderr
         assert f"run {run_id} resumed: approved explore, frontend" in review.stdout
@@ -76,6 +80,8 @@ def test_a_run_is_watched_diffed_and_reviewed_from_another_home(prefect_api, uw_
 
     done = json.loads(elsewhere(other, prefect_api, "status", run_id, "--json").stdout)
     assert (done["state"], done["review"], done["integration"]) == ("Completed", "decided", "integrated")
+    resume = elsewhere(other, prefect_api, "resume", run_id)
+    assert resume.returncode == 1 and f"run {run_id} is finished (integrated:" in resume.stderr, resume.stderr
 
 
 def test_a_deployment_run_suspended_on_a_worker_is_reviewed_from_another_home(prefect_api, tmp_path, docker_client):
@@ -113,6 +119,10 @@ def test_a_deployment_run_suspended_on_a_worker_is_reviewed_from_another_home(pr
         assert {a["role"]: a["outcome"] for a in shown["agents"]} == {"explore": "succeeded", "frontend": "succeeded"}
         assert f"+{ADDED}" in elsewhere(other, prefect_api, "diff", run_id, "frontend").stdout
 
+        resume = elsewhere(other, prefect_api, "resume", run_id)       # the worker's home holds its records
+        assert resume.returncode == 1 and f"run {run_id} is waiting for its review (Suspended)" in resume.stderr, \
+            resume.stderr
+
         review = elsewhere(other, prefect_api, "review", run_id, "--approve", "frontend", "--reject", "explore")
         assert review.returncode == 0, review.stderr
         deadline = time.monotonic() + 240
@@ -133,13 +143,39 @@ def test_a_deployment_run_suspended_on_a_worker_is_reviewed_from_another_home(pr
     assert (worker_home / "runs" / run_id).is_dir() and not (other / "runs").exists()
     done = json.loads(elsewhere(other, prefect_api, "status", run_id, "--json").stdout)
     assert (done["state"], done["review"], done["integration"]) == ("Completed", "decided", "integrated")
+    resume = elsewhere(other, prefect_api, "resume", run_id)
+    assert resume.returncode == 1 and f"run {run_id} is finished (integrated:" in resume.stderr, resume.stderr
 
 
 def test_a_run_nowhere_is_a_clear_error(prefect_api, tmp_path):
     other = tmp_path / "other-home"
     other.mkdir()
-    for args in (["status", "nope-123"], ["diff", "nope-123"], ["review", "nope-123", "--approve-all"]):
+    for args in (["status", "nope-123"], ["diff", "nope-123"], ["review", "nope-123", "--approve-all"],
+                 ["resume", "nope-123"]):
         shown = elsewhere(other, prefect_api, *args)
         assert shown.returncode == 1, (args, shown.stdout, shown.stderr)
         assert f"no run 'nope-123' here ({other / 'runs'}) nor on the Prefect server {prefect_api}" in shown.stderr
         assert "Traceback" not in shown.stderr + shown.stdout
+
+
+def test_a_crashed_run_of_another_machine_is_resumed_there(prefect_api, tmp_path):
+    """Its records are in the home of the machine that ran it: the command says so and changes nothing."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    @flow(name="sisyphus")
+    def sisyphus_elsewhere() -> None:
+        pass
+
+    run_id = f"gone-{uuid.uuid4().hex[:6]}"
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run(sisyphus_elsewhere, name=run_id, tags=[f"run:{run_id}"])
+        client.set_flow_run_state(flow_run.id, Crashed(message="its worker died"), force=True)
+    other = tmp_path / "other-home"
+    other.mkdir()
+    shown = elsewhere(other, prefect_api, "resume", run_id)
+    assert shown.returncode == 1 and "Traceback" not in shown.stderr, shown.stderr
+    assert f"run {run_id} ran on another machine" in shown.stderr and "resume it there (state now: Crashed)" \
+        in shown.stderr, shown.stderr
+    assert not (other / "runs").exists()

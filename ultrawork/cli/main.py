@@ -380,8 +380,15 @@ def resume_command(
     """
     from ultrawork.cli.runs import claim_run, prepare_resume
     from ultrawork.local_server.manager import ensure_server
+    from ultrawork.workspace.ledger import RunNotFound
 
-    lock = claim_run(run_id, f"ultrawork resume {run_id}")
+    try:
+        lock = claim_run(run_id, f"ultrawork resume {run_id}")
+    except RunNotFound:                           # not in this home: say where it ran, if the server knows
+        from ultrawork.cli.remote_runs import resume_elsewhere
+
+        ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
+        raise resume_elsewhere(run_id) from None
     try:
         ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
         params = prepare_resume(run_id)

@@ -162,3 +162,21 @@ def agent_reports(run_id: str, role: str | None = None) -> list[str]:
         else:
             reports.append(f"no diff for {name}: the run has published neither its diff nor its Plan.md yet\n")
     return reports
+
+
+def resume_elsewhere(run_id: str) -> RunNotFound:
+    """Why ``ultrawork resume`` does not continue a run that is not in this home. A run continues from its
+    superproject, which stays in the home of the machine that ran it; the server says what else to do."""
+    run = read_run(run_id)                        # RunNotFound when the server does not know it either
+    flow_run, state = run.flow_run, run.flow_run.state
+    if state is not None and state.is_paused():   # paused or suspended: it waits for a person, not a resume
+        return RunNotFound(f"run {run_id} is waiting for its review ({state.name}), not stopped: review it "
+                           f"from here with 'ultrawork review {run_id} ...' and a worker continues it")
+    if state is not None and state.is_completed():
+        return RunNotFound(f"run {run_id} is finished ({state.message or state.name}); nothing to resume")
+    host = (flow_run.infrastructure_pid or "").rpartition(":")[0]
+    pool = f" (work pool {flow_run.work_pool_name})" if flow_run.work_pool_name else ""
+    return RunNotFound(f"run {run_id} ran {'on ' + host if host else 'on another machine'}{pool}, not in this "
+                       f"home ({ultrawork_home() / 'runs'}); its records are in that machine's ULTRAWORK_HOME: "
+                       f"resume it there (state now: {state.name if state else 'unknown'}). A swept issue whose "
+                       f"run crashed goes back to the backlog at the next sweep and runs again.")
