@@ -12,7 +12,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.states import Completed
 
-from ultrawork.agents.outcome import AgentOutcome, CheckResult, RunOutcome, RunResult, Verdict
+from ultrawork.agents.outcome import AgentOutcome, CheckResult, RunOutcome, RunResult, Verdict, outcome_message
 from ultrawork.tasks.checks import run_checks
 from ultrawork.runtime.config import load_config, use_config
 from ultrawork.failpoints import failpoint
@@ -93,7 +93,7 @@ async def ended(run_id: str, summary: RunResult):
     get_logger().info("run %s: %s", run_id, summary.message)
     if summary.outcome == RunOutcome.REVIEW_TIMED_OUT:
         return summary
-    return Completed(message=f"{summary.outcome}: {summary.message}"[:1000], data=summary)
+    return Completed(message=outcome_message(summary.outcome, summary.message), data=summary)
 
 
 @flow(name="integrate", flow_run_name="{run_id}-integrate", log_prints=True)

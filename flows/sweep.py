@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 
 from ultrawork.backlog import Backlog, BacklogError, Claim, default_backlog, open_backlog, outcome_trigger
 from ultrawork.backlog.sweeping import runs_in_flight
-from ultrawork.backlog.machine import OUTCOME_TRIGGERS
+from ultrawork.agents.outcome import outcome_in_message
 from ultrawork.tasks.backlog import claim_issues, publish_sweep, record_event, scan_backlog
 from ultrawork.runtime.caps import configured_size
 from ultrawork.runtime.config import load_config
@@ -55,12 +55,12 @@ def run_id_for(issue_id: str) -> str:
 
 
 def outcome_of(state) -> tuple[str, str]:
-    """(outcome, message) of a finished Sisyphus run: its Completed message starts with the outcome."""
+    """(outcome, message) of a finished Sisyphus run: its Completed message starts with the outcome
+    (``ultrawork.agents.outcome.outcome_message``)."""
     message = (state.message or "") if state else ""
-    if state is not None and state.is_completed():
-        head = message.split(":", 1)[0].strip()
-        if head in OUTCOME_TRIGGERS:
-            return head, message
+    outcome = outcome_in_message(message) if state is not None and state.is_completed() else None
+    if outcome is not None:
+        return outcome.value, message
     if state is not None and state.is_failed() and "never resumed" in message:   # Prefect fails expired pauses
         return "review-timed-out", message
     return "failed", f"{state.name if state else 'no state'}: {message}".strip()

@@ -47,6 +47,18 @@ class RunOutcome(StrEnum):
     ABORTED = "aborted"                        # the reviewer aborted the run
 
 
+def outcome_message(outcome: "RunOutcome", message: str) -> str:
+    """The message of a finished run's Completed state: its outcome first, so any machine that reaches
+    the Prefect server reads how the run ended without its records (the sweep, a remote status)."""
+    return f"{outcome}: {message}"[:1000]
+
+
+def outcome_in_message(message: str | None) -> "RunOutcome | None":
+    """The outcome a Completed state's message starts with (:func:`outcome_message`), or None."""
+    word = (message or "").split(":", 1)[0].strip()
+    return RunOutcome(word) if word in RunOutcome._value2member_map_ else None
+
+
 Decision = Literal["approve", "reject", "revise", "retry", "abort"]
 
 

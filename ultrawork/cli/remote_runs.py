@@ -106,13 +106,11 @@ def _review_round(state) -> int:
 
 
 def _outcome(state) -> str | None:
-    """How a finished run ended: its Completed message starts with the outcome (flows.integrate.ended)."""
-    from ultrawork.agents.outcome import RunOutcome
+    """How a finished run ended, from its Completed message."""
+    from ultrawork.agents.outcome import outcome_in_message
 
-    if state is None or not state.is_completed():
-        return None
-    word = (state.message or "").split(":", 1)[0]
-    return word if word in {o.value for o in RunOutcome} else None
+    outcome = outcome_in_message(state.message) if state is not None and state.is_completed() else None
+    return outcome.value if outcome else None
 
 
 def remote_status(run_id: str) -> RunStatus:
