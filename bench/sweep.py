@@ -11,7 +11,9 @@ with ``ultrawork review RUN --approve-all`` as soon as it asks (three reviews at
 Reported per configuration: wall time from the sweep's start (its flow run's start on the server)
 to every issue integrated (seen by half-second polls of the backlog), and from the request
 (``prefect deployment run``); the peak of concurrent sandboxes (the containers labelled with the
-homes of its workers, sampled every 0.5 s); how the runs spread over the workers. With ``--repeat``
+homes of its workers, sampled every 0.5 s); how the runs spread over the workers; the CPU time the
+whole machine spent meanwhile and how busy that kept its cores (workers on one machine share them:
+when they are busy, more workers add processes, not speed). With ``--repeat``
 the configurations alternate and the medians are reported with every run.
 Usage: python bench/sweep.py [--issues 12] [--workers 1,3] [--repeat 1] [--concurrency N]
        [--worker-limit 3] [--backend auto|postgresql|sqlite] [--timeout 1800] [--json]
@@ -161,7 +163,7 @@ def one_sweep(work: Path, *, workers: int, issues: int, concurrency: int, worker
             for worker in fleet:
                 worker.wait_started()
             sampler.start()
-            requested = time.monotonic()
+            requested, cpu = time.monotonic(), fanout.machine_cpu_seconds()
             sweep_id = run_sweep(reviewer_env, backlog.root, concurrency=concurrency, limit=issues, poll_seconds=1,
                                  review_timeout=3600)
 
@@ -173,6 +175,7 @@ def one_sweep(work: Path, *, workers: int, issues: int, concurrency: int, worker
             reviewer = Reviewer(backlog, approve, set(names))
             reviewer.run(lambda: flow_run_state(sweep_id, url, auth).is_final(), timeout=timeout,
                          describe=lambda: "; ".join(f"{w.name}: {w.text()[-1500:]}" for w in fleet))
+            window, cpu = time.monotonic() - requested, fanout._spent(cpu)
         finally:
             sampler.halt.set()
             stop_workers(fleet)
@@ -193,6 +196,9 @@ def one_sweep(work: Path, *, workers: int, issues: int, concurrency: int, worker
             "from_request_seconds": round(last - requested, 2),
             "sweep_pickup_seconds": round(started - (requested + offset), 2),
             "peak_sandboxes": sampler.peak, "sandbox_samples": sampler.samples,
+            # CPU the whole machine (2 cores here, shared) spent from the request until the sweep ended
+            "machine_cpu_seconds": cpu,
+            "machine_busy": round(cpu / (window * (os.cpu_count() or 1)), 3) if cpu is not None else None,
             "runs_per_worker": {w.name: len(w.submitted(flow_runs)) for w in fleet},
             "sweep_state": sweep.state.name if sweep.state else None,
             "run_ids": sorted(reviewer.reviewed.values()),
@@ -246,8 +252,10 @@ def main(argv: list[str] | None = None) -> dict:
         configurations[str(count)] = {
             "wall_seconds": round(statistics.median(r["wall_seconds"] for r in mine), 2),
             "from_request_seconds": round(statistics.median(r["from_request_seconds"] for r in mine), 2),
-            "peak_sandboxes": max(r["peak_sandboxes"] for r in mine), "runs": mine}
+            "peak_sandboxes": max(r["peak_sandboxes"] for r in mine),
+            "machine_busy": statistics.median(r["machine_busy"] or 0 for r in mine), "runs": mine}
     report = {"issues": args.issues, "workers": counts, "repeat": args.repeat, "concurrency": concurrency,
+              "cpus": os.cpu_count(),
               "worker_limit": args.worker_limit, "backend": runs[0]["backend"],
               "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "configurations": configurations}
     if len(counts) > 1:
@@ -258,7 +266,8 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         for count, row in configurations.items():
             print(f"{count} worker(s): {row['wall_seconds']:.1f} s sweep start -> all integrated "
-                  f"({row['from_request_seconds']:.1f} s from the request), peak {row['peak_sandboxes']} sandboxes")
+                  f"({row['from_request_seconds']:.1f} s from the request), peak {row['peak_sandboxes']} sandboxes, "
+                  f"cores {row['machine_busy']:.0%} busy")
         if "speedup" in report:
             print(f"speedup {counts[-1]} vs {counts[0]} worker(s): {report['speedup']}x")
     return report

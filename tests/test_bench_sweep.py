@@ -45,6 +45,7 @@ def test_sweep_benchmark_runs_and_reports(docker_client, capsys):
     assert 1 <= run["peak_sandboxes"] <= 2 and run["sandbox_samples"] > 0
     assert 0 < run["wall_seconds"] <= run["from_request_seconds"] < 400
     assert run["left_sandboxes_removed"] == []
+    assert run["machine_cpu_seconds"] > 0 and 0 < run["machine_busy"] <= 1.05
     assert len(run["run_ids"]) == 2
     left = [c.name for rid in run["run_ids"]
             for c in docker_client.containers.list(all=True, filters={"label": [f"ultrawork.run={rid}"]})]
