@@ -8,7 +8,7 @@ setup, a git error past its retries, a workspace over its cap) ends as a Failed 
 carries its :class:`AgentOutcome`, so its siblings go on and the review sees what happened.
 The sandbox is removed -- every one of its processes gone -- before the host reads or
 commits the work tree. The parts (branch, clone, Plan.md, sandbox) are one
-:class:`~ultrawork.tasks.environment.AgentEnvironment`.
+:class:`~ultrawork.runtime.environment.AgentEnvironment`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from prefect.states import Completed, Failed
 from ultrawork.agents.outcome import AgentOutcome
 from ultrawork.agents.profiles import AgentProfile
 from ultrawork.tasks.egress import note_egress
-from ultrawork.tasks.environment import AgentEnvironment
+from ultrawork.runtime.environment import AgentEnvironment
 from ultrawork.tasks.model import cite_research, is_model_agent, prepare_model_agent, run_model_agent, with_model_record
 
 

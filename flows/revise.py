@@ -21,7 +21,7 @@ from ultrawork.runtime.artifacts import publish_results
 from ultrawork.runtime.logs import get_logger
 from ultrawork.runtime.naming import agent_tags
 from ultrawork.tasks.egress import run_egress
-from ultrawork.tasks.mcp import run_mcp_servers
+from ultrawork.runtime.mcp_servers import run_mcp_servers
 from ultrawork.workspace.ledger import RunLedger
 from ultrawork.workspace.repo_guard import read_regular_file
 from ultrawork.workspace.stages import Stage

@@ -31,7 +31,7 @@ from ultrawork.failpoints import failpoint
 from ultrawork.runtime.logs import get_logger
 from ultrawork.runtime.naming import agent_tags, continued_run_id, continues_flow_run, name_run
 from ultrawork.tasks.egress import check_egress, run_egress
-from ultrawork.tasks.mcp import run_mcp_servers
+from ultrawork.runtime.mcp_servers import run_mcp_servers
 from ultrawork.tasks.reaper import reap_stale_work
 from ultrawork.tasks.team import check_model_agents, model_for_run, plan_run, record_plan, run_usage_line
 from ultrawork.runtime.together import together

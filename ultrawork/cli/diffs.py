@@ -16,7 +16,7 @@ STYLES = (("+++", "bold"), ("---", "bold"), ("diff --git", "bold"), ("@@", "cyan
 
 def findings(run, role: str) -> str:
     """A read-only agent's report: its Plan.md findings (as the review form shows them)."""
-    from ultrawork.tasks.environment import plan_excerpt
+    from ultrawork.runtime.environment import plan_excerpt
 
     try:
         text = run.agent(role).plan.text()

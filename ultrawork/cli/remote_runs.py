@@ -139,7 +139,7 @@ def agent_reports(run_id: str, role: str | None = None) -> list[str]:
     """Each agent's diff (its diff artifact) or, for an agent that changed nothing, its Plan.md findings."""
     from prefect.client.orchestration import get_client
 
-    from ultrawork.tasks.environment import plan_excerpt
+    from ultrawork.runtime.environment import plan_excerpt
 
     run = read_run(run_id)
     roles = [role] if role else run.roles
