@@ -125,6 +125,8 @@ def test_three_workers_with_their_own_homes_sweep_twelve_issues(prefect_pg_api, 
         for worker in workers:
             assert worker.runs() == {ours[i] for i in ran_on[worker.name]}, worker.name
             assert {p.name for p in worker.home.iterdir()} <= {"runs", "repos"}, worker.name
+            caches = {p.name for p in (worker.home / "repos").iterdir() if p.suffix == ".git"}
+            assert len(caches) == 1 and caches.pop().startswith("widgets-"), "one cache clone: the remote's"
         assert not (reviewer_home / "runs").exists() or not any((reviewer_home / "runs").iterdir())
         print(f"\n{len(ISSUES)} issues on {WORKERS} workers: {elapsed:.0f} s; "
               + ", ".join(f"{n} {len(ids)}" for n, ids in ran_on.items()))
