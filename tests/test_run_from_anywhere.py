@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -179,3 +180,42 @@ def test_a_crashed_run_of_another_machine_is_resumed_there(prefect_api, tmp_path
     assert f"run {run_id} ran on another machine" in shown.stderr and "resume it there (state now: Crashed)" \
         in shown.stderr, shown.stderr
     assert not (other / "runs").exists()
+
+
+def test_a_stopped_deployment_run_is_started_again_from_another_home(prefect_api, tmp_path):
+    """``resume --again``: the task runs again from the start as a new run of the same deployment."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter
+    from prefect.states import Crashed
+
+    @flow(name="sisyphus")
+    def sisyphus_elsewhere(task: str, repo: str, run_id: str | None = None, resume: bool = False) -> None:
+        pass
+
+    run_id = f"died-{uuid.uuid4().hex[:6]}"
+    url = (tmp_path / "widgets.git").as_uri()
+    with get_client(sync_client=True) as client:
+        deployment_id = client.create_deployment(flow_id=client.create_flow(sisyphus_elsewhere),
+                                                 name=f"again-{run_id}")
+        flow_run = client.create_flow_run_from_deployment(
+            deployment_id, parameters={"task": "Fix it", "repo": url, "run_id": run_id}, name=run_id,
+            tags=["ultrawork", f"run:{run_id}"])
+        client.set_flow_run_state(flow_run.id, Crashed(message="its worker died"), force=True)
+    other = tmp_path / "other-home"
+    other.mkdir()
+    try:
+        told = elsewhere(other, prefect_api, "resume", run_id)
+        assert told.returncode == 1 and f"ultrawork resume {run_id} --again" in told.stderr, told.stderr
+        again = elsewhere(other, prefect_api, "resume", run_id, "--again")
+        assert again.returncode == 0, again.stderr
+        new_id = re.search(r"started again from the start as run (\S+)", again.stdout).group(1)
+        with get_client(sync_client=True) as client:
+            (new,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name={"any_": [new_id]}))
+            assert new.deployment_id == deployment_id and new.state.is_scheduled()
+            assert new.parameters == {"task": "Fix it", "repo": url, "run_id": new_id, "resume": False}
+            assert "ultrawork" in new.tags and f"run:{run_id}" not in new.tags
+        assert not (other / "runs").exists()
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_deployment(deployment_id)

@@ -372,6 +372,8 @@ def demo_command(
 def resume_command(
     run_id: Annotated[str, typer.Argument(help="A run that crashed or failed.")],
     detach: Annotated[bool, typer.Option("--detach", help="Run in the background and return.")] = False,
+    again: Annotated[bool, typer.Option("--again", help="A stopped deployment run whose record is on another "
+                                        "machine: run its task again from the start on any worker.")] = False,
 ) -> None:
     """Continue a crashed or failed run from its last completed stage (finished agents are not rerun).
 
@@ -385,10 +387,18 @@ def resume_command(
     try:
         lock = claim_run(run_id, f"ultrawork resume {run_id}")
     except RunNotFound:                           # not in this home: say where it ran, if the server knows
-        from ultrawork.cli.remote_runs import resume_elsewhere
+        from ultrawork.cli.remote_runs import resume_elsewhere, start_again
 
         ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
-        raise resume_elsewhere(run_id) from None
+        if not again:
+            raise resume_elsewhere(run_id) from None
+        new_id, flow_run = start_again(run_id)
+        out.print(f"run {run_id} started again from the start as run [bold]{new_id}[/] (flow run {flow_run.name}); "
+                  f"a worker of its pool takes it: 'ultrawork status {new_id}'")
+        return
+    if again:
+        lock.release()
+        fail(f"run {run_id} is in this home: 'ultrawork resume {run_id}' continues it where it stopped", 2)
     try:
         ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
         params = prepare_resume(run_id)

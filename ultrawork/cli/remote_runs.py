@@ -174,7 +174,37 @@ def resume_elsewhere(run_id: str) -> RunNotFound:
         return RunNotFound(f"run {run_id} is finished ({state.message or state.name}); nothing to resume")
     host = (flow_run.infrastructure_pid or "").rpartition(":")[0]
     pool = f" (work pool {flow_run.work_pool_name})" if flow_run.work_pool_name else ""
+    again = (f" Or start it again from the start on any worker of its deployment: 'ultrawork resume {run_id} "
+             f"--again'." if _restartable(flow_run) else "")
     return RunNotFound(f"run {run_id} ran {'on ' + host if host else 'on another machine'}{pool}, not in this "
                        f"home ({ultrawork_home() / 'runs'}); its records are in that machine's ULTRAWORK_HOME: "
-                       f"resume it there (state now: {state.name if state else 'unknown'}). A swept issue whose "
-                       f"run crashed goes back to the backlog at the next sweep and runs again.")
+                       f"resume it there (state now: {state.name if state else 'unknown'}).{again} A swept issue "
+                       f"whose run crashed goes back to the backlog at the next sweep and runs again.")
+
+
+def _restartable(flow_run) -> bool:
+    """A deployment's run on a repository URL that stopped: any worker can run its task again."""
+    from ultrawork.workspace.remote import is_url
+
+    state = flow_run.state
+    return (flow_run.deployment_id is not None and is_url((flow_run.parameters or {}).get("repo"))
+            and state is not None and state.is_final() and not state.is_completed())
+
+
+def start_again(run_id: str) -> tuple[str, object]:
+    """Run a stopped deployment run's task again, from the start, as a new run of the same deployment
+    (any worker takes it); the old run's branches stay on the remote. Returns the new run id and flow run."""
+    from prefect.client.orchestration import get_client
+
+    from ultrawork.cli.request import new_run_id
+
+    flow_run = read_run(run_id).flow_run
+    if not _restartable(flow_run):
+        raise resume_elsewhere(run_id)
+    again = f"{run_id[:40]}-again-{new_run_id()[-4:]}"
+    params = {**flow_run.parameters, "run_id": again, "resume": False}
+    with get_client(sync_client=True) as client:
+        started = client.create_flow_run_from_deployment(
+            flow_run.deployment_id, parameters=params, name=again,
+            tags=[t for t in flow_run.tags if not t.startswith(("run:", ROLE_PREFIX))])
+    return again, started
