@@ -169,10 +169,3 @@ def push(cache: Path, url: str, branch: str, expected: str) -> bool:
         raise GitError(pushed.argv, pushed.returncode, pushed.stderr)
     return True
 
-
-def remote_branch(url: str, branch: str, cwd: Path) -> str:
-    """The commit ``branch`` has on the remote ('' when it has none)."""
-    out = _remote_git(["ls-remote", "--", url, f"refs/heads/{branch}"], url, cwd=cwd).stdout.split()
-    return out[0] if out else ""
-
-
