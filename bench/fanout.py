@@ -174,6 +174,8 @@ def ultrawork(repo: Path, workload: float, agents: int, network: str = "none") -
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     marks["start"], cpu = time.monotonic(), machine_cpu_seconds()
+    FLOW_LEFT.clear()
+    IN_FLOW.set()
     try:
         result = asyncio.run(sisyphus("benchmark the fan-out", str(repo), agents=roles, run_id=run_id,
                                       review_timeout=REVIEW_TIMEOUT,
@@ -183,9 +185,18 @@ def ultrawork(repo: Path, workload: float, agents: int, network: str = "none") -
     except TerminationSignal as exc:   # Prefect's own SIGTERM handler, installed while a flow runs
         remove_started_runs()
         raise BenchmarkStopped(f"stopped by {signal.Signals(exc.signal).name}") from None
+    except (Exception, KeyboardInterrupt):
+        if TERMINATED.is_set():       # the SIGTERM seen by the wakeup fd ended the flow
+            raise BenchmarkStopped("stopped by SIGTERM") from None
+        raise
     finally:
+        IN_FLOW.clear()
+        FLOW_LEFT.set()
         finished.set()
         watcher.join(10)
+    if TERMINATED.is_set():           # a SIGTERM that a nested subflow turned into a failed agent
+        remove_started_runs()
+        raise BenchmarkStopped("stopped by SIGTERM")
     marks["end"] = time.monotonic()
     if "paused" not in marks:
         raise RuntimeError(f"the run ended without asking for its review: {result.outcome}: {result.message}")
@@ -234,8 +245,40 @@ def stop_on_signals(timeout: float) -> dict:
     if threading.current_thread() is not threading.main_thread():
         return {}
     before = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGALRM)}
+    watch_terminations(stop)
     signal.setitimer(signal.ITIMER_REAL, timeout)
     return before
+
+
+TERMINATED = threading.Event()
+IN_FLOW, FLOW_LEFT = threading.Event(), threading.Event()     # the main thread is inside / has left the flow
+
+
+def watch_terminations(ours) -> None:
+    """Every SIGTERM, whoever's Python handler is installed. While a flow runs Prefect's handler replaces
+    ours, and a signal that lands inside an agent's subflow can end as that agent failing while the run
+    goes on; the interpreter's wakeup fd receives every signal before any handler runs. On SIGTERM the
+    runs' sandboxes go and, unless ``ours`` (the handler that stops the benchmark itself) took it, the
+    main thread is interrupted (asyncio cancels the flow)."""
+    import _thread
+
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        while True:
+            if signal.SIGTERM.value in os.read(read, 64) and not TERMINATED.is_set():
+                TERMINATED.set()
+                if signal.getsignal(signal.SIGTERM) is ours:
+                    continue
+                # Prefect's handler: its TerminationSignal usually ends the flow at once; if the flow
+                # still runs a few seconds later, the signal was swallowed by a subflow: end it from here
+                if IN_FLOW.is_set() and not FLOW_LEFT.wait(5) and IN_FLOW.is_set():
+                    remove_started_runs()
+                    _thread.interrupt_main()
+
+    threading.Thread(target=watch, daemon=True, name="sigterm-watch").start()
 
 
 def restore_signals(before: dict) -> None:

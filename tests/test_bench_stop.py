@@ -16,7 +16,8 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "fanout.py"
 
 
 def bench_containers(docker_client) -> list:
-    return [c for c in docker_client.containers.list(all=True, filters={"label": "ultrawork.managed=true"})
+    return [c for c in docker_client.containers.list(all=True, filters={"label": "ultrawork.managed=true"},
+                                                          ignore_removed=True)
             if c.labels.get("ultrawork.run", "").startswith("bench-")]
 
 
