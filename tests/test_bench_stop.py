@@ -39,10 +39,15 @@ def wait_for_sandbox(docker_client, proc, before: set, timeout: float = 120) -> 
 def test_the_benchmark_stops_and_cleans_up(how, prefect_api, docker_client, tmp_path):
     before = {c.id for c in bench_containers(docker_client)}      # e.g. another benchmark on this engine
     proc = start(["--timeout", "25"] if how == "timeout" else [], tmp_path)
-    wait_for_sandbox(docker_client, proc, before)
-    if how == "sigterm":
-        proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    try:
+        wait_for_sandbox(docker_client, proc, before)
+        if how == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:                    # a failed check leaves no benchmark running (nor blocked on its full pipes)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode != 0
     assert "BenchmarkStopped" in err and ("SIGTERM" in err if how == "sigterm" else "after 25 s" in err)
     assert {c.id for c in bench_containers(docker_client)} - before == set()
