@@ -14,6 +14,7 @@ import pytest
 from pg import postgres_database, prefect_pg_api, prefect_pg_server  # noqa: F401 (fixtures)
 
 from flowkit import make_target_repo
+from test_hostile_output import sandbox_settings
 from workers import (Reviewer, SweepFailed, cli_review, create_pool, deploy, edit_task, flow_run_state,
                      remove_deployments, remove_sandboxes, run_sweep, start_workers, stop_workers, worker_env)
 
@@ -45,16 +46,8 @@ def sandboxes_of(docker_client, run_ids) -> list[str]:
 @pytest.fixture
 def small_sandboxes(prefect_pg_api):
     """The runs' sandboxes on this server are small (the settings every run loads at its start)."""
-    from ultrawork.blocks import SandboxSettings
-
-    SandboxSettings(memory_mb=256, cpus=0.5, pids=128).save("default", overwrite=True)
-    try:
+    with sandbox_settings(memory_mb=256, cpus=0.5, pids=128):
         yield
-    finally:
-        try:
-            SandboxSettings.delete("default")
-        except Exception:  # noqa: BLE001 - not saved
-            pass
 
 
 def test_three_workers_with_their_own_homes_sweep_twelve_issues(prefect_pg_api, small_sandboxes, tmp_path,
