@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 from typing import Mapping
 
-from .spec import SANDBOX_UID
+from . import agent_tree
 
 
 def grant_sandbox_access(path: Path) -> None:
-    """Let the sandbox user (uid/gid 1000) write under ``path`` -- but never its ``.git``.
+    """Let the sandbox user (uid/gid 1000) write under ``path`` -- never its ``.git``.
 
-    Files keep their host owner (so host git sees no "dubious ownership"); as
-    root we hand the group to gid 1000 and make it group-writable, otherwise we
-    make it writable for others. ``.git`` stays the host's: the agent edits the
-    work tree, and the host alone commits.
-    """
-    todo = [path]
-    while todo:
-        p = todo.pop()
-        if p.is_symlink():
-            continue
-        if os.geteuid() == 0:
-            os.chown(p, -1, SANDBOX_UID)
-            os.chmod(p, p.stat().st_mode | 0o060 | (0o010 if p.is_dir() else 0))
-        else:
-            os.chmod(p, p.stat().st_mode | 0o006 | (0o001 if p.is_dir() else 0))
-        if p.is_dir():
-            todo += [c for c in p.iterdir() if c.name != ".git"]
+    Only while no sandbox has it mounted: by descriptor (`agent_tree.grant`), so that even a
+    tree an agent wrote before cannot steer the grant to a host file."""
+    agent_tree.grant(path)
 
 
 # The clone's git directory, host-owned, mounted read-only: git in the sandbox can read history,
@@ -71,20 +58,24 @@ def agent_file_mounts(ws, files: Mapping[str, str | bytes]) -> list:
 
 
 def agent_sandbox_spec(ws, *, image: str, workspace_mode: str, network: str, limits, exec_timeout: float,
-                       workspace: Path | None = None, agent_files: Mapping[str, str | bytes] | None = None):
+                       workspace: Path | None = None, agent_files: Mapping[str, str | bytes] | None = None,
+                       grant: bool = True):
     """The sandbox of one agent of a run: its clone's work tree at /workspace, its git directory
     read-only at /git, its Plan.md folder at /plan, and ``agent_files`` read-only at /agent
     (see :func:`agent_file_mounts`).
 
-    Grants the sandbox user what it must write (the Plan.md folder; the clone's work
-    tree when read-write) -- used by the flows and by an MCP session bound to a run.
+    With ``grant`` (the flows, before the agent's first sandbox starts on this clone) the
+    sandbox user is given what it must write: the Plan.md folder, set up writable, and a
+    read-write work tree. Without it (an MCP session, while the agent lives) nothing on
+    the host changes: what the role may write was granted when its clone was set up.
     """
     from .spec import Mount, SandboxSpec
 
-    grant_sandbox_access(ws.plan_path.parent)
     workspace = workspace or ws.path
-    if workspace_mode == "rw":
-        grant_sandbox_access(workspace)
+    if grant:
+        agent_tree.prepare_folder(ws.plan_path.parent, writable=True)
+        if workspace_mode == "rw":
+            grant_sandbox_access(workspace)
     mounts = [Mount(source=ws.plan_path.parent, target="/plan", read_only=False),
               Mount(source=ws.git_dir, target=GIT_DIR_TARGET, read_only=True)]
     mounts += agent_file_mounts(ws, agent_files or {})
@@ -92,3 +83,41 @@ def agent_sandbox_spec(ws, *, image: str, workspace_mode: str, network: str, lim
         image=image, role=ws.role, run_id=ws.run.run_id, workspace=workspace, workspace_mode=workspace_mode,
         mounts=mounts, network=network, limits=limits, exec_timeout=exec_timeout, env=dict(SANDBOX_GIT_ENV),
     )
+
+
+# -- what a role's sandbox is: recorded host-side, the ceiling of every sandbox made for that agent --
+ROLE_SANDBOX_FILE = "sandbox.json"
+
+
+def _role_record(run_id: str, role: str) -> Path:
+    from ultrawork.settings import ultrawork_home
+
+    return ultrawork_home() / "runs" / run_id / ".git" / "ultrawork" / "agents" / role / ROLE_SANDBOX_FILE
+
+
+def record_role_sandbox(spec) -> None:
+    """Record what the flows give ``spec``'s agent (image, workspace mode, network, limits,
+    environment names) in the run's host-private folder: an MCP server bound to that agent
+    creates nothing beyond it. Written before each of the agent's sandboxes is created."""
+    record = {"image": spec.image, "workspace_mode": spec.workspace_mode, "network": spec.network,
+              "limits": spec.limits.model_dump(), "env": dict(spec.env), "allow_env": list(spec.allow_env)}
+    path = _role_record(spec.run_id, spec.role)
+    if not path.parent.is_dir():
+        return           # not an agent of a run this home holds (a check, an unbound MCP sandbox)
+    tmp = path.with_name(f".{ROLE_SANDBOX_FILE}.tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, path)
+
+
+def role_sandbox(run_id: str, role: str) -> dict:
+    """What the flows recorded for the agent's sandbox; the read-only defaults (workspace 'ro',
+    network 'none', default limits and image) when nothing is recorded yet."""
+    from .spec import DEFAULT_IMAGE, Limits
+
+    try:
+        record = json.loads(_role_record(run_id, role).read_text())
+    except (OSError, ValueError):
+        record = {}
+    return {"image": record.get("image", DEFAULT_IMAGE), "workspace_mode": record.get("workspace_mode", "ro"),
+            "network": record.get("network", "none"), "limits": Limits(**record.get("limits", {})),
+            "env": dict(record.get("env", {})), "allow_env": list(record.get("allow_env", []))}

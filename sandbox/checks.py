@@ -16,6 +16,7 @@ from ultrawork.agents.outcome import CheckResult
 from ultrawork.workspace.clones import AgentClone, clone_on_branch
 from ultrawork.workspace.plan import excerpt
 
+from . import agent_tree
 from .access import GIT_DIR_TARGET, SANDBOX_GIT_ENV, grant_sandbox_access
 from .engine import SandboxEngine
 from .errors import SandboxTimeout
@@ -55,5 +56,5 @@ def run_check(engine: SandboxEngine, run, head: str, argv: list[str], *, timeout
 
 
 def _remove(clone: AgentClone) -> None:
-    shutil.rmtree(clone.work_tree, ignore_errors=True)
+    agent_tree.remove(clone.work_tree)      # the check wrote there
     shutil.rmtree(clone.git_dir, ignore_errors=True)

@@ -17,6 +17,7 @@ import tarfile
 import time
 from pathlib import Path
 
+from . import agent_tree
 from .errors import SandboxPolicyError
 from .spec import SANDBOX_UID
 
@@ -75,36 +76,12 @@ def _read_regular(dir_fd: int, name: str, budget: _Budget) -> tuple[bytes, int] 
         os.close(fd)
 
 
-def _walk(tar: tarfile.TarFile, dir_fd: int, prefix: str, depth: int, budget: _Budget, names: list[str]) -> None:
-    if depth > MAX_DEPTH:
-        raise SandboxPolicyError("directory", f"{budget.directory} nests folders deeper than {MAX_DEPTH} levels")
-    with os.scandir(dir_fd) as entries:
-        listed = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in entries)
-    for name, is_dir in listed:
-        try:
-            name.encode()
-        except UnicodeEncodeError:  # not a name a tar member can carry
-            continue
-        rel = f"{prefix}{name}"
-        if is_dir:
-            try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-            except OSError:  # swapped for a link or a file since it was listed: skipped
-                continue
-            try:
-                if not stat.S_ISDIR(os.fstat(child).st_mode):
-                    continue
-                budget.take()
-                tar.addfile(_tarinfo(rel, 0o755, kind=tarfile.DIRTYPE))
-                _walk(tar, child, rel + "/", depth + 1, budget, names)
-            finally:
-                os.close(child)
-            continue
-        found = _read_regular(dir_fd, name, budget)
-        if found is not None:
-            data, mode = found
-            tar.addfile(_tarinfo(rel, mode | 0o400, len(data)), io.BytesIO(data))
-            names.append(rel)
+def _encodable(name: str) -> bool:
+    try:
+        name.encode()
+        return True
+    except UnicodeEncodeError:  # not a name a tar member can carry
+        return False
 
 
 def add_directory(tar: tarfile.TarFile, directory: Path, max_files: int = MAX_FILES,
@@ -115,12 +92,26 @@ def add_directory(tar: tarfile.TarFile, directory: Path, max_files: int = MAX_FI
     passes a bound.
     """
     try:
-        root = os.open(directory, _DIR_FLAGS)
+        opened = agent_tree.opened_root(directory)
+        root = opened.__enter__()
     except OSError as exc:
         raise SandboxPolicyError("directory", f"{directory} is not a directory ({exc.strerror})") from None
     names: list[str] = []
-    try:
-        _walk(tar, root, "", 0, _Budget(directory, max_files, max_bytes), names)
+    budget = _Budget(directory, max_files, max_bytes)
+    try:     # by descriptor (agent_tree): a folder swapped for a link since it was listed is not entered
+        for parent, name, rel, _, dir_fd in agent_tree.walk_fds(root, skip=lambda _d, n: not _encodable(n),
+                                                                 max_entries=max_files * 4, max_depth=MAX_DEPTH):
+            if dir_fd is not None:
+                budget.take()
+                tar.addfile(_tarinfo(rel, 0o755, kind=tarfile.DIRTYPE))
+                continue
+            found = _read_regular(parent, name, budget)
+            if found is not None:
+                data, mode = found
+                tar.addfile(_tarinfo(rel, mode | 0o400, len(data)), io.BytesIO(data))
+                names.append(rel)
+    except agent_tree.TreeLimitExceeded as exc:
+        raise SandboxPolicyError("directory", f"{directory} holds {exc}") from None
     finally:
-        os.close(root)
+        opened.__exit__(None, None, None)
     return names

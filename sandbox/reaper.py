@@ -32,6 +32,7 @@ from ultrawork.workspace.superproject import ultrawork_home
 
 import docker.errors
 
+from . import agent_tree
 from .engine import SandboxEngine, SandboxInfo
 from .procs import owner_alive
 from .spec import LABEL_HOME, LABEL_MANAGED, LABEL_OWNER, LABEL_RUN, home_tag
@@ -75,14 +76,22 @@ def release_clones(run_dir: Path) -> list[Path]:
     removed = []
     agents = run_dir / "agents"
     for clone in sorted(agents.iterdir()) if agents.is_dir() else []:
-        if clone.is_dir() and not clone.is_symlink() and any(clone.iterdir()):
-            shutil.rmtree(clone)
+        if clone.is_dir() and not clone.is_symlink() and _holds_anything(clone):
+            agent_tree.remove(clone)                    # an agent's work tree
             clone.mkdir()
             removed.append(clone)
         git_dir = run_dir / ".git" / "modules" / clone.name
         if git_dir.is_dir() and not git_dir.is_symlink():
             shutil.rmtree(git_dir)
     return removed
+
+
+def _holds_anything(clone: Path) -> bool:
+    """``agents/<role>`` is a folder with at least one entry (read by descriptor: an agent wrote it)."""
+    try:
+        return clone.is_dir() and not clone.is_symlink() and next(agent_tree.walk(clone, max_entries=1), None) is not None
+    except OSError:     # TreeLimitExceeded included: more than one entry
+        return True
 
 
 def reap(engine: SandboxEngine | None, all: bool = False, older_than: float | None = None) -> ReapReport:
@@ -95,7 +104,7 @@ def reap(engine: SandboxEngine | None, all: bool = False, older_than: float | No
     runs = ultrawork_home() / "runs"
     for run_dir in sorted(runs.iterdir()) if runs.is_dir() else []:
         agents = run_dir / "agents"
-        if not agents.is_dir() or not any(any(c.iterdir()) for c in agents.iterdir() if c.is_dir()):
+        if not agents.is_dir() or not any(_holds_anything(c) for c in agents.iterdir()):
             continue  # nothing to release (the common case once a run is done)
         if run_is_active(run_dir.name):
             continue

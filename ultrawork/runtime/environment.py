@@ -49,6 +49,7 @@ class AgentEnvironment:
         self.commits: list[str] = []
         self.errors: list[str] = []
         self._ahead: asyncio.Future | None = None   # the sandbox started before the setup finished
+        self._granted: Any = None                    # the clone granted before that sandbox started
         self._clones: list = []
 
     # -- branch -> submodule -> Plan.md ----------------------------------------------------
@@ -85,18 +86,19 @@ class AgentEnvironment:
         if not self.steps:
             get_logger().info("%s: work was committed by an earlier attempt; finalizing it", self.role)
 
-    def _spec(self, ws) -> SandboxSpec:
-        """The sandbox's spec; grants the sandbox user its Plan.md folder (and a rw work tree)."""
-        ws.plan_path.parent.mkdir(parents=True, exist_ok=True)
+    def _spec(self, ws, *, grant: bool = True) -> SandboxSpec:
+        """The sandbox's spec; with ``grant``, gives the sandbox user its Plan.md folder (and a rw work
+        tree) first -- once per clone, before any sandbox on that clone runs anything."""
         p = self.profile
         return agent_sandbox_spec(ws, image=p.image, workspace_mode=p.workspace_mode, network=p.network,
-                                  limits=p.limits, exec_timeout=p.timeout, agent_files=self.files)
+                                  limits=p.limits, exec_timeout=p.timeout, agent_files=self.files, grant=grant)
 
     async def _start_ahead(self, ws) -> None:
         try:
             spec = await asyncio.to_thread(self._spec, ws)
         except OSError:            # that clone is already being discarded by a failed setup
             return
+        self._granted = ws
         self.handle = SandboxHandle(spec)
         self._ahead = asyncio.ensure_future(start_sandbox(self.handle))
 
@@ -108,7 +110,9 @@ class AgentEnvironment:
             if not new:                                                 # resumed: drop a partial attempt
                 self.ws.reset_worktree()
             self.steps = [self.profile.argv(self.run_id)]
-        return self._spec(self.ws)                                      # again: Plan.md exists now
+        # the clone the sandbox started ahead on was granted before that sandbox started (and Plan.md
+        # is created agent-writable): no grant runs while a sandbox has it mounted
+        return self._spec(self.ws, grant=self._granted is not self.ws or not new)
 
     # -- sandbox -> deploy agent -> execute loop ------------------------------------------
     async def start_sandbox(self) -> None:

@@ -18,10 +18,10 @@ a whole (`DiskLimitExceeded`): committing part of it would be a silent loss.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ultrawork.sandbox import agent_tree
 from ultrawork.workspace.errors import DiskLimitExceeded
 
 MAX_ENTRIES = 200_000
@@ -57,41 +57,33 @@ def scan_worktree(root: Path, *, file_limit: int, total_limit: int,
     """Walk `root` (not its top-level ``.git``); raise `DiskLimitExceeded` past the caps."""
     scan = WorktreeScan()
     top = os.path.realpath(root)
-    todo = [""]
-    while todo:
-        rel_dir = todo.pop()
-        try:
-            entries = list(os.scandir(os.path.join(root, rel_dir)))
-        except (FileNotFoundError, NotADirectoryError):
-            continue                      # removed while walking: nothing to commit there
-        for entry in entries:
-            rel = os.path.join(rel_dir, entry.name) if rel_dir else entry.name
-            if not rel_dir and entry.name == ".git":
-                continue
+    nested: set[str] = set()
+
+    def nested_repository(rel: str, dir_fd: int) -> bool:
+        if os.path.basename(rel) == ".git" or agent_tree.has_entry(dir_fd, ".git"):
+            nested.add(rel)
+            return True
+        return False
+
+    try:
+        for entry in agent_tree.walk(root, skip_top=(".git",), max_entries=max_entries, prune=nested_repository):
+            rel, st = entry.rel, entry.stat
             scan.entries += 1
-            if scan.entries > max_entries:
-                raise DiskLimitExceeded(f"the workspace holds more than {max_entries} files and folders; "
-                                        "nothing was committed")
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                target = os.readlink(entry.path)
-                lexical = os.path.normpath(os.path.join(top, rel_dir, target))
-                if not (_inside(lexical, top) and _inside(os.path.realpath(entry.path), top)):
-                    scan.refused[rel] = f"symlink to {target!r} outside the workspace"
-            elif stat.S_ISDIR(st.st_mode):
-                if entry.name == ".git" or os.path.lexists(os.path.join(entry.path, ".git")):
+            if entry.is_link:
+                lexical = os.path.normpath(os.path.join(top, os.path.dirname(rel), entry.link))
+                if not (_inside(lexical, top) and _inside(os.path.realpath(os.path.join(top, rel)), top)):
+                    scan.refused[rel] = f"symlink to {entry.link!r} outside the workspace"
+            elif entry.is_dir:
+                if rel in nested:
                     scan.refused[rel] = "a nested git repository"
-                else:
-                    todo.append(rel)
-            elif stat.S_ISREG(st.st_mode):
+            elif entry.is_file:
                 if st.st_size > file_limit:
                     scan.refused[rel] = f"{_mib(st.st_size)}, over the {_mib(file_limit)} per-file cap"
                     continue
                 scan.total_bytes += st.st_size
                 scan.largest = sorted(scan.largest + [(st.st_size, rel)], reverse=True)[:3]
+    except agent_tree.TreeLimitExceeded as exc:
+        raise DiskLimitExceeded(f"the workspace holds {exc}; nothing was committed") from None
     if scan.total_bytes > total_limit:
         biggest = ", ".join(f"{p} ({_mib(s)})" for s, p in scan.largest)
         raise DiskLimitExceeded(f"the workspace holds {_mib(scan.total_bytes)}, over its "

@@ -27,6 +27,7 @@ import os
 import stat
 from pathlib import Path
 
+from ultrawork.sandbox import agent_tree
 from ultrawork.workspace.gitcmd import parse_config_text
 from ultrawork.workspace.repo_guard import (AGENT_WRITABLE_GIT_FILES, ALLOWED_CLONE_CONFIG,
                                   ALLOWED_SUPERPROJECT_CONFIG, config_findings, read_regular_file)
@@ -43,16 +44,12 @@ def fingerprint(path: Path) -> Fingerprint | None:
 
 
 def tree_snapshot(root: Path, skip: tuple[str, ...] = (".git",)) -> dict[str, Fingerprint]:
-    """Fingerprint every entry below `root` (not descending into `skip` at top level)."""
+    """Fingerprint every entry below `root` but its folders (not descending into `skip` at top level)."""
     snap: dict[str, Fingerprint] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        if dirpath == str(root):
-            dirnames[:] = [d for d in dirnames if d not in skip]
-        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            full = os.path.join(dirpath, name)
-            fp = fingerprint(Path(full))
-            if fp is not None:
-                snap[os.path.relpath(full, root)] = fp
+    for e in agent_tree.walk(root, skip_top=skip):
+        if not e.is_dir:
+            st = e.stat
+            snap[e.rel] = [stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino]
     return snap
 
 
@@ -71,28 +68,20 @@ def escaping_symlinks(root: Path, allowed_roots: tuple[Path, ...] = ()) -> list[
     """
     roots = (root,) + tuple(allowed_roots)
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            full = os.path.join(dirpath, name)
-            try:
-                target = os.readlink(full)
-            except OSError:   # not a link, or gone while walking (an agent's leftover deleting)
-                continue
-            lexical = os.path.normpath(os.path.join(dirpath, target))
-            on_disk = os.path.realpath(full)  # resolves names only; opens no file
-            if not (_inside(lexical, roots) and _inside(on_disk, roots)):
-                found.append(f"symlink {os.path.relpath(full, root)} -> {target}")
+    for e in agent_tree.walk(root):
+        if not e.is_link:
+            continue
+        full = os.path.join(root, e.rel)
+        lexical = os.path.normpath(os.path.join(os.path.dirname(full), e.link))
+        on_disk = os.path.realpath(full)  # resolves names only; opens no file
+        if not (_inside(lexical, roots) and _inside(on_disk, roots)):
+            found.append(f"symlink {e.rel} -> {e.link}")
     return found
 
 
 def nested_repositories(root: Path) -> list[str]:
     """``.git`` entries below `root` (the plan directory must hold notes, not repositories)."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            if name.lower() == ".git":
-                found.append(os.path.relpath(os.path.join(dirpath, name), root))
-    return found
+    return [e.rel for e in agent_tree.walk(root) if e.rel.rsplit("/", 1)[-1].lower() == ".git"]
 
 
 def _inside(path: str, roots: tuple[Path, ...]) -> bool:

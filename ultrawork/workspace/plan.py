@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import stat
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -24,6 +23,8 @@ from typing import Any, Mapping, Sequence
 
 from ultrawork.secret_names import looks_secret
 from ultrawork.workspace.errors import WorkspaceError
+from ultrawork.sandbox import agent_tree
+from ultrawork.sandbox.spec import SANDBOX_UID
 from ultrawork.workspace.repo_guard import read_regular_file
 
 EXCERPT_LINES = 40
@@ -205,10 +206,8 @@ class PlanDocument:
             except FileNotFoundError:
                 st = None
             if st is None or not stat.S_ISREG(st.st_mode):
-                if st is not None and stat.S_ISDIR(st.st_mode):
-                    shutil.rmtree(self.path)       # never follows a link inside it
-                elif st is not None:
-                    os.unlink(self.path)
+                if st is not None:
+                    agent_tree.remove(self.path)   # never follows a link inside it
                 flags |= os.O_CREAT | os.O_EXCL
                 prefix = ("# Plan.md (recreated by the host)\n\n> The previous Plan.md was missing "
                           "or not a regular file; the host replaced it.\n\n")
@@ -217,6 +216,8 @@ class PlanDocument:
                 prefix = "\n" if current and not current.endswith("\n") else ""
         fd = os.open(self.path, flags, 0o666)
         try:
+            if flags & os.O_CREAT:      # the host's new file: the agent may write it, set on its descriptor
+                _agent_writable(fd)
             os.write(fd, (prefix + markdown.rstrip("\n") + "\n").encode("utf-8"))
         finally:
             os.close(fd)
@@ -316,3 +317,12 @@ class PlanDocument:
                 out.commits = list(data.get("commits") or [])
                 out.errors, out.recoveries = list(data.get("errors") or []), list(data.get("recoveries") or [])
         return out
+
+
+def _agent_writable(fd: int) -> None:
+    """Plan.md is the agent's to write: group gid 1000 (as root) or others, read-write."""
+    if os.geteuid() == 0:
+        os.fchown(fd, -1, SANDBOX_UID)
+        os.fchmod(fd, 0o664)
+    else:
+        os.fchmod(fd, 0o666)

@@ -186,18 +186,9 @@ def git_dir_symlinks(git_dir: Path) -> list[str]:
 def remove_special_files(root: Path) -> list[str]:
     """Delete fifos, sockets and device nodes under `root`: git never stores them, and a
     fifo named ``.gitignore`` (or ``.git/HEAD``) would block host git forever."""
-    removed = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            full = os.path.join(dirpath, name)
-            try:
-                mode = os.lstat(full).st_mode
-            except FileNotFoundError:   # removed while walking
-                continue
-            if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-                os.unlink(full)
-                removed.append(os.path.relpath(full, root))
-    return removed
+    from ultrawork.sandbox import agent_tree
+
+    return agent_tree.remove_special_files(root)
 
 
 def sanitize_clone(clone, baseline_config: bytes) -> list[str]:

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from ultrawork.sandbox import agent_tree
 from ultrawork.workspace.agent import AgentWorkspace
 from ultrawork.workspace.clones import branch_head, fetch_into_target
 from ultrawork.workspace.errors import GitError, WorkspaceError
@@ -233,12 +234,12 @@ class RunSuperproject:
     def _discard_partial_agent(self, ws: AgentWorkspace) -> None:
         """Best-effort undo of a failed setup: remove what no superproject commit records."""
         if self.recorded_commit(ws.role) is None:
-            shutil.rmtree(ws.path, ignore_errors=True)
+            agent_tree.remove(ws.path)                  # the agent's work tree
             shutil.rmtree(ws.git_dir, ignore_errors=True)
             shutil.rmtree(ws.state_dir, ignore_errors=True)
         plan_rel = os.path.relpath(ws.plan_path, self.path)
         if self._git(["cat-file", "-e", f"HEAD:{plan_rel}"], check=False).returncode != 0:
-            shutil.rmtree(ws.plan_path.parent, ignore_errors=True)
+            agent_tree.remove(ws.plan_path.parent)      # its Plan.md folder
 
     def agent(self, role: str) -> AgentWorkspace:
         """Reopen an existing agent workspace (branch read from .gitmodules)."""
