@@ -35,6 +35,15 @@ class SandboxPolicyError(UltraworkError):
         super().__init__(f"sandbox policy rejects {field}: {problem}")
 
 
+class RoleCapabilityError(SandboxPolicyError):
+    """A sandbox asked for more than its agent's role is given (a wider mount, another network,
+    higher limits, another image); raised before any Docker call."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(field, problem)
+        self.args = (f"beyond the role: {field}: {problem}",)
+
+
 class SandboxTimeout(UltraworkError):
     """A command ran past its timeout and was killed."""
 

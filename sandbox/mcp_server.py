@@ -33,7 +33,7 @@ from ultrawork.workspace.errors import SafetyViolation, UltraworkError
 
 from .errors import ContainerGone, EngineUnavailable, ResourceLimitExceeded, SandboxPolicyError, SandboxTimeout
 from .mcp_session import Cleaned, Deployed, Executed, McpSession, SandboxCreated, SandboxList
-from .spec import DEFAULT_IMAGE, Limits
+from .spec import Limits
 
 SERVER_NAME = "ultrawork-sandbox"
 
@@ -124,14 +124,19 @@ def build_server(session: McpSession) -> MCPServer:
                                                "container's working directory). It must lie under the allowed "
                                                "workspace roots; when bound to a run, inside the agent's clone, "
                                                "which is also the default. Omit for no workspace.")] = None,
-        workspace_mode: Annotated[Literal["ro", "rw"], Field(description="Mount the workspace read-only ('ro', "
-                                                             "default) or writable ('rw').")] = "ro",
-        image: Annotated[str, Field(description="Image with python3, git, user 1000 and /workspace.")]
-        = DEFAULT_IMAGE,
+        workspace_mode: Annotated[Literal["ro", "rw"] | None, Field(description="Mount the workspace read-only "
+                                                                    "('ro') or writable ('rw'). Default: 'ro', or "
+                                                                    "when bound to an agent, its role's own; a "
+                                                                    "read-only role is refused 'rw'.")] = None,
+        image: Annotated[str | None, Field(description="Image with python3, git, user 1000 and /workspace. "
+                                                       "Default: the sandbox image, or the agent's own when "
+                                                       "bound; a bound agent may use no other.")] = None,
         limits: Annotated[Limits | None, Field(description="Resource limits (memory_mb, cpus, pids); defaults "
-                                               "512 MiB, 1 CPU, 256 processes.")] = None,
-        network: Annotated[str, Field(description="'none' (default, offline) or 'bridge' when the policy allows "
-                                      "it; 'host' and container namespaces are never allowed.")] = "none",
+                                               "512 MiB, 1 CPU, 256 processes, or the agent's own when bound, "
+                                               "which none may exceed.")] = None,
+        network: Annotated[str | None, Field(description="'none' (default, offline), or when bound to an agent "
+                                             "its own network (its egress gateway's); 'bridge' only when not "
+                                             "bound and the policy allows it.")] = None,
     ) -> SandboxCreated:
         """Start a hardened, offline sandbox container and return its sandbox_id.
 

@@ -30,8 +30,8 @@ from pydantic import BaseModel, Field
 from ultrawork.workspace.superproject import RunSuperproject
 
 from .engine import AGENT_DIR, Sandbox, SandboxEngine
-from .errors import McpError, SandboxError, SandboxPolicyError
-from .access import agent_sandbox_spec
+from .errors import McpError, RoleCapabilityError, SandboxError, SandboxPolicyError
+from .access import agent_sandbox_spec, role_sandbox
 from .policy import RUN_ID_RE, SandboxPolicy, check_mount_source, validate_spec
 from .spec import DEFAULT_IMAGE, LABEL_MCP_BOUND, Limits, SandboxSpec, ultrawork_home
 from .steps import guarded_execute
@@ -123,7 +123,10 @@ class McpSession:
         if role and not run_id:
             raise SandboxPolicyError("role", "--role needs --run: a role is an agent of a run")
         run = RunSuperproject.open(run_id) if run_id else None
-        session = cls(engine or SandboxEngine(SandboxPolicy(), output_limit=OUTPUT_LIMIT), run, role)
+        policy = SandboxPolicy()
+        if run is not None and role:     # its agent's own network may be a gateway network the defaults lack
+            policy.allowed_networks = sorted({"none", role_sandbox(run_id, role)["network"]})
+        session = cls(engine or SandboxEngine(policy, output_limit=OUTPUT_LIMIT), run, role)
         if run is not None and role:
             session._agent(role)
         return session
@@ -141,8 +144,8 @@ class McpSession:
                 "session ends; every command is recorded as a step in the agent's Plan.md.")
 
     # -- tools ---------------------------------------------------------------------------
-    def create(self, role: str, workspace: str | None = None, workspace_mode: Literal["ro", "rw"] = "ro",
-               image: str = DEFAULT_IMAGE, limits: Limits | None = None, network: str = "none") -> SandboxCreated:
+    def create(self, role: str, workspace: str | None = None, workspace_mode: Literal["ro", "rw"] | None = None,
+               image: str | None = None, limits: Limits | None = None, network: str | None = None) -> SandboxCreated:
         self._check_open()
         if self.role and role != self.role:
             raise SandboxPolicyError("role", f"this server acts as agent {self.role!r} of run {self.run_id!r}, "
@@ -151,14 +154,21 @@ class McpSession:
         if workspace is None and ws is not None:
             workspace = str(ws.path)
         path = self._host_path("workspace", workspace, ws) if workspace is not None else None
-        if ws is not None:  # the same sandbox an agent of the run gets from the flows
+        policy = self.engine.policy
+        if ws is not None:  # the same sandbox an agent of the run gets from the flows, never more
+            ceiling = role_sandbox(self.run_id, role)
+            workspace_mode, image, network, limits = within_role(role, ceiling, workspace_mode, image, network, limits)
             spec = agent_sandbox_spec(ws, image=image, workspace_mode=workspace_mode, network=network,
-                                      limits=limits or Limits(), exec_timeout=600.0, workspace=path)
+                                      limits=limits, exec_timeout=600.0, workspace=path, grant=False)
+            spec.env.update(ceiling["env"])
+            spec.allow_env = sorted(set(spec.allow_env) | set(ceiling["allow_env"]))
             spec.labels[LABEL_MCP_BOUND] = "true"   # the reaper keeps it while this server lives
+            policy = policy.model_copy(update={"allowed_networks": sorted({"none", ceiling["network"]})})
         else:
+            workspace_mode, image, network = workspace_mode or "ro", image or DEFAULT_IMAGE, network or "none"
             spec = SandboxSpec(image=image, role=role, run_id=self.run_id, workspace=path,
                                workspace_mode=workspace_mode, limits=limits or Limits(), network=network)
-        validate_spec(spec, self.engine.policy)
+        validate_spec(spec, policy)
         from ultrawork.runtime.caps import SandboxSlot, release
         slot = SandboxSlot.take(f"{self.run_id}/{role}")
         with self._lock:
@@ -253,7 +263,8 @@ class McpSession:
             slots, self._slots = list(self._slots.values()), {}
             if self.bound:
                 for slot in slots:
-                    slot.release()
+                    if slot is not None:
+                        slot.release()
                 return []
             deadline = time.monotonic() + CLOSE_WAIT
             while self._creating and time.monotonic() < deadline:
@@ -269,7 +280,8 @@ class McpSession:
             print(f"ultrawork mcp: cleanup of run {self.run_id} failed: {exc} "
                   "('ultrawork sandboxes reap' removes what is left)", file=sys.stderr, flush=True)
         for slot in slots:
-            slot.release()
+            if slot is not None:      # None: taken with no Prefect API, outside the cap
+                slot.release()
         return removed
 
     # -- helpers -------------------------------------------------------------------------
@@ -330,3 +342,30 @@ class McpSession:
                 raise SandboxPolicyError("sandbox_id", f"sandbox {sid[:12]} belongs to agent {sandbox.role!r}; "
                                                        f"this server acts as agent {self.role!r}")
         return sandbox, (self._agent(sandbox.role) if self.bound else None)
+
+
+LIMIT_FIELDS = ("memory_mb", "cpus", "pids", "file_mb", "workspace_mb")
+
+
+def within_role(role: str, ceiling: dict, workspace_mode: str | None, image: str | None, network: str | None,
+                limits: Limits | None) -> tuple[str, str, str, Limits]:
+    """What a sandbox of ``role`` may be, from what was asked (None: the role's own); raise
+    `RoleCapabilityError` naming the first thing asked beyond the role's recorded sandbox."""
+    mode = workspace_mode or ceiling["workspace_mode"]
+    if mode == "rw" and ceiling["workspace_mode"] != "rw":
+        raise RoleCapabilityError("workspace_mode", f"agent {role!r} mounts its workspace read-only; 'rw' is refused")
+    image = image or ceiling["image"]
+    if image != ceiling["image"]:
+        raise RoleCapabilityError("image", f"agent {role!r} runs image {ceiling['image']!r}, not {image!r}")
+    network = network or ceiling["network"]
+    if network not in ("none", ceiling["network"]):
+        raise RoleCapabilityError("network", f"agent {role!r} may use network 'none'"
+                                             + (f" or {ceiling['network']!r}" if ceiling["network"] != "none" else "")
+                                             + f", not {network!r}")
+    cap: Limits = ceiling["limits"]
+    limits = limits or cap
+    for name in LIMIT_FIELDS:
+        if getattr(limits, name) > getattr(cap, name):
+            raise RoleCapabilityError(f"limits.{name}", f"{getattr(limits, name)} is above agent {role!r}'s "
+                                                        f"{getattr(cap, name)}")
+    return mode, image, network, limits

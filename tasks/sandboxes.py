@@ -43,6 +43,7 @@ from ultrawork.gateway import GatewayError
 from ultrawork.gateway.run import check_serving, gateway_networks, request_line, step_requests, through_gateway
 from ultrawork.sandbox.errors import McpError
 from ultrawork.sandbox.mcp_bridge import check_mcp, with_mcp_mount
+from ultrawork.sandbox.access import record_role_sandbox
 
 _ENGINE: SandboxEngine | None = None
 _ENGINE_KEY: tuple[str, ...] | None = None
@@ -109,6 +110,7 @@ class SandboxHandle:
             validate_spec(self.spec, eng.policy)
             if self.slot is None:
                 self.slot = SandboxSlot.take(f"{self.spec.run_id}/{self.spec.role}")
+            record_role_sandbox(self.spec)         # the ceiling of what an MCP server of this agent may create
             self.sandbox = eng.create(self.spec)
             self.created += 1
             self.broken = False

@@ -110,7 +110,7 @@ def test_grants_walks_and_removals_under_a_swap_race_never_touch_host_files(engi
         calls += 1
     thread.join()
     swaps = int(box["result"].stdout.split()[1])
-    assert swaps > 1000 and calls > 20, (swaps, calls)
+    assert swaps > 200 and calls > 10, (swaps, calls)
     assert _unchanged(canary), oct(os.lstat(canary).st_mode)
     assert _unchanged(tree_canary)
     assert not any(p.startswith("notes-dir/inner") or p.endswith("/inner") for p in seen_paths), \
@@ -152,7 +152,7 @@ def test_an_mcp_server_bound_to_the_agent_creates_sandboxes_under_the_race_witho
     finally:
         session.close()
         engine.cleanup(agent)
-    assert int(box["result"].stdout.split()[1]) > 1000 and created >= 3, (box["result"].stdout, created)
+    assert int(box["result"].stdout.split()[1]) > 200 and created >= 2, (box["result"].stdout, created)
     assert _unchanged(canary), oct(os.lstat(canary).st_mode)
 
 
