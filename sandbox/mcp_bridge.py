@@ -16,13 +16,17 @@ retried step's client connects to a fresh one) before retrying the step.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import resource
 import shutil
 import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
+
+logger = logging.getLogger("ultrawork")
 
 MCP_TARGET = "/mcp"
 SOCKET_NAME = "ultrawork.sock"
@@ -47,6 +51,10 @@ while True:
     os.write(1, data)
 '''
 
+MAX_CONNECTIONS = 3                 # host-side servers one agent may hold at once (~75 MB each); more are refused
+SERVER_MEMORY = 3 << 29             # address space of one host-side server (RLIMIT_AS, 1.5 GiB; it uses ~75 MB)
+SERVER_SECONDS = 3600.0             # lifetime of one host-side server: killed after it
+
 _SERVE = "import sys\nfrom ultrawork.sandbox.mcp_server import serve\nserve(sys.argv[1], sys.argv[2])\n"
 
 
@@ -59,8 +67,12 @@ def client_config() -> dict:
 class McpBridge:
     """The host end: a Unix socket that starts a bound MCP server per connection and relays to it."""
 
-    def __init__(self, run_id: str, role: str, folder: Path, argv: list[str] | None = None):
+    def __init__(self, run_id: str, role: str, folder: Path, argv: list[str] | None = None,
+                 max_connections: int = MAX_CONNECTIONS):
         self.run_id, self.role, self.folder = run_id, role, folder
+        self.max_connections = max_connections
+        self.active = 0                                     # connections being served
+        self.refused = 0                                    # connections refused over the cap
         self.argv = argv or [sys.executable, "-c", _SERVE, run_id, role]
         self.servers: dict[int, subprocess.Popen] = {}     # pid -> running server
         self.failures: list[str] = []
@@ -124,11 +136,38 @@ class McpBridge:
                 conn, _ = self._listener.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            with self._lock:
+                over = self.active >= self.max_connections
+                if over:
+                    self.refused += 1
+                else:
+                    self.active += 1
+                refused = self.refused
+            if over:             # a flood: refused, never served (and said once per power of two)
+                conn.close()
+                if refused & (refused - 1) == 0:
+                    logger.warning("%s: MCP connection refused: %d are open, the cap is %d (%d refused so far)",
+                                   self.role, self.max_connections, self.max_connections, refused)
+                continue
+            threading.Thread(target=self._serve_counted, args=(conn,), daemon=True).start()
+
+    def _serve_counted(self, conn: socket.socket) -> None:
+        try:
+            self._serve(conn)
+        finally:
+            with self._lock:
+                self.active -= 1
 
     def _serve(self, conn: socket.socket) -> None:
         proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
+        try:                 # bounded in memory and in time, whatever its client asks of it
+            resource.prlimit(proc.pid, resource.RLIMIT_AS, (SERVER_MEMORY, SERVER_MEMORY))
+        except (OSError, ValueError):
+            pass
+        timer = threading.Timer(SERVER_SECONDS, lambda: proc.poll() is None and proc.kill())
+        timer.daemon = True
+        timer.start()
         with self._lock:
             self.servers[proc.pid] = proc
             self.started += 1
@@ -160,6 +199,7 @@ class McpBridge:
         except OSError:
             pass
         code = proc.wait()
+        timer.cancel()
         if not client_gone.wait(0.5):   # the server went while its client was still there
             with self._lock:
                 self.failures.append(f"the MCP server of {self.role} exited ({code}) while its client was connected")
