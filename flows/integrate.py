@@ -38,18 +38,19 @@ async def finish_run(run_id: str, ledger: RunLedger, task: str, outcomes: list[A
         return summary
     result = await integrate_branches(run_id, approved)          # idempotent: same merges, same commits
     stage = {"outcome": result.outcome, "branch": result.branch, "head": result.head, "order": approved,
-             "merged": result.merged, "left_out": result.left_out}
+             "merged": result.merged, "left_out": result.left_out, "unmergeable": result.unmergeable}
     if ledger.read("integration") != stage:
         merged = ", ".join(result.merged) or "none"
         await ledger.arecord("integration", stage, f"integration: {result.outcome} ({merged} merged)")
-    summary.merged, summary.left_out = result.merged, result.left_out
+    summary.merged, summary.left_out = result.merged, {**{r: [] for r in result.unmergeable}, **result.left_out}
     if result.outcome == "nothing-approved":
         summary.outcome, summary.message = RunOutcome.NOTHING_APPROVED, f"no agent approved; branches kept in {target_repo}"
         return summary
     if result.head:
         summary.integration_branch = result.branch
-    if result.left_out:
-        left = "; ".join(f"{role} (conflicts in {', '.join(files)})" for role, files in result.left_out.items())
+    if result.left_out or result.unmergeable:
+        left = "; ".join([f"{role} (conflicts in {', '.join(files)})" for role, files in result.left_out.items()]
+                         + [f"{role} (could not be merged: {why})" for role, why in result.unmergeable.items()])
         merged = f"{result.branch} holds {', '.join(result.merged)}" if result.merged else "nothing was merged"
         summary.outcome = RunOutcome.CONFLICT
         summary.message = (f"{merged}; left out: {left}. Resolve it on the agent's branch in {target_repo} "

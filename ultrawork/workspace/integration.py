@@ -40,6 +40,7 @@ class IntegrationResult:
     repository: Path
     merged: list[str] = field(default_factory=list)
     left_out: dict[str, list[str]] = field(default_factory=dict)   # role -> its conflicting files
+    unmergeable: dict[str, str] = field(default_factory=dict)      # role -> why its branch could not be merged
     head: str | None = None
 
     @property
@@ -98,20 +99,18 @@ def integrate(target: Path, run_id: str, base_commit: str, approved: list[AgentB
         run_git(["fetch", "--quiet", "--no-tags", "--", str(target), base_commit], cwd=scratch)
         run_git(["checkout", "--quiet", "-B", branch, base_commit], cwd=scratch)
         for agent in approved:
-            run_git(["fetch", "--quiet", "--no-tags", "--", str(agent.source),
-                     f"refs/heads/{agent.branch}"], cwd=scratch)
-            merge = run_git(["merge", "--no-ff", "--no-edit", "-m",
-                             f"Merge {agent.role} agent work ({agent.branch})", "FETCH_HEAD"],
-                            cwd=scratch, identity=INTEGRATOR, env=_dated(when), check=False)
-            if merge.returncode != 0:
-                files = [f for f in git_out(["diff", "--name-only", "--diff-filter=U"], cwd=scratch).split("\n") if f]
-                if not files:
-                    raise GitError(merge.argv, merge.returncode, merge.stderr, merge.stdout)
-                run_git(["merge", "--abort"], cwd=scratch)
-                result.left_out[agent.role] = files
+            try:
+                merged = _merge_one(scratch, agent, when)
+            except (GitError, OSError) as exc:   # whatever the reason: this agent is left out, named
+                run_git(["merge", "--abort"], cwd=scratch, check=False)
+                run_git(["reset", "--quiet", "--hard", "HEAD"], cwd=scratch, check=False)
+                result.unmergeable[agent.role] = _why(exc)
+                continue
+            if merged:
+                result.left_out[agent.role] = merged
                 continue
             result.merged.append(agent.role)
-        result.outcome = "conflict" if result.left_out else "merged"
+        result.outcome = "conflict" if result.left_out or result.unmergeable else "merged"
         if not result.merged:
             return result
         head = git_out(["rev-parse", "HEAD"], cwd=scratch)
@@ -129,6 +128,28 @@ def integrate(target: Path, run_id: str, base_commit: str, approved: list[AgentB
         return result
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _merge_one(scratch: Path, agent: AgentBranch, when: str) -> list[str]:
+    """Merge ``agent``'s branch into the scratch clone's HEAD; its conflicting files (the merge
+    aborted), or [] when it merged. Any other failure raises."""
+    run_git(["fetch", "--quiet", "--no-tags", "--", str(agent.source), f"refs/heads/{agent.branch}"], cwd=scratch)
+    merge = run_git(["merge", "--no-ff", "--no-edit", "-m", f"Merge {agent.role} agent work ({agent.branch})",
+                     "FETCH_HEAD"], cwd=scratch, identity=INTEGRATOR, env=_dated(when), check=False)
+    if merge.returncode == 0:
+        return []
+    files = [f for f in git_out(["diff", "--name-only", "--diff-filter=U"], cwd=scratch).split("\n") if f]
+    if not files:
+        raise GitError(merge.argv, merge.returncode, merge.stderr, merge.stdout)
+    run_git(["merge", "--abort"], cwd=scratch)
+    return files
+
+
+def _why(exc: BaseException) -> str:
+    """One short line saying why a branch could not be merged (git's own words, bounded)."""
+    text = getattr(exc, "stderr", "") or str(exc)
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:300]
 
 
 def push_with_lease(repo: Path, branch: str, sha: str, github: GitHubTarget) -> bool:
