@@ -108,7 +108,7 @@ def _summary(o: AgentOutcome) -> str:
 
 
 def review_description(run_id: str, task: str, outcomes: list[AgentOutcome],
-                       changes: dict[str, str] | None = None) -> str:
+                       changes: dict[str, str] | None = None, ranking: str = "") -> str:
     """The markdown shown above the approval form (``changes``: role -> its diff, see :func:`agent_changes`)."""
     first_line = task.strip().splitlines()[0][:200] if task.strip() else "(no task text)"
     lines = [
@@ -124,6 +124,8 @@ def review_description(run_id: str, task: str, outcomes: list[AgentOutcome],
         *[_row(o) for o in outcomes],
         "",
     ]
+    if ranking:
+        lines += [ranking, ""]
     if changes:
         lines += ["#### What each agent changed", ""]
         for role, markdown in changes.items():
@@ -141,11 +143,17 @@ def review_description(run_id: str, task: str, outcomes: list[AgentOutcome],
 
 
 def review_form(run_id: str, task: str, outcomes: list[AgentOutcome], checks: bool = False,
-                changes: dict[str, str] | None = None, rounds_left: bool = False) -> type[ReviewDecision]:
+                changes: dict[str, str] | None = None, rounds_left: bool = False,
+                attempts: list | None = None) -> type[ReviewDecision]:
     """A RunInput class with one choice and one comment per agent that ran.
 
     With ``rounds_left`` a finished agent can be sent back (revise) and a failed one retried;
-    the comment is then added to its prompt."""
+    the comment is then added to its prompt. With ``attempts`` (each writer's ranked attempts,
+    ``agents.attempts.AttemptRanking``) the ranking is shown and the best attempt of each writer
+    is pre-selected (approve), the others rejected: the reviewer may pick another."""
+    from ultrawork.agents.attempts import ranking_markdown
+
+    preselect = {e.role: "approve" if e.rank == 1 else "reject" for r in attempts or [] for e in r.entries}
     fields: dict = {}
     for o in outcomes:
         name = o.role.capitalize()
@@ -155,7 +163,10 @@ def review_form(run_id: str, task: str, outcomes: list[AgentOutcome], checks: bo
             choice = Revisable if rounds_left else Choice
         words = get_args(choice)
         title = f"{name}: {', '.join(words[:-1])} or {words[-1]}"
-        fields[o.role] = (choice, Field(title=title, description=agent_facts(o)))
+        if preselect.get(o.role) in words:
+            fields[o.role] = (choice, Field(preselect[o.role], title=title, description=agent_facts(o)))
+        else:
+            fields[o.role] = (choice, Field(title=title, description=agent_facts(o)))
         fields[f"{o.role}_comment"] = (str, Field(
             "", title=f"{name}: comment",
             description=f"Why you decide so on {name}'s work; kept in the run's record. With revise or retry, "
@@ -165,7 +176,8 @@ def review_form(run_id: str, task: str, outcomes: list[AgentOutcome], checks: bo
             False, title="Open the pull request even if the checks fail",
             description="The run's checks run on the integration branch before its pull request."))
     model = create_model("ReviewDecision", __base__=ReviewDecision, **fields)
-    model._description = review_description(run_id, task, outcomes, changes)
+    model._description = review_description(run_id, task, outcomes, changes,
+                                            ranking=ranking_markdown(attempts) if attempts else "")
     return model
 
 
@@ -255,7 +267,7 @@ class ReviewOutcome:
 
 async def review_run(run_id: str, ledger, task: str, outcomes: list[AgentOutcome],
                      timeout: float, checks: bool = False, round_no: int = 1,
-                     rounds_left: bool = False) -> ReviewOutcome:
+                     rounds_left: bool = False, attempts: list | None = None) -> ReviewOutcome:
     """Ask a person to decide every agent (the form in the UI, ``ultrawork review``), or take the
     decision recorded before a crash; the request and the decision are stages of the ledger.
     ``round_no``: the review round (a decision of an earlier round is not this round's)."""
@@ -282,7 +294,7 @@ async def review_run(run_id: str, ledger, task: str, outcomes: list[AgentOutcome
                       "'ultrawork review %s --approve ROLES --reject ROLES'; see each change with "
                       "'ultrawork diff %s'", run_id, run_id, run_id)
     try:
-        form = review_form(run_id, task, outcomes, checks, changes, rounds_left=rounds_left)
+        form = review_form(run_id, task, outcomes, checks, changes, rounds_left=rounds_left, attempts=attempts)
         key = "review" if round_no == 1 else f"review-{round_no}"
         if frees_the_worker():
             # the process ends here; the review reschedules the run, which continues from the ledger

@@ -98,13 +98,14 @@ async def run_round(run_id: str, ledger: RunLedger, outcomes: list[AgentOutcome]
 
 async def review_rounds(run_id: str, ledger: RunLedger, task: str, outcomes: list[AgentOutcome],
                         profiles: dict[str, AgentProfile], timeout: float, checks: bool = False,
-                        max_rounds: int = DEFAULT_ROUNDS) -> tuple[ReviewOutcome, list[AgentOutcome]]:
+                        max_rounds: int = DEFAULT_ROUNDS,
+                        attempts: list | None = None) -> tuple[ReviewOutcome, list[AgentOutcome]]:
     """Review until every agent is approved, rejected or the run aborted (or nobody reviews in time)."""
     round_no = ledger.read("rounds").get("round", 1)
     outcomes = await run_round(run_id, ledger, outcomes, profiles)      # a round a crash interrupted
     while True:
         review = await review_run(run_id, ledger, task, outcomes, timeout, checks, round_no=round_no,
-                                  rounds_left=round_no < max_rounds)
+                                  rounds_left=round_no < max_rounds, attempts=attempts)
         if review.decided is None or any(v.choice == "abort" for v in review.decided):
             return review, outcomes
         again = {v.role: v.comment for v in review.decided if v.choice in ("revise", "retry")}

@@ -17,9 +17,13 @@ import prefect.utilities.visualization  # noqa: F401
 from prefect import flow
 from prefect.context import get_run_context
 
+from ultrawork.agents.attempts import auto_verdicts, check_attempts, none_passed, with_attempts
 from ultrawork.agents.outcome import AgentOutcome, RunOutcome, RunResult
 from ultrawork.agents.profiles import AgentProfile, with_named_profiles
-from ultrawork.agents.team import RunPlan, agent_prompt, phases, research_section, with_instances
+from ultrawork.agents.profiles import classify
+from ultrawork.agents.team import WRITER_ROLES, RunPlan, agent_prompt, base_role, phases, research_section, with_instances
+from ultrawork.flows.review import decision_subject
+from ultrawork.tasks.attempts import rank_attempts
 from ultrawork.flows.agent import agent
 from ultrawork.cli.request import check_request, new_run_id
 from ultrawork.flows.integrate import ended, finish_run
@@ -73,6 +77,9 @@ async def sisyphus(
     agent_profiles: dict[str, str] | None = None,
     model_settings: str | None = None,
     max_review_rounds: int = DEFAULT_ROUNDS,
+    attempts: int = 1,
+    attempt_profiles: list[str] | None = None,
+    auto_select: bool = False,
 ) -> RunResult:
     """Run the agents a task needs on ``repo`` and integrate the work a reviewer approves.
 
@@ -101,6 +108,12 @@ async def sisyphus(
             saved). With a model and no ``agents``, Sisyphus plans the run with it.
         max_review_rounds: Reviews per run: until the last, a reviewer can send an agent back with a comment
             (revise) or run a failed one again (retry).
+        attempts: Independent attempts of each writer at its subtask (1 to 8), each on its own branch, clone
+            and sandbox; the repository's checks (check_command) run on each, and they are ranked: checks
+            passed, fewer failing tests, smaller diff, lower cost. The best is pre-selected in the review.
+        attempt_profiles: One named profile per attempt (e.g. ["model", "claude-code", "builtin"]).
+        auto_select: Integrate the best attempt of each writer without waiting for a person when its checks
+            pass, and nothing when none pass (for unattended sweeps); needs check_command.
     """
     run_id = validate_run_id(run_id or continued_run_id() or new_run_id())
     resume = resume or continues_flow_run(run_id)       # suspended for review, rescheduled by the review
@@ -110,6 +123,11 @@ async def sisyphus(
     target = await checkout_repository(repo)            # a URL: this worker's cache clone, fetched now
     plan = await plan_run(run_id, task, target, agents, resume, model)      # the model's plan, or the rules
     agents = plan.names() if plan is not None else agents
+    check_attempts(attempts, attempt_profiles, auto_select, check_command)       # before anything is created
+    if attempts > 1:                                     # frontend, frontend-try2, frontend-try3 ...
+        agents = agents or classify(task)
+        agents, agent_profiles = with_attempts(agents, {a for a in agents if base_role(a) in WRITER_ROLES},
+                                               attempts, attempt_profiles, agent_profiles)
     named = with_instances(with_named_profiles(config.profiles, agent_profiles), agents)   # frontend-2 ...
     profiles = await asyncio.to_thread(check_request, task, target, agents, base, agent_commands, profiles=named)
     await check_egress(profiles)                         # bad input stops here: egress rules, secrets
@@ -117,7 +135,8 @@ async def sisyphus(
     params = {"task": task, "repo": repo, "agents": list(profiles), "base": base,
               "agent_commands": agent_commands, "review_timeout": review_timeout, "hooks": hooks,
               "check_command": check_command, "agent_profiles": agent_profiles,
-              "model_settings": model_settings, "max_review_rounds": max_review_rounds}
+              "model_settings": model_settings, "max_review_rounds": max_review_rounds, "attempts": attempts,
+              "attempt_profiles": attempt_profiles, "auto_select": auto_select}
     async with run_egress(run_id, profiles):            # the egress gateway starts alongside the setup
         ledger = await open_run(run_id, params, target, resume, github=config.github is not None)
         plan = await record_plan(run_id, ledger, task, plan, profiles)      # ledger stage + artifact
@@ -126,13 +145,41 @@ async def sisyphus(
     if run_usage_line(outcomes):
         get_logger().info("run %s: %s", run_id, run_usage_line(outcomes))
     await publish_results(run_id, outcomes)
+    rankings = []
+    if attempts > 1 or auto_select:                      # each attempt's checks on its branch, ranked
+        writers = {p.role for p in phases(profiles)[1]}
+        rankings = await rank_attempts(run_id, ledger, [o for o in outcomes if o.role in writers], check_command,
+                                       min_size=1 if auto_select else 2)
+    if auto_select:                                      # no person: the best attempt whose checks pass
+        return await ended(run_id, await select_automatically(run_id, ledger, task, outcomes, rankings,
+                                                              config.github, check_command))
     review, outcomes = await review_rounds(run_id, ledger, task, outcomes, profiles, review_timeout,
-                                           checks=bool(check_command), max_rounds=max_review_rounds)
+                                           checks=bool(check_command), max_rounds=max_review_rounds,
+                                           attempts=rankings)
     if review.decided is None:
         return await ended(run_id, review_timed_out(run_id, ledger, outcomes, review_timeout))
     summary = await finish_run(run_id, ledger, task, outcomes, review.decided, config.github, check_command,
                                review.open_anyway)
+    summary.attempts = [r.model_dump(mode="json") for r in rankings]
     return await ended(run_id, summary)
+
+
+async def select_automatically(run_id: str, ledger: RunLedger, task: str, outcomes: list[AgentOutcome],
+                               rankings: list, github, check_command: list[str] | None) -> RunResult:
+    """The review without a person: each writer's best attempt is approved when its checks pass;
+    when none pass, nothing is integrated and the outcome says why."""
+    decided = auto_verdicts([o.role for o in outcomes], rankings)
+    if ledger.read("review").get("state") != "decided":
+        await ledger.arecord("review", {"state": "decided", "verdicts": [v.model_dump() for v in decided],
+                                        "open_anyway": False, "round": 1, "automatic": True},
+                             decision_subject(decided) + " (selected automatically by the checks)")
+    attempts = [r.model_dump(mode="json") for r in rankings]
+    if not any(v.approved for v in decided):
+        return RunResult(run_id=run_id, outcome=RunOutcome.NOTHING_APPROVED, target_repo=ledger.run.where,
+                         agents=outcomes, verdicts=decided, message=none_passed(rankings), attempts=attempts)
+    summary = await finish_run(run_id, ledger, task, outcomes, decided, github, check_command)
+    summary.attempts = attempts
+    return summary
 
 
 async def open_run(run_id: str, params: dict, target: str, resume: bool, github: bool) -> RunLedger:

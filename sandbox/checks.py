@@ -26,17 +26,19 @@ CHECK_ROLE = "check"
 
 
 def run_check(engine: SandboxEngine, run, head: str, argv: list[str], *, timeout: float = 900.0,
-              image: str = DEFAULT_IMAGE, limits: Limits | None = None) -> CheckResult:
-    """Run ``argv`` on a clone of ``run.target`` at ``head``; its exit code decides."""
-    clone = AgentClone(Path(run.path) / "checks", Path(run.private_dir) / "checks-git")
+              image: str = DEFAULT_IMAGE, limits: Limits | None = None, name: str = CHECK_ROLE) -> CheckResult:
+    """Run ``argv`` on a clone of ``run.target`` at ``head``; its exit code decides. ``name`` keeps
+    checks that run side by side apart (their clones, branches and sandboxes)."""
+    folder = "checks" if name == CHECK_ROLE else f"checks-{name}"
+    clone = AgentClone(Path(run.path) / folder, Path(run.private_dir) / f"{folder}-git")
     _remove(clone)
     clone.work_tree.mkdir(parents=True)
     sandbox = None
     started = time.monotonic()
     try:
-        clone_on_branch(run.target, clone, f"ultrawork/{run.run_id}/check", head)
+        clone_on_branch(run.target, clone, f"ultrawork/{run.run_id}/{name}", head)
         grant_sandbox_access(clone.work_tree)
-        spec = SandboxSpec(image=image, role=CHECK_ROLE, run_id=run.run_id, workspace=clone.work_tree,
+        spec = SandboxSpec(image=image, role=name, run_id=run.run_id, workspace=clone.work_tree,
                            workspace_mode="rw", limits=limits or Limits(), exec_timeout=timeout,
                            mounts=[Mount(source=clone.git_dir, target=GIT_DIR_TARGET, read_only=True)],
                            env=dict(SANDBOX_GIT_ENV))

@@ -17,12 +17,14 @@ from ultrawork.tasks.sandboxes import engine
 
 
 @task(name="run-checks", cache_policy=NO_CACHE)
-async def run_checks(run_id: str, head: str, command: list[str], timeout: float = 900.0) -> CheckResult:
-    """Run ``command`` on the integration head in a hardened sandbox; never raises for a failing check."""
+async def run_checks(run_id: str, head: str, command: list[str], timeout: float = 900.0,
+                     name: str = CHECK_ROLE) -> CheckResult:
+    """Run ``command`` on ``head`` (the integration head, or an attempt's) in a hardened sandbox; never
+    raises for a failing check. ``name`` keeps checks that run side by side apart."""
     def checked() -> CheckResult:
-        slot = SandboxSlot.take(f"{run_id}/{CHECK_ROLE}")       # the check's sandbox counts in the cap too
+        slot = SandboxSlot.take(f"{run_id}/{name}")             # the check's sandbox counts in the cap too
         try:
-            return run_check(engine(), RunSuperproject.open(run_id), head, command, timeout=timeout)
+            return run_check(engine(), RunSuperproject.open(run_id), head, command, timeout=timeout, name=name)
         finally:
             release(slot)
     result = await asyncio.to_thread(checked)

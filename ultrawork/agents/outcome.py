@@ -98,6 +98,7 @@ class RunResult(BaseModel):
     merged: list[str] = Field(default_factory=list)
     left_out: dict[str, list[str]] = Field(default_factory=dict)   # role -> its conflicting files
     check: CheckResult | None = None
+    attempts: list[dict] = Field(default_factory=list)   # each writer's attempts, ranked (agents.attempts)
 
     @property
     def conflicts(self) -> list[str]:

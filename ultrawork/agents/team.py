@@ -12,6 +12,7 @@ import re
 
 from pydantic import BaseModel, Field, field_validator
 
+from ultrawork.agents.attempts import attempt_of
 from ultrawork.agents.outcome import AgentOutcome
 from ultrawork.agents.profiles import DEFAULT_PROFILES, ROLES, AgentProfile
 
@@ -23,7 +24,8 @@ FINDINGS_CHARS = 2_000            # one researcher's findings in a writer's prom
 
 
 def base_role(name: str) -> str:
-    """``frontend-2`` -> ``frontend``; a role name is its own base."""
+    """``frontend-2`` -> ``frontend`` (and ``frontend-2-try3``, an attempt of it); a role name is its own base."""
+    name = attempt_of(name)
     match = INSTANCE.fullmatch(name)
     return match.group("role") if match and match.group("role") in ROLES else name
 
@@ -129,7 +131,7 @@ def rules_plan(task: str, roles: list[str]) -> RunPlan:
 
 def agent_prompt(prompt: str, name: str, plan: RunPlan | None, research: str = "") -> str:
     """The role's prompt with its brief from the plan (and, for a writer, the research findings)."""
-    part = next((a for a in plan.agents if a.agent == name), None) if plan else None
+    part = next((a for a in plan.agents if a.agent in (name, attempt_of(name))), None) if plan else None
     if part is not None and plan.planned_by != "rules":
         files = f"\n\nFiles of your subtask (other writers own the rest): {', '.join(part.files)}" if part.files else ""
         prompt += f"\n# Your part of the plan ({plan.planned_by})\n\n{part.brief.strip()}{files}\n"

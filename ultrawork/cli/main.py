@@ -144,14 +144,27 @@ def sandboxes_reap(
 
 def start_run(repo: str, task: str, agents: Optional[list[str]], base: str, commands: dict[str, list[str]],
               review_timeout: int, detach: bool, decide=None, agent_profiles: Optional[dict[str, str]] = None,
-              as_json: bool = False, model_settings: Optional[str] = None) -> None:
-    """Validate, make sure the shared server runs, then run (or launch) the Sisyphus flow."""
-    from ultrawork.agents.team import with_instances
+              as_json: bool = False, model_settings: Optional[str] = None,
+              extra: Optional[dict] = None) -> None:
+    """Validate, make sure the shared server runs, then run (or launch) the Sisyphus flow
+    (``extra``: more of its parameters, e.g. check_command, attempts)."""
+    from ultrawork.agents.attempts import check_attempts, with_attempts
+    from ultrawork.agents.profiles import classify
+    from ultrawork.agents.team import WRITER_ROLES, base_role, with_instances
     from ultrawork.cli.request import check_request, new_run_id
     from ultrawork.local_server.manager import ensure_server
 
+    defaults = {"attempts": 1, "auto_select": False}
+    extra = {k: v for k, v in (extra or {}).items() if v is not None and not (k in defaults and v == defaults[k])}
     try:
-        check_request(task, repo, agents, base, commands, profiles=with_instances({}, agents))   # frontend-2 ...
+        check_attempts(extra.get("attempts", 1), extra.get("attempt_profiles"), extra.get("auto_select", False),
+                       extra.get("check_command"))
+        names = agents
+        if extra.get("attempts", 1) > 1:          # the attempts' own commands are checked with the rest
+            names = agents or classify(task)
+            names, _ = with_attempts(names, {a for a in names if base_role(a) in WRITER_ROLES},
+                                     extra["attempts"], None, None)
+        check_request(task, repo, names, base, commands, profiles=with_instances({}, names))   # frontend-2 ...
     except ValueError as exc:
         fail(str(exc), 2)
     ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
@@ -162,6 +175,7 @@ def start_run(repo: str, task: str, agents: Optional[list[str]], base: str, comm
         params["agent_profiles"] = agent_profiles
     if model_settings:
         params["model_settings"] = model_settings
+    params.update(extra)
     (err if as_json else out).print(f"run [bold]{run_id}[/] on {repo}")
     drive(params, detach, decide, as_json=as_json)
 
@@ -250,7 +264,21 @@ def report(result, as_json: bool = False) -> None:
                       f"{u.get('input_tokens', 0)} input / {u.get('output_tokens', 0)} output tokens{cost}")
     if result.check is not None:
         out.print(f"  checks: {'passed' if result.check.passed else 'failed'} (exit {result.check.exit_code})")
+    print_attempts(result.attempts)
     raise typer.Exit(code)
+
+
+def print_attempts(rankings: list[dict]) -> None:
+    """Each writer's attempts, best first, with their checks (``agents.attempts.AttemptRanking`` as data)."""
+    for ranking in rankings:
+        out.print(f"  attempts of {ranking['writer']}, best first:", markup=False)
+        for e in ranking["entries"]:
+            check = e.get("check")
+            verdict = "not checked" if check is None else ("checks passed" if check["passed"]
+                                                          else f"checks failed (exit {check['exit_code']})")
+            failing = "" if e.get("failing_tests") is None else f", {e['failing_tests']} failing test(s)"
+            out.print(f"    {e['rank']}. {e['role']:<16} {verdict}{failing}, {e['lines_changed']} line(s) changed",
+                      markup=False)
 
 
 @server_app.command("status")
@@ -332,6 +360,17 @@ def run_command(
     detach: Annotated[bool, typer.Option("--detach", help="Run in the background and return.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run's result as JSON (the display goes to "
                                                           "stderr).")] = False,
+    check_command: Annotated[Optional[str], typer.Option(
+        help="The repository's checks, e.g. 'pytest -q': run in a sandbox on the integration branch (and on "
+             "each attempt's branch).")] = None,
+    attempts: Annotated[int, typer.Option(
+        help="Independent attempts of each writer (1-8), each on its own branch and sandbox, ranked by the "
+             "checks: passed, fewer failing tests, smaller diff, lower cost; the best is pre-selected.")] = 1,
+    attempt_profiles: Annotated[Optional[str], typer.Option(
+        help="One named profile per attempt, comma-separated, e.g. model,claude-code,builtin.")] = None,
+    auto_select: Annotated[bool, typer.Option(
+        "--auto-select", help="Integrate each writer's best attempt without a review when its checks pass, "
+                              "nothing when none pass (needs --check-command).")] = False,
 ) -> None:
     """Run agents on a task; prints the run id, its UI address and a live per-agent display.
 
@@ -347,8 +386,17 @@ def run_command(
     except ValueError as exc:
         fail(str(exc), 2)
     roles = [r.strip() for r in agents.split(",") if r.strip()] if agents else None
+    import shlex
+
+    try:
+        checks = shlex.split(check_command) if check_command else None
+    except ValueError as exc:
+        fail(f"--check-command: {exc}", 2)
+    profiles = [p.strip() for p in attempt_profiles.split(",") if p.strip()] if attempt_profiles else None
     start_run(repo, task, roles, base, commands, round(parse_duration(review_timeout)), detach,
-              agent_profiles=chosen, as_json=as_json, model_settings=model_settings)
+              agent_profiles=chosen, as_json=as_json, model_settings=model_settings,
+              extra={"check_command": checks, "attempts": attempts, "attempt_profiles": profiles,
+                     "auto_select": auto_select})
 
 
 @app.command("demo")
@@ -451,6 +499,7 @@ def status_command(
     for status in statuses:
         out.print(render(status))
         out.print(f"  state: {status.state}  ·  superproject: {status.path}")
+        print_attempts(status.attempts)
         if status.url:
             out.print(f"  UI: {status.url}", highlight=False)
 

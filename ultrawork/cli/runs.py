@@ -46,6 +46,7 @@ class RunStatus:
     review_round: int = 1
     agents: list[AgentStatus] = field(default_factory=list)
     history: list[str] = field(default_factory=list)
+    attempts: list[dict] = field(default_factory=list)     # each writer's attempts, ranked (best first)
 
     @property
     def url(self) -> str | None:
@@ -58,7 +59,7 @@ class RunStatus:
         return {"run_id": self.run_id, "path": self.path, "task": self.task.strip().splitlines()[0][:120],
                 "flow_run_id": self.flow_run_id, "ui": self.url, "state": self.state, "review": self.review,
                 "integration": self.integration,
-                "agents": [a.__dict__ for a in self.agents]}
+                "agents": [a.__dict__ for a in self.agents], "attempts": self.attempts}
 
 
 def run_url(run_id: str) -> str | None:
@@ -143,6 +144,7 @@ def run_status(run_id: str, with_state: bool = True) -> RunStatus:
         review_round=_json(run.path / "review.json").get("round", 1),
         integration=_json(run.path / "integration.json").get("outcome"),
         agents=agent_stages(run, roles, history), history=history,
+        attempts=_json(run.path / "attempts.json").get("rankings") or [],
     )
     if with_state:
         status.state = flow_run_state(status.flow_run_id)
