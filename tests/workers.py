@@ -29,7 +29,7 @@ PREFECT = str(BIN / "prefect")
 ULTRAWORK = str(BIN / "ultrawork")
 POOL = "ultrawork-process"
 SWEEP = "backlog-sweep/nightly-backlog-sweep"
-DEPLOYMENTS = ("sisyphus/sisyphus", SWEEP)
+DEPLOYMENTS = ("sisyphus/sisyphus", SWEEP, "evaluate/nightly-evaluation")
 SETTLED = ("accepted", "define")       # where a swept issue goes when its run has ended (integrated, rejected)
 
 

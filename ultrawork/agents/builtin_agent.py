@@ -221,10 +221,11 @@ ROLES = {"explore": explore, "librarian": librarian, "oracle": oracle, "frontend
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[1] not in ROLES:
+    # a writer's instance or attempt (frontend-2, frontend-try3) is its role
+    role = re.sub(r"(?:-(?:[2-9]|1[0-6]))?(?:-try(?:[2-9]|1[0-6]))?$", "", argv[1]) if len(argv) == 2 else ""
+    if role not in ROLES:
         print(f"usage: builtin_agent.py {{{','.join(ROLES)}}}", file=sys.stderr)
         return 2
-    role = argv[1]
     task = PROMPT.read_text(encoding="utf-8")
     body = ROLES[role](task)
     write_plan(f"Findings ({role}, built-in offline agent)", body)

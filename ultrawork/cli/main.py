@@ -7,6 +7,7 @@ commands start fast.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import re
 import sys
 import time
@@ -555,6 +556,46 @@ def review_command(
               f"approved {', '.join(approved) or 'none'}; rejected {', '.join(rejected) or 'none'}"
               + (f"; sent back {', '.join(again)}" if again else "")))
     out.print(f"UI: {run_url(run_id)}", highlight=False)
+
+
+@app.command("eval")
+def eval_command(
+    tasks_file: Annotated[Path, typer.Argument(help="YAML with the tasks (see evals/tasks.yaml).")],
+    settings: Annotated[Optional[Path], typer.Option(
+        help="YAML with the settings to compare (see evals/settings.yaml); default: the built-in agents.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Runs at a time (the global sandbox cap bounds them too).")] = 2,
+    eval_id: Annotated[Optional[str], typer.Option(
+        help="Continue this evaluation: its finished task x setting pairs are not run again.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Run each task with each setting (automatic selection, no review) and report the resolved rate
+    (the hidden check, else the checks, on what was integrated), cost, tokens and wall time."""
+    import asyncio
+
+    from ultrawork.evaluation.taskset import EvalError, load_settings, load_tasks
+    from ultrawork.local_server.manager import ensure_server
+
+    try:
+        load_tasks(tasks_file.resolve())
+        load_settings(settings)
+        if concurrency < 1:
+            raise EvalError("--concurrency must be at least 1")
+        if eval_id is not None and not re.fullmatch(r"[a-z0-9]{1,12}", eval_id):
+            raise EvalError(f"--eval-id {eval_id!r}: lower case letters and digits, at most 12")
+    except EvalError as exc:
+        fail(str(exc), 2)
+    ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
+    from ultrawork.flows.evaluate import eval_folder, evaluate
+    from ultrawork.evaluation.report import markdown
+
+    report = asyncio.run(evaluate(str(tasks_file.resolve()), str(settings.resolve()) if settings else None,
+                                  concurrency, eval_id))
+    if as_json:
+        print(report.model_dump_json(indent=2))
+        return
+    out.print(markdown(report), markup=False, highlight=False)
+    out.print(f"report: {eval_folder(report.eval_id) / 'report.md'} (and report.json); continue or repeat it with "
+              f"--eval-id {report.eval_id}", markup=False, highlight=False)
 
 
 @app.command("mcp")
