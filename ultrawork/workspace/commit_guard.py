@@ -13,10 +13,16 @@ the commit, so that git never even reads it:
 
 A work tree over the total size cap, or with too many entries, is refused as
 a whole (`DiskLimitExceeded`): committing part of it would be a silent loss.
+
+Build and cache outputs (`CACHE_DIRS`, `CACHE_FILES`: bytecode, test and linter
+caches) are left out on top of the repository's own ``.gitignore``: two writers
+that both ran the tests would otherwise conflict on their ``.pyc`` files. They
+are named (`WorktreeScan.notes`), neither walked nor counted against the caps.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import stat
 from dataclasses import dataclass, field
@@ -25,6 +31,28 @@ from pathlib import Path
 from ultrawork.workspace.errors import DiskLimitExceeded
 
 MAX_ENTRIES = 200_000
+# Folders left out wherever they are: (parent folder name or None for any, folder name).
+CACHE_DIRS = ((None, "__pycache__"), (None, ".pytest_cache"), (None, ".mypy_cache"), (None, ".ruff_cache"),
+              (None, ".hypothesis"), (None, ".tox"), (None, ".nox"), (None, ".ipynb_checkpoints"),
+              (None, ".parcel-cache"), ("node_modules", ".cache"), (".next", "cache"))
+CACHE_FILES = ("*.pyc", "*.pyo", ".eslintcache", ".coverage")     # files (by name) left out wherever they are
+MAX_NAMED = 20        # left-out paths named in Plan.md (then a count)
+
+
+def _cache_pathspecs() -> list[str]:
+    specs = [f":(exclude,glob)**/{parent + '/' if parent else ''}{name}/**" for parent, name in CACHE_DIRS]
+    return specs + [f":(exclude,glob)**/{pattern}" for pattern in CACHE_FILES]
+
+
+CACHE_PATHSPECS = _cache_pathspecs()
+
+
+def _cache_dir(parent: str, name: str) -> bool:
+    return any(name == n and (p is None or os.path.basename(parent) == p) for p, n in CACHE_DIRS)
+
+
+def _cache_file(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in CACHE_FILES)
 
 
 @dataclass
@@ -35,13 +63,22 @@ class WorktreeScan:
     entries: int = 0
     refused: dict[str, str] = field(default_factory=dict)
     largest: list[tuple[int, str]] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)     # build and cache outputs (folders end with /)
 
     def pathspecs(self) -> list[str]:
-        """``git add`` pathspecs that leave every refused path out."""
-        return [f":(exclude,literal){p}" for p in sorted(self.refused)]
+        """``git add`` pathspecs that leave every refused path and every build or cache output out."""
+        return [f":(exclude,literal){p}" for p in sorted(self.refused)] + CACHE_PATHSPECS
 
     def notes(self) -> list[str]:
         return [f"not committed: {p} ({why})" for p, why in sorted(self.refused.items())]
+
+    def left_out_note(self) -> str | None:
+        """The build and cache outputs left out, named (the first `MAX_NAMED`, then a count)."""
+        if not self.left_out:
+            return None
+        named = sorted(self.left_out)
+        more = f" and {len(named) - MAX_NAMED} more" if len(named) > MAX_NAMED else ""
+        return "not committed (build and cache outputs, built-in list): " + ", ".join(named[:MAX_NAMED]) + more
 
 
 def _inside(path: str, root: str) -> bool:
@@ -75,6 +112,12 @@ def scan_worktree(root: Path, *, file_limit: int, total_limit: int,
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode) and _cache_dir(rel_dir, entry.name):
+                scan.left_out.append(rel + "/")
+                continue
+            if not stat.S_ISDIR(st.st_mode) and _cache_file(entry.name):
+                scan.left_out.append(rel)
                 continue
             if stat.S_ISLNK(st.st_mode):
                 target = os.readlink(entry.path)
