@@ -59,7 +59,7 @@ async def load_model_settings(name: str | None) -> ModelAgentSettings | None:
             raise
         if name:
             raise ModelConfigError(f"no model agent settings block named {name!r} "
-                                   f"(save one: ModelAgentSettings(...).save({name!r}))") from None
+                                   f"(save one: ultrawork model set --name {name} --provider P --model M)") from None
         return None
 
 
@@ -74,8 +74,8 @@ async def use_model_settings(name: str | None, needed_by: list[str], spent: list
     if settings is None:
         if needed_by:
             raise ModelConfigError(f"agent(s) {', '.join(needed_by)} run the model agent, but no model is "
-                                   f"configured: save an ultrawork-model-agent block named {DEFAULT_SETTINGS!r} "
-                                   "or pass model_settings")
+                                   "configured: save one with 'ultrawork model set --provider P --model M "
+                                   "--api-key-env NAME', or pass model_settings")
         _ACTIVE.set(None)
         return None
     try:

@@ -48,7 +48,8 @@ def check_model_agents(profiles: dict[str, AgentProfile], model: ModelRun | None
         why = UNUSABLE_DEFAULT.get()
         raise ModelConfigError(f"agent(s) {', '.join(needing)} run the model agent, but no model is configured: "
                                + (f"the block 'default' is unusable ({why})" if why else
-                                  "save an ultrawork-model-agent block named 'default' or pass model_settings"))
+                                  "save one with 'ultrawork model set --provider P --model M --api-key-env NAME' "
+                                  "or pass model_settings"))
 
 
 def _repo_files(repo: str) -> list[str]:

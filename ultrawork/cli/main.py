@@ -19,6 +19,7 @@ from rich.table import Table
 from ultrawork.cli.backlog import issues_app, sweep_command
 from ultrawork.cli.diffs import diff_command
 from ultrawork.cli.follow import logs_command
+from ultrawork.cli.model import model_app
 from ultrawork.cli.stopping import StopRequested, silence_console, stop_on_signals
 
 app = typer.Typer(help="Parallel AI coding agents in hardened sandboxes, orchestrated by Prefect.", no_args_is_help=True)
@@ -29,6 +30,7 @@ app.add_typer(sandboxes_app, name="sandboxes")
 app.add_typer(issues_app, name="issues")
 server_app = typer.Typer(help="The local Prefect server that run, status and review share.", no_args_is_help=True)
 app.add_typer(server_app, name="server")
+app.add_typer(model_app, name="model")
 app.command("sweep")(sweep_command)
 app.command("diff")(diff_command)
 app.command("logs")(logs_command)
@@ -155,6 +157,9 @@ def start_run(repo: str, task: str, agents: Optional[list[str]], base: str, comm
     except ValueError as exc:
         fail(str(exc), 2)
     ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
+    from ultrawork.cli.model import model_needed_or_fail
+
+    model_needed_or_fail(task, agents, agent_profiles, model_settings, as_json)
     run_id = new_run_id()
     params = {"task": task, "repo": str(repo), "agents": agents, "base": base, "run_id": run_id,
               "agent_commands": commands or None, "review_timeout": review_timeout}
