@@ -19,11 +19,10 @@ from ultrawork.agents.outcome import AgentOutcome
 from ultrawork.agents.profiles import AgentProfile, classify
 from ultrawork.agents.team import RunPlan, rules_plan
 from ultrawork.model_agent.accounting import total_usage
-from ultrawork.model_agent.errors import ModelAgentError, ModelCallError, ModelConfigError
+from ultrawork.model_agent.errors import ModelAgentError, ModelConfigError
 from ultrawork.runtime.artifacts import artifact_key
 from ultrawork.runtime.logs import get_logger
 from ultrawork.tasks.model import UNUSABLE_DEFAULT, ModelRun, use_model_settings
-from ultrawork.tasks.recovery import task_options
 from ultrawork.workspace.gitcmd import run_git
 from ultrawork.workspace.ledger import RunLedger
 from ultrawork.workspace.repo_guard import open_target_repo
@@ -58,8 +57,10 @@ def _repo_files(repo: str) -> list[str]:
     return out.stdout.splitlines()[:2000] if out.returncode == 0 else []
 
 
-@task(name="plan-run", cache_policy=NO_CACHE, **task_options(ModelCallError))
+@task(name="plan-run", cache_policy=NO_CACHE, retries=0)
 async def model_plan(task_text: str, repo: str, model: ModelRun) -> RunPlan:
+    """Not retried here: the transport tries each request ``attempts`` times, and the whole of
+    planning is bounded by ``plan_max_seconds`` (then the built-in rules choose)."""
     from ultrawork.model_agent.planner import plan_task
 
     files = await asyncio.to_thread(_repo_files, repo)

@@ -65,6 +65,12 @@ def model_set(
     max_requests: Annotated[Optional[int], typer.Option(help="Most model requests one agent may send.")] = None,
     run_max_requests: Annotated[Optional[int], typer.Option(
         help="Most model requests one run may send (planning and every agent together).")] = None,
+    request_timeout: Annotated[Optional[float], typer.Option(
+        help="Seconds to wait for one answer once connected (per attempt).")] = None,
+    attempts: Annotated[Optional[int], typer.Option(help="Tries of one request (timeouts, 429, 5xx); each counts "
+                                                         "against the budgets.")] = None,
+    plan_max_seconds: Annotated[Optional[float], typer.Option(
+        help="Longest planning may take before the built-in rules choose the agents.")] = None,
     name: Annotated[str, typer.Option(help="The block's name (runs use 'default' unless given "
                                            "--model-settings NAME).")] = DEFAULT_NAME,
     check: Annotated[bool, typer.Option("--check", help="Send one small request to the model first; "
@@ -90,7 +96,9 @@ def model_set(
     target = block_name(name, role)
     fields = {"provider": provider, "model": model, "base_url": base_url, "api_key_env": api_key_env,
               "api_key": None, "input_price_per_million": price_in, "output_price_per_million": price_out}
-    for key, value in (("max_requests", max_requests), ("run_max_requests", run_max_requests)):
+    for key, value in (("max_requests", max_requests), ("run_max_requests", run_max_requests),
+                       ("request_timeout", request_timeout), ("attempts", attempts),
+                       ("plan_max_seconds", plan_max_seconds)):
         if value is not None:
             fields[key] = value
     try:
@@ -143,7 +151,9 @@ def _row(name: str, settings) -> dict:
     return {"block": name, "provider": settings.provider, "model": settings.model, "base_url": settings.base_url,
             "key": key, "price_in": settings.input_price_per_million, "price_out": settings.output_price_per_million,
             "max_requests": settings.max_requests, "max_seconds": settings.max_seconds,
-            "run_max_requests": settings.run_max_requests, "run_max_seconds": settings.run_max_seconds}
+            "run_max_requests": settings.run_max_requests, "run_max_seconds": settings.run_max_seconds,
+            "connect_timeout": settings.connect_timeout, "request_timeout": settings.request_timeout,
+            "attempts": settings.attempts, "plan_max_seconds": settings.plan_max_seconds}
 
 
 @model_app.command("show")

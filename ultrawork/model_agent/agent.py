@@ -71,24 +71,34 @@ def instructions(role: str, writable: bool) -> str:
             "your findings.")
 
 
-def build_model(config: ModelAgentConfig):
-    """The pydantic-ai model for ``config``; the only place the API key is read."""
+def build_model(config: ModelAgentConfig, meter=None):
+    """The pydantic-ai model for ``config``; the only place the API key is read.
+
+    Every HTTP request goes through `transport.MeteredTransport` (``config``'s timeouts and
+    attempts, counted by ``meter``); the SDK's own retries are off."""
+    from .transport import http_client, timeouts
+
     key = config.api_key.get_secret_value() if config.api_key is not None else None
+    client = dict(max_retries=0, timeout=timeouts(config), http_client=http_client(config, meter))
     if config.provider == "anthropic":
+        from anthropic import AsyncAnthropic
         from pydantic_ai.models.anthropic import AnthropicModel
         from pydantic_ai.providers.anthropic import AnthropicProvider
 
-        return AnthropicModel(config.model, provider=AnthropicProvider(api_key=key, base_url=config.base_url))
+        sdk = AsyncAnthropic(api_key=key, base_url=config.base_url, **client)
+        return AnthropicModel(config.model, provider=AnthropicProvider(anthropic_client=sdk))
+    from openai import AsyncOpenAI
     from pydantic_ai.models.openai import OpenAIChatModel
 
+    sdk = AsyncOpenAI(base_url=config.base_url, api_key=key or "api-key-not-set", **client)
     if config.provider == "openai":
         from pydantic_ai.providers.openai import OpenAIProvider
 
-        provider = OpenAIProvider(base_url=config.base_url, api_key=key)
+        provider = OpenAIProvider(openai_client=sdk)
     else:   # Ollama, vLLM and other servers of the OpenAI Chat Completions API
         from pydantic_ai.providers.openai_compatible import OpenAICompatibleProvider
 
-        provider = OpenAICompatibleProvider("openai-compatible", base_url=config.base_url, api_key=key)
+        provider = OpenAICompatibleProvider("openai-compatible", openai_client=sdk)
     return OpenAIChatModel(config.model, provider=provider)
 
 
