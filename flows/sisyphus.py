@@ -120,7 +120,7 @@ async def sisyphus(
               "model_settings": model_settings, "max_review_rounds": max_review_rounds}
     async with run_egress(run_id, profiles):            # the egress gateway starts alongside the setup
         ledger = await open_run(run_id, params, target, resume, github=config.github is not None)
-        plan = await record_plan(run_id, ledger, task, plan, profiles)      # ledger stage + artifact
+        plan = await record_plan(run_id, ledger, task, plan, profiles, model)      # ledger stage + artifact
         async with run_mcp_servers(run_id, profiles):   # both stopped with the agents
             outcomes = await run_agents(run_id, ledger, task, profiles, plan)   # research, then the writers
     if run_usage_line(outcomes):

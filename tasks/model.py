@@ -23,6 +23,7 @@ from ultrawork.blocks.model import ModelAgentSettings
 from ultrawork.model_agent.accounting import AgentUsage, RunBudget, TurnRecord, total_usage
 from ultrawork.model_agent.config import ModelAgentConfig
 from ultrawork.model_agent.errors import BudgetExceeded, ModelCallError, ModelConfigError
+from ultrawork.model_agent.transport import RequestMeter
 from ultrawork.runtime.logs import get_logger
 from ultrawork.sandbox.errors import SandboxError
 from ultrawork.tasks.recovery import recovery_for, task_options, will_retry
@@ -38,6 +39,7 @@ class ModelRun:
     budget: RunBudget
     settings: ModelAgentSettings
     source: str
+    planning: AgentUsage | None = None     # what planning the run sent (counted in the run's totals)
 
     @property
     def name(self) -> str:
@@ -115,11 +117,21 @@ def turn_logger(role: str):
     return on_turn
 
 
+@dataclass
+class AgentSpend:
+    """What one agent's model round has spent so far, over the attempts of its task: the HTTP requests
+    (its meter, which also refuses the one past a budget) and the tokens, tool calls and seconds."""
+
+    meter: RequestMeter
+    spent: AgentUsage | None = None
+
+
 @task(name="model-agent", task_run_name="{role}-model-agent", cache_policy=NO_CACHE,
       **task_options(BudgetExceeded, ModelConfigError, ModelCallError, SandboxError))
-async def model_agent_loop(handle, ws, role: str, prompt: str, writable: bool, timeout: float):
+async def model_agent_loop(handle, ws, role: str, prompt: str, writable: bool, timeout: float, spend: AgentSpend):
     """The model agent of one role, to its final answer; retried only for a failed model call
-    or a broken sandbox, never for a spent budget or bad settings (``tasks.recovery``)."""
+    or a broken sandbox, never for a spent budget or bad settings (``tasks.recovery``). Every
+    attempt's requests and tokens count (``spend``)."""
     from ultrawork.model_agent.agent import ModelAgent
     from ultrawork.model_agent.tools import GuardedSandboxTools
     from ultrawork.tasks.sandboxes import engine
@@ -128,15 +140,40 @@ async def model_agent_loop(handle, ws, role: str, prompt: str, writable: bool, t
     handle.attempts += 1
     sandbox = await asyncio.to_thread(handle.ensure)
     tools = GuardedSandboxTools(engine(), sandbox, ws, timeout=timeout)
-    agent = ModelAgent(run.config, on_turn=turn_logger(role), budget=run.budget)
+    log_turn = turn_logger(role)
+
+    def on_turn(turn: TurnRecord) -> None:
+        log_turn(turn)
+        write_live_usage(ws, run.name, turn.usage)
+
+    agent = ModelAgent(run.config, on_turn=on_turn, budget=run.budget, meter=spend.meter, spent=spend.spent)
     try:
         return await agent.run_async(prompt, tools, role, writable)
     except SandboxError:
         handle.broken = True
         raise
     except ModelCallError as exc:
+        if exc.result is not None:
+            spend.spent = exc.result.usage
         await asyncio.to_thread(_note_retry, handle, ws, exc)
         raise
+
+
+LIVE_USAGE = "model-usage.json"
+
+
+def write_live_usage(ws, model: str, usage: AgentUsage) -> None:
+    """The agent's usage so far, where ``ultrawork status`` reads it while the agent works (host-private)."""
+    import json
+    import os
+
+    try:
+        ws.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = ws.state_dir / f".{LIVE_USAGE}.tmp"
+        tmp.write_text(json.dumps({"model": model, "usage": usage.model_dump()}))
+        os.replace(tmp, ws.state_dir / LIVE_USAGE)
+    except OSError:           # a display aid: never the agent's failure
+        pass
 
 
 def _note_retry(handle, ws, exc: ModelCallError) -> None:
@@ -184,9 +221,10 @@ async def run_model_agent(env) -> None:
     result (or the part done before a budget or error stopped it) is kept for the outcome."""
     run = active_model()
     env.model_name = run.name
+    spend = AgentSpend(RequestMeter(limit=run.config.max_requests, parent=run.budget.meter))
     try:
         result = await model_agent_loop(env.handle, env.ws, env.role, env.files["prompt.md"],
-                                        env.profile.workspace_mode == "rw", env.profile.timeout)
+                                        env.profile.workspace_mode == "rw", env.profile.timeout, spend)
     except (BudgetExceeded, ModelCallError) as exc:
         env.model_result = exc.result
         await _note_usage(env, f"stopped: {exc}")

@@ -35,6 +35,7 @@ async def model_for_run(name: str | None, run_id: str, resume: bool) -> ModelRun
         try:
             ledger = RunLedger.open(run_id)
             spent = [(ledger.outcome(r) or {}).get("usage") for r in ledger.orchestration.get("roles", [])]
+            spent.append(ledger.read("plan").get("usage"))           # planning counts too
         except Exception:  # noqa: BLE001 - the resume's own checks report a missing run
             spent = []
     return await use_model_settings(name, [], spent)
@@ -63,9 +64,19 @@ async def model_plan(task_text: str, repo: str, model: ModelRun) -> RunPlan:
     planning is bounded by ``plan_max_seconds`` (then the built-in rules choose)."""
     from ultrawork.model_agent.planner import plan_task
 
+    from ultrawork.model_agent.accounting import AgentUsage
+    from ultrawork.model_agent.transport import RequestMeter
+
     files = await asyncio.to_thread(_repo_files, repo)
-    plan, usage = await plan_task(model.config, task_text, files)
-    model.budget.charge(usage.requests, usage.input_tokens + usage.output_tokens)
+    meter = RequestMeter(parent=model.budget.meter)          # every request counts, a failed planning's too
+    try:
+        plan, usage = await plan_task(model.config, task_text, files, meter)
+    except BaseException:
+        model.planning = AgentUsage(requests=meter.sent)
+        raise
+    usage = usage.model_copy(update={"requests": meter.sent})
+    model.planning = usage
+    model.budget.charge(usage.input_tokens + usage.output_tokens)
     get_logger().info("plan by %s: %s (%d request(s), %d input / %d output tokens)", plan.planned_by,
                       ", ".join(plan.names()), usage.requests, usage.input_tokens, usage.output_tokens)
     return plan
@@ -90,11 +101,13 @@ async def plan_run(run_id: str, task_text: str, repo: str, agents: list[str] | N
 
 
 async def record_plan(run_id: str, ledger: RunLedger, task_text: str, plan: RunPlan | None,
-                      profiles: dict[str, AgentProfile]) -> RunPlan:
-    """The plan the run follows, as a ledger stage and an artifact (the rules' plan when none)."""
+                      profiles: dict[str, AgentProfile], model: ModelRun | None = None) -> RunPlan:
+    """The plan the run follows, as a ledger stage and an artifact (the rules' plan when none), with
+    what planning sent to the model (``usage``), a planning that failed included."""
     plan = plan or rules_plan(task_text, list(profiles) or classify(task_text))
     if not ledger.read("plan"):
-        await ledger.arecord("plan", plan.model_dump(mode="json"),
+        usage = model.planning.model_dump() if model is not None and model.planning is not None else None
+        await ledger.arecord("plan", {**plan.model_dump(mode="json"), "usage": usage},
                              f"run plan ({plan.planned_by}): {', '.join(plan.names())}")
     await create_markdown_artifact(markdown=plan.markdown(), key=artifact_key("plan", run_id, "sisyphus"),
                                    description=f"Sisyphus's plan for run {run_id}")

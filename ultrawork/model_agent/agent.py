@@ -19,12 +19,14 @@ from typing import Callable
 from pydantic import BaseModel, Field
 from pydantic_ai import Agent, ModelMessagesTypeAdapter, ToolOutput
 from pydantic_ai.exceptions import ModelAPIError, RunTimedOut, UnexpectedModelBehavior, UsageLimitExceeded
+from pydantic_ai.usage import RunUsage
 
 from .accounting import (AgentUsage, RunBudget, ToolCallRecord, ToolResultRecord, TurnRecord, agent_usage,
                          exceeded_limit, usage_limits)
 from .config import ModelAgentConfig
 from .errors import BudgetExceeded, ModelCallError, ModelConfigError
 from .tools import TOOLS, SandboxTools, ToolDeps, describe_call
+from .transport import RequestMeter, RequestRefused
 
 log = logging.getLogger("ultrawork.model_agent")
 
@@ -106,10 +108,15 @@ class ModelAgent:
     """Runs one role's task with a model; ``on_turn`` gets a `TurnRecord` after every model response."""
 
     def __init__(self, config: ModelAgentConfig, on_turn: Callable[[TurnRecord], None] | None = None,
-                 budget: RunBudget | None = None) -> None:
+                 budget: RunBudget | None = None, meter: RequestMeter | None = None,
+                 spent: AgentUsage | None = None) -> None:
         self.config = config
         self.on_turn = on_turn
         self.budget = budget      # the run's shared limits, charged after every response
+        # every HTTP request of this agent (all its attempts): ``config.max_requests`` and the run's
+        self.meter = meter or RequestMeter(limit=config.max_requests,
+                                           parent=budget.meter if budget is not None else None)
+        self.spent = spent        # tokens, tool calls and seconds of this agent's earlier attempts
 
     def run(self, prompt: str, tools: SandboxTools, role: str, writable: bool, *,
             history: str | None = None) -> ModelAgentResult:
@@ -147,7 +154,8 @@ class ModelAgent:
         seconds = _earliest(config.max_seconds, budget.seconds_left() if budget is not None else None)
         deps = ToolDeps(tools=tools, role=role, writable=writable,
                         deadline=None if seconds is None else started + max(0.0, seconds))
-        agent = Agent(build_model(config), output_type=ToolOutput(ModelAgentAnswer, name=OUTPUT_TOOL),
+        meter, spent = self.meter, self.spent
+        agent = Agent(build_model(config, meter), output_type=ToolOutput(ModelAgentAnswer, name=OUTPUT_TOOL),
                       instructions=instructions(role, writable), deps_type=ToolDeps, tools=TOOLS, retries=3,
                       name=f"ultrawork-{role}")
         result = ModelAgentResult(role=role, provider=config.provider, model=config.model)
@@ -155,7 +163,7 @@ class ModelAgent:
 
         def close(stopped_by: str | None, usage, messages) -> ModelAgentResult:
             result.stopped_by = stopped_by
-            result.usage = agent_usage(config, usage, time.monotonic() - started)
+            result.usage = agent_usage(config, usage, time.monotonic() - started, meter.sent, spent)
             result.findings_written = list(deps.findings)
             result.messages_json = ModelMessagesTypeAdapter.dump_json(messages).decode()
             return result
@@ -164,7 +172,7 @@ class ModelAgent:
             if budget is not None and budget.exhausted():
                 raise _RunLimit(budget.exhausted())
             async with agent:
-                async with agent.iter(prompt, deps=deps, usage_limits=usage_limits(config),
+                async with agent.iter(prompt, deps=deps, usage_limits=usage_limits(config, spent),
                                       timeout=None if seconds is None else max(0.001, seconds),
                                       message_history=past) as agent_run:
                     request, sent = None, time.monotonic()
@@ -176,10 +184,10 @@ class ModelAgent:
                         elif Agent.is_call_tools_node(node):
                             response = node.model_response
                             if budget is not None:
-                                budget.charge(1, response.usage.input_tokens + response.usage.output_tokens)
-                            self._report(result, role, request, response,
-                                         time.monotonic() - sent, agent_usage(config, agent_run.usage,
-                                                                              time.monotonic() - started))
+                                budget.charge(response.usage.input_tokens + response.usage.output_tokens)
+                            self._report(result, role, request, response, time.monotonic() - sent,
+                                         agent_usage(config, agent_run.usage, time.monotonic() - started,
+                                                     meter.sent, spent))
                     result.answer = agent_run.result.output
                     return close(None, agent_run.usage, agent_run.all_messages())
         except _RunLimit as exc:
@@ -187,7 +195,7 @@ class ModelAgent:
             if agent_run is not None:
                 close(limit, agent_run.usage, agent_run.all_messages())
             else:
-                result.stopped_by = limit
+                close(limit, RunUsage(), past or [])
             raise BudgetExceeded(limit, f"{role} agent stopped: the run's budget {limit} reached "
                                  f"(this agent: {_spent(result.usage)})", result) from None
         except UsageLimitExceeded as exc:
@@ -200,12 +208,17 @@ class ModelAgent:
             close(limit, exc.usage, exc.all_messages())
             raise BudgetExceeded(limit, f"{role} agent stopped: budget {limit} "
                                  f"({seconds:g}s) reached ({_spent(result.usage)})", result) from None
-        except (ModelAPIError, UnexpectedModelBehavior) as exc:
-            if agent_run is not None:
-                close(type(exc).__name__, agent_run.usage, agent_run.all_messages())
+        except (ModelAPIError, UnexpectedModelBehavior, RequestRefused) as exc:
+            usage, messages = ((agent_run.usage, agent_run.all_messages()) if agent_run is not None
+                               else (RunUsage(), past or []))
+            if meter.refused:     # the meter refused to send: a budget, not a failed call
+                limit = meter.refused
+                close(limit, usage, messages)
+                raise BudgetExceeded(limit, f"{role} agent stopped: budget {limit} reached, the next request "
+                                     f"was not sent ({_spent(result.usage)})", result) from None
+            close(type(exc).__name__, usage, messages)
             detail = _redact(f"{type(exc).__name__}: {str(exc)[:500]}", config)
-            raise ModelCallError(f"{role} agent: the model call failed: {detail}",
-                                 result if agent_run is not None else None) from None
+            raise ModelCallError(f"{role} agent: the model call failed: {detail}", result) from None
 
     def _report(self, result: ModelAgentResult, role: str, request, response, seconds: float,
                 totals: AgentUsage) -> None:
