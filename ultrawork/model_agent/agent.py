@@ -25,8 +25,9 @@ from .accounting import (AgentUsage, RunBudget, ToolCallRecord, ToolResultRecord
                          exceeded_limit, usage_limits)
 from .config import ModelAgentConfig
 from .errors import BudgetExceeded, ModelCallError, ModelConfigError
+from .history import cap_history, history_capability
 from .tools import TOOLS, SandboxTools, ToolDeps, describe_call
-from .transport import RequestMeter, RequestRefused
+from .transport import RequestMeter, RequestRefused, ResponseTooLarge
 
 log = logging.getLogger("ultrawork.model_agent")
 
@@ -157,7 +158,7 @@ class ModelAgent:
         meter, spent = self.meter, self.spent
         agent = Agent(build_model(config, meter), output_type=ToolOutput(ModelAgentAnswer, name=OUTPUT_TOOL),
                       instructions=instructions(role, writable), deps_type=ToolDeps, tools=TOOLS, retries=3,
-                      name=f"ultrawork-{role}")
+                      name=f"ultrawork-{role}", capabilities=[history_capability()])
         result = ModelAgentResult(role=role, provider=config.provider, model=config.model)
         agent_run = None
 
@@ -165,7 +166,7 @@ class ModelAgent:
             result.stopped_by = stopped_by
             result.usage = agent_usage(config, usage, time.monotonic() - started, meter.sent, spent)
             result.findings_written = list(deps.findings)
-            result.messages_json = ModelMessagesTypeAdapter.dump_json(messages).decode()
+            result.messages_json = ModelMessagesTypeAdapter.dump_json(cap_history(list(messages))).decode()
             return result
 
         try:
@@ -217,7 +218,7 @@ class ModelAgent:
                 raise BudgetExceeded(limit, f"{role} agent stopped: budget {limit} reached, the next request "
                                      f"was not sent ({_spent(result.usage)})", result) from None
             close(type(exc).__name__, usage, messages)
-            detail = _redact(f"{type(exc).__name__}: {str(exc)[:500]}", config)
+            detail = _redact(f"{type(exc).__name__}: {str(exc)[:500]}{_transport_cause(exc)}", config)
             raise ModelCallError(f"{role} agent: the model call failed: {detail}", result) from None
 
     def _report(self, result: ModelAgentResult, role: str, request, response, seconds: float,
@@ -249,6 +250,18 @@ class _RunLimit(Exception):
     def __init__(self, limit: str) -> None:
         super().__init__(limit)
         self.limit = limit
+
+
+def _transport_cause(exc: BaseException) -> str:
+    """What the transport said, when it is why the call failed (the SDK says only "Connection error")."""
+    seen = exc.__cause__ or exc.__context__
+    for _ in range(8):
+        if seen is None:
+            return ""
+        if isinstance(seen, ResponseTooLarge):
+            return f" ({seen})"
+        seen = seen.__cause__ or seen.__context__
+    return ""
 
 
 def _earliest(*seconds: float | None) -> float | None:

@@ -25,6 +25,11 @@ import httpx2
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_BACKOFF = 10.0
+MAX_RESPONSE_BYTES = 16 << 20    # one answer (an honest one is well under 1 MiB); past it the call fails
+
+
+class ResponseTooLarge(httpx2.RemoteProtocolError):
+    """The provider's answer was over `MAX_RESPONSE_BYTES` (read no further; not tried again)."""
 
 
 class RequestRefused(Exception):
@@ -88,7 +93,7 @@ class MeteredTransport(httpx2.AsyncBaseTransport):
                 why, wait = type(exc).__name__, _backoff(attempt, None)
             else:
                 if response.status_code not in RETRY_STATUSES or last:
-                    return response
+                    return await _capped(response, request)
                 await response.aread()
                 await response.aclose()
                 why, wait = f"HTTP {response.status_code}", _backoff(attempt, response.headers.get("retry-after"))
@@ -101,6 +106,22 @@ class MeteredTransport(httpx2.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+async def _capped(response: httpx2.Response, request: httpx2.Request) -> httpx2.Response:
+    """The response with its body read, at most `MAX_RESPONSE_BYTES` of it (raw, as sent)."""
+    chunks, size = [], 0
+    try:
+        async for chunk in response.aiter_raw():
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise ResponseTooLarge(f"the model's answer is over {MAX_RESPONSE_BYTES >> 20} MiB; "
+                                       "not read further", request=request)
+            chunks.append(chunk)
+    finally:
+        await response.aclose()
+    return httpx2.Response(response.status_code, headers=response.headers, content=b"".join(chunks),
+                           request=request, extensions=response.extensions)
 
 
 def _backoff(attempt: int, retry_after: str | None) -> float:
