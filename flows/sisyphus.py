@@ -73,6 +73,7 @@ async def sisyphus(
     agent_profiles: dict[str, str] | None = None,
     model_settings: str | None = None,
     max_review_rounds: int = DEFAULT_ROUNDS,
+    role_models: dict[str, str] | None = None,
 ) -> RunResult:
     """Run the agents a task needs on ``repo`` and integrate the work a reviewer approves.
 
@@ -101,12 +102,14 @@ async def sisyphus(
             saved). With a model and no ``agents``, Sisyphus plans the run with it.
         max_review_rounds: Reviews per run: until the last, a reviewer can send an agent back with a comment
             (revise) or run a failed one again (retry).
+        role_models: Role -> model name for that role's model agents (same provider and key), on top of
+            the per-role blocks ``<model_settings>-<role>``, e.g. {"explore": "gpt-4.1-mini"}.
     """
     run_id = validate_run_id(run_id or continued_run_id() or new_run_id())
     resume = resume or continues_flow_run(run_id)       # suspended for review, rescheduled by the review
     config = await load_config()                         # the saved blocks, or the defaults
     use_config(config)                                   # this run's sandbox caps
-    model = await model_for_run(model_settings, run_id, resume)             # None offline
+    model = await model_for_run(model_settings, run_id, resume, role_models)   # None offline
     target = await checkout_repository(repo)            # a URL: this worker's cache clone, fetched now
     plan = await plan_run(run_id, task, target, agents, resume, model)      # the model's plan, or the rules
     agents = plan.names() if plan is not None else agents
@@ -117,7 +120,7 @@ async def sisyphus(
     params = {"task": task, "repo": repo, "agents": list(profiles), "base": base,
               "agent_commands": agent_commands, "review_timeout": review_timeout, "hooks": hooks,
               "check_command": check_command, "agent_profiles": agent_profiles,
-              "model_settings": model_settings, "max_review_rounds": max_review_rounds}
+              "model_settings": model_settings, "max_review_rounds": max_review_rounds, "role_models": role_models}
     async with run_egress(run_id, profiles):            # the egress gateway starts alongside the setup
         ledger = await open_run(run_id, params, target, resume, github=config.github is not None)
         plan = await record_plan(run_id, ledger, task, plan, profiles, model)      # ledger stage + artifact

@@ -40,10 +40,47 @@ class ModelRun:
     settings: ModelAgentSettings
     source: str
     planning: AgentUsage | None = None     # what planning the run sent (counted in the run's totals)
+    roles: dict[str, ModelAgentConfig] | None = None   # a role's own model (per-role block, --model ROLE=NAME)
 
     @property
     def name(self) -> str:
         return f"{self.config.provider}:{self.config.model}"
+
+    def config_for(self, agent: str) -> ModelAgentConfig:
+        """The model of ``agent`` (``frontend-2`` uses frontend's); the run's model when it has none of its own."""
+        from ultrawork.agents.team import base_role
+
+        return (self.roles or {}).get(base_role(agent), self.config)
+
+    def name_for(self, agent: str) -> str:
+        config = self.config_for(agent)
+        return f"{config.provider}:{config.model}"
+
+
+async def role_models(name: str, base: ModelAgentConfig, chosen: dict[str, str] | None) -> dict[str, ModelAgentConfig]:
+    """Each role's own model: its block ``<name>-<role>`` if saved, then ``chosen`` (role -> model name,
+    same provider and key) on top. An unknown role or an empty name is refused by name."""
+    from ultrawork.agents.profiles import ROLES
+
+    for role, model in (chosen or {}).items():
+        if role not in ROLES:
+            raise ModelConfigError(f"model for unknown role {role!r}: use one of {', '.join(ROLES)}")
+        if not isinstance(model, str) or not model.strip():
+            raise ModelConfigError(f"model for {role}: the model name is empty")
+
+    async def own(role: str) -> ModelAgentSettings | None:
+        try:
+            return await ModelAgentSettings.aload(f"{name}-{role}")
+        except ValueError as exc:
+            if "Unable to find block document" not in str(exc):
+                raise
+            return None
+
+    blocks = dict(zip(ROLES, await asyncio.gather(*(own(r) for r in ROLES))))
+    configs = {role: await asyncio.to_thread(block.config) for role, block in blocks.items() if block is not None}
+    for role, model in (chosen or {}).items():
+        configs[role] = configs.get(role, base).model_copy(update={"model": model.strip()})
+    return configs
 
 
 _ACTIVE: ContextVar[ModelRun | None] = ContextVar("ultrawork_model_run", default=None)
@@ -65,14 +102,18 @@ async def load_model_settings(name: str | None) -> ModelAgentSettings | None:
         return None
 
 
-async def use_model_settings(name: str | None, needed_by: list[str], spent: list[dict | None] = ()) -> ModelRun | None:
+async def use_model_settings(name: str | None, needed_by: list[str], spent: list[dict | None] = (),
+                             chosen: dict[str, str] | None = None) -> ModelRun | None:
     """Resolve the run's model (key included) before anything starts, and make it this run's.
 
     ``needed_by``: the agents configured to run the model agent; without settings they are
     refused by name here. ``spent``: usage recorded by agents of an earlier attempt (the run
-    budget counts them)."""
+    budget counts them). ``chosen``: role -> model name (``--model ROLE=NAME``)."""
     UNUSABLE_DEFAULT.set(None)
     settings = await load_model_settings(name)
+    if settings is None and chosen:
+        raise ModelConfigError(f"a model per role ({', '.join(chosen)}) needs a saved model first: "
+                               "'ultrawork model set --provider P --model M --api-key-env NAME'")
     if settings is None:
         if needed_by:
             raise ModelConfigError(f"agent(s) {', '.join(needed_by)} run the model agent, but no model is "
@@ -90,10 +131,12 @@ async def use_model_settings(name: str | None, needed_by: list[str], spent: list
         UNUSABLE_DEFAULT.set(str(exc))
         return None
     run = ModelRun(config, settings.run_budget(total_usage(list(spent))), settings,
-                   f"block {name or DEFAULT_SETTINGS!r}")
+                   f"block {name or DEFAULT_SETTINGS!r}",
+                   roles=await role_models(name or DEFAULT_SETTINGS, config, chosen))
     _ACTIVE.set(run)
-    get_logger().info("model: %s (%s)%s", run.name, run.source,
-                      f" for {', '.join(needed_by)}" if needed_by else "")
+    own = "".join(f"; {role}: {run.name_for(role)}" for role in run.roles)
+    get_logger().info("model: %s (%s)%s%s", run.name, run.source,
+                      f" for {', '.join(needed_by)}" if needed_by else "", own)
     return run
 
 
@@ -128,7 +171,8 @@ class AgentSpend:
 
 @task(name="model-agent", task_run_name="{role}-model-agent", cache_policy=NO_CACHE,
       **task_options(BudgetExceeded, ModelConfigError, ModelCallError, SandboxError))
-async def model_agent_loop(handle, ws, role: str, prompt: str, writable: bool, timeout: float, spend: AgentSpend):
+async def model_agent_loop(handle, ws, role: str, prompt: str, writable: bool, timeout: float, spend: AgentSpend,
+                           config: ModelAgentConfig):
     """The model agent of one role, to its final answer; retried only for a failed model call
     or a broken sandbox, never for a spent budget or bad settings (``tasks.recovery``). Every
     attempt's requests and tokens count (``spend``)."""
@@ -144,9 +188,9 @@ async def model_agent_loop(handle, ws, role: str, prompt: str, writable: bool, t
 
     def on_turn(turn: TurnRecord) -> None:
         log_turn(turn)
-        write_live_usage(ws, run.name, turn.usage)
+        write_live_usage(ws, f"{config.provider}:{config.model}", turn.usage)
 
-    agent = ModelAgent(run.config, on_turn=on_turn, budget=run.budget, meter=spend.meter, spent=spend.spent)
+    agent = ModelAgent(config, on_turn=on_turn, budget=run.budget, meter=spend.meter, spent=spend.spent)
     try:
         return await agent.run_async(prompt, tools, role, writable)
     except SandboxError:
@@ -220,11 +264,12 @@ async def run_model_agent(env) -> None:
     """The execute loop of a model agent: its loop here, its tool calls in its sandbox; the
     result (or the part done before a budget or error stopped it) is kept for the outcome."""
     run = active_model()
-    env.model_name = run.name
-    spend = AgentSpend(RequestMeter(limit=run.config.max_requests, parent=run.budget.meter))
+    config = run.config_for(env.role)
+    env.model_name = run.name_for(env.role)
+    spend = AgentSpend(RequestMeter(limit=config.max_requests, parent=run.budget.meter))
     try:
         result = await model_agent_loop(env.handle, env.ws, env.role, env.files["prompt.md"],
-                                        env.profile.workspace_mode == "rw", env.profile.timeout, spend)
+                                        env.profile.workspace_mode == "rw", env.profile.timeout, spend, config)
     except (BudgetExceeded, ModelCallError) as exc:
         env.model_result = exc.result
         await _note_usage(env, f"stopped: {exc}")

@@ -28,7 +28,8 @@ from ultrawork.workspace.ledger import RunLedger
 from ultrawork.workspace.repo_guard import open_target_repo
 
 
-async def model_for_run(name: str | None, run_id: str, resume: bool) -> ModelRun | None:
+async def model_for_run(name: str | None, run_id: str, resume: bool,
+                        role_models: dict[str, str] | None = None) -> ModelRun | None:
     """The run's model (None offline); on resume the run budget counts what finished agents spent."""
     spent: list[dict | None] = []
     if resume:
@@ -38,7 +39,7 @@ async def model_for_run(name: str | None, run_id: str, resume: bool) -> ModelRun
             spent.append(ledger.read("plan").get("usage"))           # planning counts too
         except Exception:  # noqa: BLE001 - the resume's own checks report a missing run
             spent = []
-    return await use_model_settings(name, [], spent)
+    return await use_model_settings(name, [], spent, role_models)
 
 
 def check_model_agents(profiles: dict[str, AgentProfile], model: ModelRun | None) -> None:

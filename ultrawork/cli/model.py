@@ -189,8 +189,23 @@ def model_show(
         raise typer.Exit(1)
 
 
+def parse_role_models(items: list[str]) -> dict[str, str]:
+    """``ROLE=MODEL`` pairs (``--model``), checked by name before anything starts."""
+    from ultrawork.agents.profiles import ROLES
+
+    chosen: dict[str, str] = {}
+    for item in items:
+        role, sep, model = (part.strip() for part in item.partition("="))
+        if not sep or not role or not model:
+            raise ValueError(f"--model {item!r} must look like ROLE=MODEL, e.g. explore=gpt-4.1-mini")
+        if role not in ROLES:
+            raise ValueError(f"--model {item!r}: unknown role {role!r}; known roles: {', '.join(ROLES)}")
+        chosen[role] = model
+    return chosen
+
+
 def model_needed_or_fail(task: str, agents: list[str] | None, chosen: dict[str, str] | None,
-                         model_settings: str | None, as_json: bool) -> None:
+                         model_settings: str | None, as_json: bool, role_models: dict[str, str] | None = None) -> None:
     """Before a run starts: the roles that would run the model agent need a usable model, else one
     clear error (exit 2; with ``--json`` also as JSON on stdout) instead of a run that fails."""
     from ultrawork.agents.profiles import classify, with_named_profiles
@@ -203,14 +218,15 @@ def model_needed_or_fail(task: str, agents: list[str] | None, chosen: dict[str, 
         profiles = with_named_profiles(config.profiles, chosen)
         names = agents or classify(task)
         needing = [n for n in names if getattr(profiles.get(base_role(n)), "agent", "command") == "model"]
-        if not needing and not model_settings:
+        if not needing and not model_settings and not role_models:
             return None
         from ultrawork.tasks.model import load_model_settings
 
         try:
             settings = await load_model_settings(model_settings)
             if settings is None:
-                return (f"agent(s) {', '.join(needing)} run the model agent, but no model is configured: "
+                who = f"agent(s) {', '.join(needing)} run the model agent" if needing else "--model was given"
+                return (f"{who}, but no model is configured: "
                         "save one with 'ultrawork model set --provider P --model M --api-key-env NAME'")
             await asyncio.to_thread(settings.config)
         except ModelConfigError as exc:
