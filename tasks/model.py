@@ -23,6 +23,7 @@ from ultrawork.blocks.model import ModelAgentSettings
 from ultrawork.model_agent.accounting import AgentUsage, RunBudget, TurnRecord, total_usage
 from ultrawork.model_agent.config import ModelAgentConfig
 from ultrawork.model_agent.errors import BudgetExceeded, ModelCallError, ModelConfigError
+from ultrawork.model_agent.journal import ConversationJournal, start_of
 from ultrawork.model_agent.transport import RequestMeter
 from ultrawork.runtime.logs import get_logger
 from ultrawork.sandbox.errors import SandboxError
@@ -167,6 +168,8 @@ class AgentSpend:
 
     meter: RequestMeter
     spent: AgentUsage | None = None
+    round_no: int = 1
+    history: str | None = None      # the conversation a failed attempt leaves to the next one
 
 
 @task(name="model-agent", task_run_name="{role}-model-agent", cache_policy=NO_CACHE,
@@ -190,17 +193,34 @@ async def model_agent_loop(handle, ws, role: str, prompt: str, writable: bool, t
         log_turn(turn)
         write_live_usage(ws, f"{config.provider}:{config.model}", turn.usage)
 
-    agent = ModelAgent(config, on_turn=on_turn, budget=run.budget, meter=spend.meter, spent=spend.spent)
+    journal = ConversationJournal(ws.state_dir)
+    if spend.history:       # a retried attempt: the request that failed is sent again, as it was
+        message, history, how = None, spend.history, "continues its conversation after a failed model call"
+    else:                   # a resumed run, or a later round: its saved conversation
+        message, history, how = await asyncio.to_thread(start_of, journal, spend.round_no, prompt)
+    if how:
+        get_logger().info("%s: the model agent %s", role, how)
+        await asyncio.to_thread(ws.plan.append_note, f"the model agent {how}", kind="model agent")
+    agent = ModelAgent(config, on_turn=on_turn, budget=run.budget, meter=spend.meter, spent=spend.spent,
+                       on_history=lambda messages: journal.save(spend.round_no, messages))
     try:
-        return await agent.run_async(prompt, tools, role, writable)
+        result = await agent.run_async(message, tools, role, writable, history=history)
     except SandboxError:
         handle.broken = True
+        spend.history = await asyncio.to_thread(journal.in_progress, spend.round_no)
+        raise
+    except BudgetExceeded as exc:
+        if exc.result is not None:
+            await asyncio.to_thread(journal.finish, spend.round_no, exc.result.messages_json)
         raise
     except ModelCallError as exc:
         if exc.result is not None:
             spend.spent = exc.result.usage
+        spend.history = await asyncio.to_thread(journal.in_progress, spend.round_no)
         await asyncio.to_thread(_note_retry, handle, ws, exc)
         raise
+    await asyncio.to_thread(journal.finish, spend.round_no, result.messages_json)
+    return result
 
 
 LIVE_USAGE = "model-usage.json"
@@ -266,7 +286,8 @@ async def run_model_agent(env) -> None:
     run = active_model()
     config = run.config_for(env.role)
     env.model_name = run.name_for(env.role)
-    spend = AgentSpend(RequestMeter(limit=config.max_requests, parent=run.budget.meter))
+    spend = AgentSpend(RequestMeter(limit=config.max_requests, parent=run.budget.meter),
+                       round_no=getattr(env, "round_no", 1))
     try:
         result = await model_agent_loop(env.handle, env.ws, env.role, env.files["prompt.md"],
                                         env.profile.workspace_mode == "rw", env.profile.timeout, spend, config)

@@ -110,7 +110,7 @@ class ModelAgent:
 
     def __init__(self, config: ModelAgentConfig, on_turn: Callable[[TurnRecord], None] | None = None,
                  budget: RunBudget | None = None, meter: RequestMeter | None = None,
-                 spent: AgentUsage | None = None) -> None:
+                 spent: AgentUsage | None = None, on_history: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.on_turn = on_turn
         self.budget = budget      # the run's shared limits, charged after every response
@@ -118,13 +118,15 @@ class ModelAgent:
         self.meter = meter or RequestMeter(limit=config.max_requests,
                                            parent=budget.meter if budget is not None else None)
         self.spent = spent        # tokens, tool calls and seconds of this agent's earlier attempts
+        self.on_history = on_history  # the conversation (capped JSON) before every request: a journal to continue
 
-    def run(self, prompt: str, tools: SandboxTools, role: str, writable: bool, *,
+    def run(self, prompt: str | None, tools: SandboxTools, role: str, writable: bool, *,
             history: str | None = None) -> ModelAgentResult:
         """Run to a final answer; raises `BudgetExceeded` or `ModelCallError` with the result so far.
 
-        ``history`` (a previous result's ``messages_json``) continues that conversation, with
-        ``prompt`` as the next message. Callable from a thread with or without an event loop.
+        ``history`` (a previous result's ``messages_json``, or what ``on_history`` saved) continues that
+        conversation, with ``prompt`` as the next message; without a prompt, the saved conversation is
+        sent as it was (a retried or resumed request). Callable from a thread with or without an event loop.
         """
         coro = self.run_async(prompt, tools, role, writable, history=history)
         try:
@@ -134,7 +136,7 @@ class ModelAgent:
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"model-agent-{role}") as pool:
             return pool.submit(asyncio.run, coro).result()
 
-    async def run_async(self, prompt: str, tools: SandboxTools, role: str, writable: bool, *,
+    async def run_async(self, prompt: str | None, tools: SandboxTools, role: str, writable: bool, *,
                         history: str | None = None) -> ModelAgentResult:
         """`run` inside an event loop. Tools run one at a time on a thread of this run; when the run
         ends (a budget included) it waits for a command still running (bounded by the deadline), so
@@ -146,10 +148,12 @@ class ModelAgent:
         finally:
             await asyncio.to_thread(executor.shutdown, True)
 
-    async def _loop(self, prompt: str, tools: SandboxTools, role: str, writable: bool,
+    async def _loop(self, prompt: str | None, tools: SandboxTools, role: str, writable: bool,
                     history: str | None) -> ModelAgentResult:
         config = self.config
         past = _history(history)
+        if prompt is None and not past:
+            raise ModelConfigError("no prompt and no conversation to continue")
         started = time.monotonic()
         budget = self.budget
         seconds = _earliest(config.max_seconds, budget.seconds_left() if budget is not None else None)
@@ -182,6 +186,7 @@ class ModelAgent:
                             if budget is not None and budget.exhausted():
                                 raise _RunLimit(budget.exhausted())     # before the request is sent
                             request, sent = node.request, time.monotonic()
+                            self._journal(agent_run.all_messages(), request)
                         elif Agent.is_call_tools_node(node):
                             response = node.model_response
                             if budget is not None:
@@ -220,6 +225,15 @@ class ModelAgent:
             close(type(exc).__name__, usage, messages)
             detail = _redact(f"{type(exc).__name__}: {str(exc)[:500]}{_transport_cause(exc)}", config)
             raise ModelCallError(f"{role} agent: the model call failed: {detail}", result) from None
+
+    def _journal(self, messages: list, request) -> None:
+        """The conversation as it is about to be sent, to ``on_history`` (a failing journal stops the agent:
+        a conversation that cannot be continued must not look as if it could)."""
+        if self.on_history is None:
+            return
+        if not messages or messages[-1] is not request:
+            messages = [*messages, request]
+        self.on_history(ModelMessagesTypeAdapter.dump_json(cap_history(list(messages))).decode())
 
     def _report(self, result: ModelAgentResult, role: str, request, response, seconds: float,
                 totals: AgentUsage) -> None:
