@@ -8,6 +8,7 @@ conversation started over would get the first tool call again.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -102,7 +103,9 @@ def test_a_500_after_an_edit_leaves_the_edit_once(prefect_api, uw_home, tmp_path
     text = git(repo, "show", f"ultrawork/{run_id}/integration:widgets/extra.py")
     assert text.count("def added") == 1, text
     assert frontend.usage["requests"] == 5
-    assert "continues its conversation after a failed model call" in Path(frontend.plan_path).read_text()
+    plan = Path(frontend.plan_path).read_text()
+    assert "continues its conversation after a failed model call" in plan
+    assert "def added():" in plan and base64.b64encode(ADDED.encode()).decode() not in plan   # readable, not base64
 
 
 def test_a_run_killed_mid_agent_resumes_its_conversation(prefect_api, uw_home, tmp_path, docker_client):
