@@ -111,5 +111,15 @@ def test_the_readme_setup_saves_the_model_where_runs_read_it_and_a_run_uses_it(f
     assert explore["usage"]["requests"] == 2 == len(server.by_agent["explore"])
     assert (explore["usage"]["input_tokens"], explore["usage"]["output_tokens"]) == (3000, 300)
     assert explore["usage"]["cost"] == pytest.approx((3000 * 2 + 300 * 8) / 1e6)
-    for output in (saved, shown, readable, run):
+
+    # a cheaper model for one role: saved beside the run's model, shown with it
+    role = ultrawork("model", "set", "--role", "explore", "--provider", "openai", "--model", "cheap-model",
+                     "--base-url", server.base_url, "--api-key-env", key_env)
+    assert role.returncode == 0 and "as block 'default-explore'" in role.stdout, role.stdout + role.stderr
+    both = json.loads(ultrawork("model", "show", "--json").stdout)["models"]
+    assert [(m["block"], m["model"]) for m in both] == [("default", "standin-model"), ("default-explore", "cheap-model")]
+    bad_role = ultrawork("model", "set", "--role", "planner", "--provider", "openai", "--model", "m",
+                         "--api-key-env", key_env)
+    assert bad_role.returncode == 2 and "--role must be one of" in bad_role.stderr
+    for output in (saved, shown, readable, run, role):
         assert SECRET not in output.stdout + output.stderr
