@@ -39,7 +39,13 @@ def test_an_agent_budget_counts_every_request_retries_and_malformed_replies_incl
     malformed = tool_call("read_file", start="not a number")             # no path, a bad start: sent back
     scripts = {"explore": [OVERLOADED, OVERLOADED, tool_call("list_files", path="."), malformed, malformed,
                            malformed, tool_call("list_files", path="."), final_answer("never reached")]}
-    with team.TeamStandIn(scripts) as server:
+    live: list[dict] = []
+
+    def look(name: str, turn: int) -> None:      # while explore works: what `ultrawork status` shows
+        if name == "explore" and turn == 5:
+            live.append(status_json(run_id)["agents"][0])
+
+    with team.TeamStandIn(scripts, on_request=look) as server:
         settings = team.save_settings(server, max_requests=5, attempts=3, input_price_per_million=1.0)
         try:
             result = run_sisyphus({"task": "Map the code", "repo": str(repo), "run_id": run_id,
@@ -53,6 +59,8 @@ def test_an_agent_budget_counts_every_request_retries_and_malformed_replies_incl
     assert explore.usage["requests"] == 5                  # two 500s, one answer, two malformed replies
     assert explore.usage["input_tokens"] == 3 * 100         # tokens come with the three answers only
     assert explore.retries == 0
+    assert live and live[0]["model"] == "openai:standin-model" and live[0]["outcome"] is None
+    assert live[0]["usage"]["requests"] == 4, live       # as of its last answer, before the 5th request
     shown = status_json(run_id)
     agent = shown["agents"][0]
     assert agent["model"] == "openai:standin-model" and agent["usage"]["requests"] == 5
