@@ -112,6 +112,14 @@ def test_the_readme_setup_saves_the_model_where_runs_read_it_and_a_run_uses_it(f
     assert (explore["usage"]["input_tokens"], explore["usage"]["output_tokens"]) == (3000, 300)
     assert explore["usage"]["cost"] == pytest.approx((3000 * 2 + 300 * 8) / 1e6)
 
+    # setting it again: what is not given keeps its saved value (a budget, a price)
+    base = ["model", "set", "--provider", "openai", "--model", "standin-model", "--base-url", server.base_url,
+            "--api-key-env", key_env]
+    assert ultrawork(*base, "--max-requests", "7").returncode == 0
+    assert ultrawork(*base, "--price-in", "3").returncode == 0
+    again = json.loads(ultrawork("model", "show", "--json").stdout)["models"][0]
+    assert (again["max_requests"], again["price_in"], again["price_out"]) == (7, 3, 8)
+
     # a cheaper model for one role: saved beside the run's model, shown with it
     role = ultrawork("model", "set", "--role", "explore", "--provider", "openai", "--model", "cheap-model",
                      "--base-url", server.base_url, "--api-key-env", key_env)

@@ -78,8 +78,8 @@ def model_set(
 ) -> None:
     """Save the model runs use: `ultrawork model set --provider openai --model gpt-4.1 --api-key-env OPENAI_API_KEY`.
 
-    Fields not given keep their saved values (budgets included). Exit code: 0 saved, 1 the check
-    failed, 2 bad input."""
+    The provider, model, URL and key variable are as given; prices, budgets and time bounds not given keep
+    their saved values. Exit code: 0 saved, 1 the check failed, 2 bad input."""
     from ultrawork.agents.profiles import ROLES
     from ultrawork.blocks.model import ModelAgentSettings
     from ultrawork.model_agent.config import PROVIDERS
@@ -114,11 +114,11 @@ def model_set(
     external = bool(os.environ.get("PREFECT_API_URL"))
     url = _server()
     saved = asyncio.run(_load(target))
-    if saved is not None:     # keep what was not given: budgets, prices, planning
-        kept = {k: v for k, v in saved.model_dump(exclude={"block_type_slug"}).items()
-                if k in ModelAgentSettings.model_fields and k not in fields and not k.startswith("_")}
-        settings = ModelAgentSettings(**{**kept, **{k: v for k, v in fields.items()
-                                                     if v is not None or k in ("api_key", "base_url")}})
+    if saved is not None:     # keep what was not given: prices, budgets, time bounds, planning
+        given = {k: v for k, v in fields.items() if v is not None or k in ("api_key", "api_key_env", "base_url")}
+        kept = {k: getattr(saved, k) for k in ModelAgentSettings.model_fields
+                if k not in given and not k.startswith("_") and k != "block_type_slug"}
+        settings = ModelAgentSettings(**{**kept, **given})
     if check:
         _check(settings)
     settings.save(target, overwrite=True)
