@@ -105,6 +105,13 @@ def build_model(config: ModelAgentConfig, meter=None):
     return OpenAIChatModel(config.model, provider=provider)
 
 
+async def close_model(model) -> None:
+    """Close the SDK client (and its connections) that `build_model` made for ``model``."""
+    client = getattr(model, "client", None)
+    if client is not None:
+        await client.close()
+
+
 class ModelAgent:
     """Runs one role's task with a model; ``on_turn`` gets a `TurnRecord` after every model response."""
 
@@ -142,13 +149,15 @@ class ModelAgent:
         ends (a budget included) it waits for a command still running (bounded by the deadline), so
         no step is recorded after it returns."""
         executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"model-tools-{role}")
+        model = build_model(self.config, self.meter)
         try:
             with Agent.using_thread_executor(executor):
-                return await self._loop(prompt, tools, role, writable, history)
+                return await self._loop(model, prompt, tools, role, writable, history)
         finally:
+            await close_model(model)
             await asyncio.to_thread(executor.shutdown, True)
 
-    async def _loop(self, prompt: str | None, tools: SandboxTools, role: str, writable: bool,
+    async def _loop(self, model, prompt: str | None, tools: SandboxTools, role: str, writable: bool,
                     history: str | None) -> ModelAgentResult:
         config = self.config
         past = _history(history)
@@ -160,7 +169,7 @@ class ModelAgent:
         deps = ToolDeps(tools=tools, role=role, writable=writable,
                         deadline=None if seconds is None else started + max(0.0, seconds))
         meter, spent = self.meter, self.spent
-        agent = Agent(build_model(config, meter), output_type=ToolOutput(ModelAgentAnswer, name=OUTPUT_TOOL),
+        agent = Agent(model, output_type=ToolOutput(ModelAgentAnswer, name=OUTPUT_TOOL),
                       instructions=instructions(role, writable), deps_type=ToolDeps, tools=TOOLS, retries=3,
                       name=f"ultrawork-{role}", capabilities=[history_capability()])
         result = ModelAgentResult(role=role, provider=config.provider, model=config.model)

@@ -16,7 +16,7 @@ from pydantic_ai.usage import UsageLimits
 from ultrawork.agents.team import MAX_AGENTS, RunPlan
 
 from .accounting import AgentUsage, agent_usage
-from .agent import _redact, build_model
+from .agent import _redact, build_model, close_model
 from .config import ModelAgentConfig
 from .errors import BudgetExceeded, ModelCallError
 from .transport import RequestMeter, RequestRefused
@@ -42,7 +42,8 @@ async def plan_task(config: ModelAgentConfig, task: str, files: list[str],
     listing = "\n".join(files[:MAX_LISTED_FILES]) + (f"\n[... {len(files) - MAX_LISTED_FILES} more]"
                                                      if len(files) > MAX_LISTED_FILES else "")
     prompt = f"# Task\n\n{task.strip()}\n\n# Files in the repository\n\n{listing or '(none)'}\n"
-    agent = Agent(build_model(config, meter), output_type=ToolOutput(RunPlan, name=PLAN_TOOL),
+    model = build_model(config, meter)
+    agent = Agent(model, output_type=ToolOutput(RunPlan, name=PLAN_TOOL),
                   instructions=INSTRUCTIONS, retries=2, name="ultrawork-sisyphus")
     seconds = config.plan_max_seconds
     try:
@@ -57,5 +58,7 @@ async def plan_task(config: ModelAgentConfig, task: str, files: list[str],
     except (ModelAPIError, UnexpectedModelBehavior) as exc:
         detail = _redact(f"{type(exc).__name__}: {str(exc)[:500]}", config)
         raise ModelCallError(f"planning failed: {detail}") from None
+    finally:
+        await close_model(model)
     plan = result.output.model_copy(update={"planned_by": f"{config.provider}:{config.model}"})
     return plan, agent_usage(config, result.usage, 0.0)

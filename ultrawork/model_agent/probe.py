@@ -27,9 +27,10 @@ async def check_model(config: ModelAgentConfig, seconds: float = PROBE_SECONDS) 
     from pydantic_ai.exceptions import ModelAPIError, UnexpectedModelBehavior, UsageLimitExceeded
     from pydantic_ai.usage import UsageLimits
 
-    from .agent import _redact, build_model
+    from .agent import _redact, build_model, close_model
 
-    agent = Agent(build_model(config), output_type=str, name="ultrawork-check")
+    model = build_model(config)
+    agent = Agent(model, output_type=str, name="ultrawork-check")
     started = time.monotonic()
     try:
         async with asyncio.timeout(seconds), agent:
@@ -39,6 +40,8 @@ async def check_model(config: ModelAgentConfig, seconds: float = PROBE_SECONDS) 
         raise ModelCallError(f"the model did not answer within {seconds:g}s") from None
     except (ModelAPIError, UnexpectedModelBehavior, UsageLimitExceeded) as exc:
         raise ModelCallError(_redact(f"{type(exc).__name__}: {str(exc)[:500]}", config)) from None
+    finally:
+        await close_model(model)
     usage = result.usage
     return ProbeAnswer(seconds=round(time.monotonic() - started, 3), input_tokens=usage.input_tokens,
                        output_tokens=usage.output_tokens, text=str(result.output)[:200])
