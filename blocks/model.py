@@ -58,6 +58,13 @@ class ModelAgentSettings(Block):
     run_max_tokens: int | None = Field(None, ge=1, description="Most tokens (input + output) one run may use.")
     run_max_seconds: float | None = Field(None, gt=0, description="Longest the model agents of one run may "
                                           "work, from the run's start, in seconds.")
+    connect_timeout: float = Field(10.0, gt=0, le=600, description="Seconds to connect to the provider, per attempt.")
+    request_timeout: float = Field(300.0, gt=0, le=3600, description="Seconds to wait for a model's answer once "
+                                   "connected, per attempt.")
+    attempts: int = Field(3, ge=1, le=10, description="Tries of one model request (connection errors, timeouts, "
+                          "429 and 5xx answers); every try counts against the request budgets.")
+    plan_max_seconds: float = Field(120.0, gt=0, description="Longest planning may take (all its requests); then "
+                                    "the built-in rules choose the agents.")
     plan_runs: bool = Field(True, description="Let the model plan a run (roles, one brief each, writer subtasks) "
                             "when no agents are chosen; off: the built-in rules choose the roles.")
 
@@ -82,4 +89,6 @@ class ModelAgentSettings(Block):
                                 input_price_per_million=self.input_price_per_million,
                                 output_price_per_million=self.output_price_per_million,
                                 max_requests=self.max_requests, max_input_tokens=self.max_input_tokens,
-                                max_output_tokens=self.max_output_tokens, max_seconds=self.max_seconds)
+                                max_output_tokens=self.max_output_tokens, max_seconds=self.max_seconds,
+                                connect_timeout=self.connect_timeout, request_timeout=self.request_timeout,
+                                attempts=self.attempts, plan_max_seconds=self.plan_max_seconds)

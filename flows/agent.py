@@ -28,6 +28,7 @@ from ultrawork.tasks.model import cite_research, is_model_agent, prepare_model_a
 @flow(name="agent", flow_run_name="{run_id}-{profile.role}", validate_parameters=False)
 async def agent(run_id: str, profile: AgentProfile, prompt: str, round_no: int = 1):
     env = AgentEnvironment(run_id, profile, prompt)
+    env.round_no = round_no                         # a model agent continues its earlier round's conversation
     prepare_model_agent(env)                        # a model agent's file tool joins the files at /agent
     try:
         await env.set_up()                          # branch -> submodule -> Plan.md (the sandbox starts ahead)

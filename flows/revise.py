@@ -70,7 +70,12 @@ async def rerun(run_id: str, ledger: RunLedger, profile: AgentProfile, comment: 
     outcome = await state.aresult(raise_on_failure=False)
     if not isinstance(outcome, AgentOutcome):
         raise RuntimeError(f"agent subflow ended without an outcome: {state.message}")
-    outcome = outcome.model_copy(update={"round": round_no})
+    usage = outcome.usage
+    if done is not None and done.get("usage") and usage:      # a model agent: its rounds add up
+        from ultrawork.model_agent.accounting import total_usage
+
+        usage = total_usage([done["usage"], usage]).model_dump()
+    outcome = outcome.model_copy(update={"round": round_no, "usage": usage})
     await ledger.arecord(f"outcomes/{role}", outcome.model_dump(mode="json"),
                          stage_subject(role, Stage.OUTCOME_RECORDED, f"({outcome.status})"))
     failpoint("stage:round-agent-finished", role=role)

@@ -77,6 +77,7 @@ async def sisyphus(
     agent_profiles: dict[str, str] | None = None,
     model_settings: str | None = None,
     max_review_rounds: int = DEFAULT_ROUNDS,
+    role_models: dict[str, str] | None = None,
     attempts: int = 1,
     attempt_profiles: list[str] | None = None,
     auto_select: bool = False,
@@ -108,6 +109,8 @@ async def sisyphus(
             saved). With a model and no ``agents``, Sisyphus plans the run with it.
         max_review_rounds: Reviews per run: until the last, a reviewer can send an agent back with a comment
             (revise) or run a failed one again (retry).
+        role_models: Role -> model name for that role's model agents (same provider and key), on top of
+            the per-role blocks ``<model_settings>-<role>``, e.g. {"explore": "gpt-4.1-mini"}.
         attempts: Independent attempts of each writer at its subtask (1 to 8), each on its own branch, clone
             and sandbox; the repository's checks (check_command) run on each, and they are ranked: checks
             passed, fewer failing tests, smaller diff, lower cost. The best is pre-selected in the review.
@@ -119,7 +122,7 @@ async def sisyphus(
     resume = resume or continues_flow_run(run_id)       # suspended for review, rescheduled by the review
     config = await load_config()                         # the saved blocks, or the defaults
     use_config(config)                                   # this run's sandbox caps
-    model = await model_for_run(model_settings, run_id, resume)             # None offline
+    model = await model_for_run(model_settings, run_id, resume, role_models)   # None offline
     target = await checkout_repository(repo)            # a URL: this worker's cache clone, fetched now
     plan = await plan_run(run_id, task, target, agents, resume, model)      # the model's plan, or the rules
     agents = plan.names() if plan is not None else agents
@@ -135,11 +138,11 @@ async def sisyphus(
     params = {"task": task, "repo": repo, "agents": list(profiles), "base": base,
               "agent_commands": agent_commands, "review_timeout": review_timeout, "hooks": hooks,
               "check_command": check_command, "agent_profiles": agent_profiles,
-              "model_settings": model_settings, "max_review_rounds": max_review_rounds, "attempts": attempts,
-              "attempt_profiles": attempt_profiles, "auto_select": auto_select}
+              "model_settings": model_settings, "max_review_rounds": max_review_rounds, "role_models": role_models,
+              "attempts": attempts, "attempt_profiles": attempt_profiles, "auto_select": auto_select}
     async with run_egress(run_id, profiles):            # the egress gateway starts alongside the setup
         ledger = await open_run(run_id, params, target, resume, github=config.github is not None)
-        plan = await record_plan(run_id, ledger, task, plan, profiles)      # ledger stage + artifact
+        plan = await record_plan(run_id, ledger, task, plan, profiles, model)      # ledger stage + artifact
         async with run_mcp_servers(run_id, profiles):   # both stopped with the agents
             outcomes = await run_agents(run_id, ledger, task, profiles, plan)   # research, then the writers
     if run_usage_line(outcomes):

@@ -40,6 +40,7 @@ from ultrawork.secret_names import looks_secret
 from .policy import SandboxPolicy, validate_spec
 from .procs import owner_token, owner_alive
 from .spec import (
+    CACHE_ENV,
     HOME_TARGET,
     LABEL_AGENT,
     LABEL_CREATED,
@@ -321,7 +322,7 @@ class SandboxEngine:
                 hostname=spec.role,
                 user=f"{SANDBOX_UID}:{SANDBOX_UID}",
                 working_dir=WORKSPACE_TARGET if spec.workspace is not None else HOME_TARGET,
-                environment={**spec.env, "HOME": HOME_TARGET},
+                environment={**CACHE_ENV, **spec.env, "HOME": HOME_TARGET},
                 labels=labels,
                 network_mode=spec.network,
                 cap_drop=["ALL"],

@@ -20,6 +20,18 @@ DEFAULT_IMAGE = f"{IMAGE_REPOSITORY}:{IMAGE_VERSION}"
 SANDBOX_UID = 1000
 WORKSPACE_TARGET = "/workspace"
 HOME_TARGET = "/home/agent"
+# Every sandbox's environment: no bytecode, and the caches of common tools in $HOME (a tmpfs), not in
+# /workspace, so running a repository's tests leaves nothing the host would commit.
+CACHE_ENV = {
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONPYCACHEPREFIX": f"{HOME_TARGET}/.cache/pycache",
+    "XDG_CACHE_HOME": f"{HOME_TARGET}/.cache",
+    "PIP_CACHE_DIR": f"{HOME_TARGET}/.cache/pip",
+    "npm_config_cache": f"{HOME_TARGET}/.cache/npm",
+    "PYTEST_ADDOPTS": f"-o cache_dir={HOME_TARGET}/.cache/pytest",
+    "MYPY_CACHE_DIR": f"{HOME_TARGET}/.cache/mypy",
+    "RUFF_CACHE_DIR": f"{HOME_TARGET}/.cache/ruff",
+}
 
 from ultrawork.settings import ultrawork_home  # noqa: E402,F401 - its one definition, used with the labels
 

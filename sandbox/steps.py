@@ -74,14 +74,17 @@ def guarded_execute(
     output_log: OutputLog | None = None,
     before_execute: Callable[[], None] | None = None,
     monitor_interval: float = 1.0,
+    shown: Sequence[str] | None = None,
 ) -> ExecResult:
-    """Run ``argv`` in ``sandbox`` between the hooks; with ``ws``, one Plan.md step entry either way.
+    """Run ``argv`` in ``sandbox`` between the hooks; with ``ws``, one Plan.md step entry either way
+    (showing ``shown`` instead of ``argv`` when given: a readable form of an encoded command).
 
     A failed execution (timeout, limit, gone container) is recorded as a step
     with exit code -1 and the error as stderr, then re-raised. The isolation
     checker may raise a `SafetyViolation` after the step is recorded.
     """
     argv = list(argv)
+    recorded = list(shown) if shown is not None else argv
     check_step(engine, sandbox, argv, ws)
     stop, reason = threading.Event(), []
     if ws is not None:
@@ -96,10 +99,10 @@ def guarded_execute(
     except BaseException as exc:
         if ws is not None:
             stderr = "\n".join(s for s in (getattr(exc, "stderr", ""), str(exc)) if s)
-            ws.record_step(StepRecord(argv, -1, time.monotonic() - started, getattr(exc, "stdout", ""), stderr))
+            ws.record_step(StepRecord(recorded, -1, time.monotonic() - started, getattr(exc, "stdout", ""), stderr))
         raise
     finally:
         stop.set()
     if ws is not None:
-        ws.record_step(StepRecord(argv, result.exit_code, result.duration, result.stdout, result.stderr))
+        ws.record_step(StepRecord(recorded, result.exit_code, result.duration, result.stdout, result.stderr))
     return result

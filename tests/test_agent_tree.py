@@ -189,6 +189,7 @@ HOST_ONLY = {
     "sandbox/agent_tree.py": "the one module that acts on agent-writable trees (by descriptor)",
     "sandbox/access.py:agent_file_mounts": "the agent's inbox, host-owned, each file mounted read-only",
     "ultrawork/backlog/store.py": "the backlog's own folder",
+    "ultrawork/evaluation/taskset.py": "a task set's folders, copied before any run (no sandbox writes them)",
     "sandbox/image.py": "the image build's own root file system",
     "sandbox/agent_image.py": "the agent image's build context",
     "sandbox/procs.py": "/proc",

@@ -136,3 +136,24 @@ def test_the_repositorys_check_runs_on_the_integration_head_in_a_sandbox(run, ta
     assert not failed.passed and failed.exit_code == 1 and "missing" in failed.output_tail
     assert engine.list(run_id=run.run_id) == []
     assert not (run.path / "checks").exists()
+
+
+def test_build_and_cache_outputs_stay_out_named_in_plan_and_not_counted(run):
+    ws = run.add_agent("frontend")
+    ws.workspace_limit_mb = 1
+    for folder in ("src/__pycache__", ".pytest_cache/v", "web/node_modules/.cache/x", ".mypy_cache"):
+        (ws.path / folder).mkdir(parents=True)
+    _sparse(ws.path / "src/__pycache__/app.cpython-311.pyc", 3 * MiB)     # over the caps, but left out
+    (ws.path / ".pytest_cache/v/lastfailed").write_text("{}")
+    (ws.path / "web/node_modules/.cache/x/blob").write_text("cache")
+    (ws.path / "web/node_modules/lib.js").write_text("kept\n")
+    (ws.path / "old.pyc").write_bytes(b"\x00")
+    (ws.path / "src" / "app.py").write_text("print('changed')\n")
+    ws.commit_changes()
+    tree = git(ws.path, "ls-tree", "-r", "--name-only", "HEAD").splitlines()
+    assert "src/app.py" in tree and "web/node_modules/lib.js" in tree
+    assert not [p for p in tree if p.endswith(".pyc") or "cache" in p], tree
+    assert ws.refused == []
+    plan = ws.plan_path.read_text()
+    for name in ("src/__pycache__/", ".pytest_cache/", "web/node_modules/.cache/", ".mypy_cache/", "old.pyc"):
+        assert name in ws.left_out and name in plan

@@ -20,6 +20,7 @@ from rich.table import Table
 from ultrawork.cli.backlog import issues_app, sweep_command
 from ultrawork.cli.diffs import diff_command
 from ultrawork.cli.follow import logs_command
+from ultrawork.cli.model import model_app
 from ultrawork.cli.stopping import StopRequested, silence_console, stop_on_signals
 
 app = typer.Typer(help="Parallel AI coding agents in hardened sandboxes, orchestrated by Prefect.", no_args_is_help=True)
@@ -30,6 +31,7 @@ app.add_typer(sandboxes_app, name="sandboxes")
 app.add_typer(issues_app, name="issues")
 server_app = typer.Typer(help="The local Prefect server that run, status and review share.", no_args_is_help=True)
 app.add_typer(server_app, name="server")
+app.add_typer(model_app, name="model")
 app.command("sweep")(sweep_command)
 app.command("diff")(diff_command)
 app.command("logs")(logs_command)
@@ -146,7 +148,7 @@ def sandboxes_reap(
 def start_run(repo: str, task: str, agents: Optional[list[str]], base: str, commands: dict[str, list[str]],
               review_timeout: int, detach: bool, decide=None, agent_profiles: Optional[dict[str, str]] = None,
               as_json: bool = False, model_settings: Optional[str] = None,
-              extra: Optional[dict] = None) -> None:
+              role_models: Optional[dict[str, str]] = None, extra: Optional[dict] = None) -> None:
     """Validate, make sure the shared server runs, then run (or launch) the Sisyphus flow
     (``extra``: more of its parameters, e.g. check_command, attempts)."""
     from ultrawork.agents.attempts import check_attempts, with_attempts
@@ -169,6 +171,9 @@ def start_run(repo: str, task: str, agents: Optional[list[str]], base: str, comm
     except ValueError as exc:
         fail(str(exc), 2)
     ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
+    from ultrawork.cli.model import model_needed_or_fail
+
+    model_needed_or_fail(task, agents, agent_profiles, model_settings, as_json, role_models)
     run_id = new_run_id()
     params = {"task": task, "repo": str(repo), "agents": agents, "base": base, "run_id": run_id,
               "agent_commands": commands or None, "review_timeout": review_timeout}
@@ -176,6 +181,8 @@ def start_run(repo: str, task: str, agents: Optional[list[str]], base: str, comm
         params["agent_profiles"] = agent_profiles
     if model_settings:
         params["model_settings"] = model_settings
+    if role_models:
+        params["role_models"] = role_models
     params.update(extra)
     (err if as_json else out).print(f"run [bold]{run_id}[/] on {repo}")
     drive(params, detach, decide, as_json=as_json)
@@ -356,6 +363,9 @@ def run_command(
     model_settings: Annotated[Optional[str], typer.Option(
         help="Name of the ultrawork-model-agent block the model agents and the planner use "
              "(default: the block named 'default', if saved).")] = None,
+    model: Annotated[Optional[list[str]], typer.Option(
+        help="ROLE=MODEL: the model a role's model agents use, e.g. explore=gpt-4.1-mini (same provider and "
+             "key as the saved model; repeatable). Per-role blocks: 'ultrawork model set --role ROLE'.")] = None,
     base: Annotated[str, typer.Option(help="Base ref the agents' branches start from.")] = "HEAD",
     review_timeout: Annotated[str, typer.Option(help="How long to wait for the review: 90s, 30m, 2h, 1d.")] = "24h",
     detach: Annotated[bool, typer.Option("--detach", help="Run in the background and return.")] = False,
@@ -381,9 +391,12 @@ def run_command(
 
     from ultrawork.agents.profiles import parse_agent_profiles
 
+    from ultrawork.cli.model import parse_role_models
+
     try:
         commands = parse_agent_commands(agent_command or [])
         chosen = parse_agent_profiles(agent_profile or [])
+        role_models = parse_role_models(model or [])
     except ValueError as exc:
         fail(str(exc), 2)
     roles = [r.strip() for r in agents.split(",") if r.strip()] if agents else None
@@ -395,7 +408,7 @@ def run_command(
         fail(f"--check-command: {exc}", 2)
     profiles = [p.strip() for p in attempt_profiles.split(",") if p.strip()] if attempt_profiles else None
     start_run(repo, task, roles, base, commands, round(parse_duration(review_timeout)), detach,
-              agent_profiles=chosen, as_json=as_json, model_settings=model_settings,
+              agent_profiles=chosen, as_json=as_json, model_settings=model_settings, role_models=role_models,
               extra={"check_command": checks, "attempts": attempts, "attempt_profiles": profiles,
                      "auto_select": auto_select})
 

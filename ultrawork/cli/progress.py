@@ -24,14 +24,36 @@ def render(status) -> Table:
     table.add_column("stage")
     table.add_column("steps", justify="right")
     table.add_column("outcome")
+    models = any(getattr(a, "model", None) for a in status.agents)
+    if models:
+        for column in ("model", "requests", "tokens in/out", "cost"):
+            table.add_column(column, justify="left" if column == "model" else "right")
     for agent in status.agents:
         icon = ICONS.get(agent.stage, "▶")
         outcome = agent.outcome or ""
         style = "green" if outcome == "succeeded" else "red" if outcome == "failed" else ""
-        table.add_row(agent.role, f"{icon} {agent.stage}", str(agent.steps), f"[{style}]{outcome}[/]" if style else "")
+        row = [agent.role, f"{icon} {agent.stage}", str(agent.steps), f"[{style}]{outcome}[/]" if style else ""]
+        table.add_row(*row, *(usage_cells(agent.model, agent.usage) if models else []))
+    total = getattr(status, "model_total", None)
+    if models and total:
+        planning = getattr(status, "planning", None)
+        if planning:
+            table.add_row("(planning)", "", "", "", *usage_cells("", planning))
+        table.add_row("(run total)", "", "", "", *usage_cells("", total))
     review = status.review or "not yet"
     table.caption = f"review: {review}" + (f" · integration: {status.integration}" if status.integration else "")
     return table
+
+
+def usage_cells(model: str | None, usage: dict | None) -> list[str]:
+    """model, requests, tokens in/out, cost (model names are data: escaped)."""
+    from rich.markup import escape
+
+    if not usage:
+        return [escape(model or ""), "", "", ""]
+    cost = usage.get("cost")
+    return [escape(model or ""), str(usage.get("requests", 0)),
+            f"{usage.get('input_tokens', 0)}/{usage.get('output_tokens', 0)}", "" if cost is None else f"{cost:g}"]
 
 
 class RunDisplay(threading.Thread):

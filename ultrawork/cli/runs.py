@@ -32,6 +32,8 @@ class AgentStatus:
     stage: str = "queued"
     outcome: str | None = None
     steps: int = 0
+    model: str | None = None              # a model agent: its model and what it sent so far
+    usage: dict | None = None
 
 
 @dataclass
@@ -47,6 +49,17 @@ class RunStatus:
     agents: list[AgentStatus] = field(default_factory=list)
     history: list[str] = field(default_factory=list)
     attempts: list[dict] = field(default_factory=list)     # each writer's attempts, ranked (best first)
+    planning: dict | None = None          # what planning sent to the model
+
+    @property
+    def model_total(self) -> dict | None:
+        """The run's model totals: planning and every agent (None when no model was used)."""
+        used = [u for u in [self.planning, *(a.usage for a in self.agents)] if u]
+        if not used:
+            return None
+        from ultrawork.model_agent.accounting import total_usage
+
+        return total_usage(used).model_dump()
 
     @property
     def url(self) -> str | None:
@@ -58,7 +71,7 @@ class RunStatus:
     def as_dict(self) -> dict:
         return {"run_id": self.run_id, "path": self.path, "task": self.task.strip().splitlines()[0][:120],
                 "flow_run_id": self.flow_run_id, "ui": self.url, "state": self.state, "review": self.review,
-                "integration": self.integration,
+                "integration": self.integration, "planning": self.planning, "model_total": self.model_total,
                 "agents": [a.__dict__ for a in self.agents], "attempts": self.attempts}
 
 
@@ -123,6 +136,16 @@ def agent_stages(run: RunSuperproject, roles: list[str], history: list[str]) -> 
     return list(agents.values())
 
 
+def add_model_usage(run: RunSuperproject, agent: AgentStatus) -> None:
+    """A model agent's model and usage: its recorded outcome's, else what it has sent so far."""
+    from ultrawork.tasks.model import LIVE_USAGE
+
+    outcome = _json(run.path / "outcomes" / f"{agent.role}.json")
+    live = _json(run.private_dir / "agents" / agent.role / LIVE_USAGE)
+    source = outcome if outcome.get("model") else live
+    agent.model, agent.usage = source.get("model"), source.get("usage")
+
+
 def flow_run_state(flow_run_id: str | None) -> str | None:
     if not flow_run_id:
         return None
@@ -145,7 +168,10 @@ def run_status(run_id: str, with_state: bool = True) -> RunStatus:
         integration=_json(run.path / "integration.json").get("outcome"),
         agents=agent_stages(run, roles, history), history=history,
         attempts=_json(run.path / "attempts.json").get("rankings") or [],
+        planning=_json(run.path / "plan.json").get("usage"),
     )
+    for agent in status.agents:
+        add_model_usage(run, agent)
     if with_state:
         status.state = flow_run_state(status.flow_run_id)
         owner = orchestration.get("owner")

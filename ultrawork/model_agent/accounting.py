@@ -72,12 +72,18 @@ class TurnRecord(BaseModel):
                 f"{self.usage.requests} request(s))")
 
 
-def usage_limits(config: ModelAgentConfig) -> UsageLimits:
-    """The request and token budgets as pydantic-ai enforces them (time is a run timeout)."""
+def usage_limits(config: ModelAgentConfig, spent: AgentUsage | None = None) -> UsageLimits:
+    """The token budgets as pydantic-ai enforces them, less what earlier attempts spent. Requests are
+    counted and refused by the transport's `RequestMeter` (every HTTP request, retries included);
+    time is a run timeout."""
     from pydantic_ai.usage import UsageLimits
 
-    return UsageLimits(request_limit=config.max_requests, input_tokens_limit=config.max_input_tokens,
-                       output_tokens_limit=config.max_output_tokens)
+    def left(limit: int | None, used: int) -> int | None:
+        return None if limit is None else max(1, limit - used)
+
+    return UsageLimits(request_limit=None,
+                       input_tokens_limit=left(config.max_input_tokens, spent.input_tokens if spent else 0),
+                       output_tokens_limit=left(config.max_output_tokens, spent.output_tokens if spent else 0))
 
 
 def cost_of(config: ModelAgentConfig, input_tokens: int, output_tokens: int) -> float | None:
@@ -88,10 +94,15 @@ def cost_of(config: ModelAgentConfig, input_tokens: int, output_tokens: int) -> 
                   + output_tokens * (config.output_price_per_million or 0.0)) / 1_000_000, 8)
 
 
-def agent_usage(config: ModelAgentConfig, usage: RunUsage, seconds: float) -> AgentUsage:
-    return AgentUsage(requests=usage.requests, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-                      tool_calls=usage.tool_calls, seconds=round(seconds, 3),
-                      cost=cost_of(config, usage.input_tokens, usage.output_tokens))
+def agent_usage(config: ModelAgentConfig, usage: RunUsage, seconds: float, requests: int | None = None,
+                spent: AgentUsage | None = None) -> AgentUsage:
+    """One attempt's usage (``requests``: the HTTP requests its meter counted), plus ``spent`` (earlier
+    attempts of the same agent)."""
+    spent = spent or AgentUsage()
+    input_tokens, output_tokens = spent.input_tokens + usage.input_tokens, spent.output_tokens + usage.output_tokens
+    return AgentUsage(requests=usage.requests if requests is None else requests, input_tokens=input_tokens,
+                      output_tokens=output_tokens, tool_calls=spent.tool_calls + usage.tool_calls,
+                      seconds=round(spent.seconds + seconds, 3), cost=cost_of(config, input_tokens, output_tokens))
 
 
 def exceeded_limit(message: str) -> str:
@@ -103,19 +114,28 @@ def exceeded_limit(message: str) -> str:
 class RunBudget:
     """Limits shared by every model agent of one run (requests, tokens, seconds since the run began).
 
-    Agents charge it after each model response; the first charge past a limit stops that agent
-    with ``BudgetExceeded`` naming ``run_max_...``. Thread-safe: agents run side by side.
+    Requests are counted by ``meter`` as they are sent (each agent's and the planner's meters go
+    through it, so ``run_max_requests`` is never passed); tokens are charged after each response, and
+    the first charge past a limit stops that agent with ``BudgetExceeded`` naming ``run_max_...``.
+    Thread-safe: agents run side by side.
     """
 
     def __init__(self, max_requests: int | None = None, max_tokens: int | None = None,
                  max_seconds: float | None = None, spent: AgentUsage | None = None) -> None:
         import threading
 
+        from .transport import RequestMeter
+
         self.max_requests, self.max_tokens, self.max_seconds = max_requests, max_tokens, max_seconds
         self.started = time.monotonic()
-        self.requests = spent.requests if spent else 0          # earlier attempts of the run count too
+        self.meter = RequestMeter(limit=max_requests, name="run_max_requests",
+                                  sent=spent.requests if spent else 0)    # earlier attempts of the run count too
         self.tokens = (spent.input_tokens + spent.output_tokens) if spent else 0
         self._lock = threading.Lock()
+
+    @property
+    def requests(self) -> int:
+        return self.meter.sent
 
     @property
     def limited(self) -> bool:
@@ -129,15 +149,14 @@ class RunBudget:
         with self._lock:
             return self._over()
 
-    def charge(self, requests: int, tokens: int) -> str | None:
-        """Count one response; the run limit it reached (``run_max_requests``...), or None."""
+    def charge(self, tokens: int) -> str | None:
+        """Count one response's tokens; the run limit reached (``run_max_tokens``...), or None."""
         with self._lock:
-            self.requests += requests
             self.tokens += tokens
             return self._over()
 
     def _over(self) -> str | None:
-        if self.max_requests is not None and self.requests >= self.max_requests:
+        if self.max_requests is not None and self.meter.sent >= self.max_requests:
             return "run_max_requests"
         if self.max_tokens is not None and self.tokens >= self.max_tokens:
             return "run_max_tokens"

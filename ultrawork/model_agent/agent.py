@@ -19,12 +19,15 @@ from typing import Callable
 from pydantic import BaseModel, Field
 from pydantic_ai import Agent, ModelMessagesTypeAdapter, ToolOutput
 from pydantic_ai.exceptions import ModelAPIError, RunTimedOut, UnexpectedModelBehavior, UsageLimitExceeded
+from pydantic_ai.usage import RunUsage
 
 from .accounting import (AgentUsage, RunBudget, ToolCallRecord, ToolResultRecord, TurnRecord, agent_usage,
                          exceeded_limit, usage_limits)
 from .config import ModelAgentConfig
 from .errors import BudgetExceeded, ModelCallError, ModelConfigError
+from .history import cap_history, history_capability
 from .tools import TOOLS, SandboxTools, ToolDeps, describe_call
+from .transport import RequestMeter, RequestRefused, ResponseTooLarge
 
 log = logging.getLogger("ultrawork.model_agent")
 
@@ -71,42 +74,66 @@ def instructions(role: str, writable: bool) -> str:
             "your findings.")
 
 
-def build_model(config: ModelAgentConfig):
-    """The pydantic-ai model for ``config``; the only place the API key is read."""
+def build_model(config: ModelAgentConfig, meter=None):
+    """The pydantic-ai model for ``config``; the only place the API key is read.
+
+    Every HTTP request goes through `transport.MeteredTransport` (``config``'s timeouts and
+    attempts, counted by ``meter``); the SDK's own retries are off."""
+    from .transport import http_client, timeouts
+
     key = config.api_key.get_secret_value() if config.api_key is not None else None
+    client = dict(max_retries=0, timeout=timeouts(config), http_client=http_client(config, meter))
     if config.provider == "anthropic":
+        from anthropic import AsyncAnthropic
         from pydantic_ai.models.anthropic import AnthropicModel
         from pydantic_ai.providers.anthropic import AnthropicProvider
 
-        return AnthropicModel(config.model, provider=AnthropicProvider(api_key=key, base_url=config.base_url))
+        sdk = AsyncAnthropic(api_key=key, base_url=config.base_url, **client)
+        return AnthropicModel(config.model, provider=AnthropicProvider(anthropic_client=sdk))
+    from openai import AsyncOpenAI
     from pydantic_ai.models.openai import OpenAIChatModel
 
+    sdk = AsyncOpenAI(base_url=config.base_url, api_key=key or "api-key-not-set", **client)
     if config.provider == "openai":
         from pydantic_ai.providers.openai import OpenAIProvider
 
-        provider = OpenAIProvider(base_url=config.base_url, api_key=key)
+        provider = OpenAIProvider(openai_client=sdk)
     else:   # Ollama, vLLM and other servers of the OpenAI Chat Completions API
         from pydantic_ai.providers.openai_compatible import OpenAICompatibleProvider
 
-        provider = OpenAICompatibleProvider("openai-compatible", base_url=config.base_url, api_key=key)
+        provider = OpenAICompatibleProvider("openai-compatible", openai_client=sdk)
     return OpenAIChatModel(config.model, provider=provider)
+
+
+async def close_model(model) -> None:
+    """Close the SDK client (and its connections) that `build_model` made for ``model``."""
+    client = getattr(model, "client", None)
+    if client is not None:
+        await client.close()
 
 
 class ModelAgent:
     """Runs one role's task with a model; ``on_turn`` gets a `TurnRecord` after every model response."""
 
     def __init__(self, config: ModelAgentConfig, on_turn: Callable[[TurnRecord], None] | None = None,
-                 budget: RunBudget | None = None) -> None:
+                 budget: RunBudget | None = None, meter: RequestMeter | None = None,
+                 spent: AgentUsage | None = None, on_history: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.on_turn = on_turn
         self.budget = budget      # the run's shared limits, charged after every response
+        # every HTTP request of this agent (all its attempts): ``config.max_requests`` and the run's
+        self.meter = meter or RequestMeter(limit=config.max_requests,
+                                           parent=budget.meter if budget is not None else None)
+        self.spent = spent        # tokens, tool calls and seconds of this agent's earlier attempts
+        self.on_history = on_history  # the conversation (capped JSON) before every request: a journal to continue
 
-    def run(self, prompt: str, tools: SandboxTools, role: str, writable: bool, *,
+    def run(self, prompt: str | None, tools: SandboxTools, role: str, writable: bool, *,
             history: str | None = None) -> ModelAgentResult:
         """Run to a final answer; raises `BudgetExceeded` or `ModelCallError` with the result so far.
 
-        ``history`` (a previous result's ``messages_json``) continues that conversation, with
-        ``prompt`` as the next message. Callable from a thread with or without an event loop.
+        ``history`` (a previous result's ``messages_json``, or what ``on_history`` saved) continues that
+        conversation, with ``prompt`` as the next message; without a prompt, the saved conversation is
+        sent as it was (a retried or resumed request). Callable from a thread with or without an event loop.
         """
         coro = self.run_async(prompt, tools, role, writable, history=history)
         try:
@@ -116,45 +143,50 @@ class ModelAgent:
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"model-agent-{role}") as pool:
             return pool.submit(asyncio.run, coro).result()
 
-    async def run_async(self, prompt: str, tools: SandboxTools, role: str, writable: bool, *,
+    async def run_async(self, prompt: str | None, tools: SandboxTools, role: str, writable: bool, *,
                         history: str | None = None) -> ModelAgentResult:
         """`run` inside an event loop. Tools run one at a time on a thread of this run; when the run
         ends (a budget included) it waits for a command still running (bounded by the deadline), so
         no step is recorded after it returns."""
         executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"model-tools-{role}")
+        model = build_model(self.config, self.meter)
         try:
             with Agent.using_thread_executor(executor):
-                return await self._loop(prompt, tools, role, writable, history)
+                return await self._loop(model, prompt, tools, role, writable, history)
         finally:
+            await close_model(model)
             await asyncio.to_thread(executor.shutdown, True)
 
-    async def _loop(self, prompt: str, tools: SandboxTools, role: str, writable: bool,
+    async def _loop(self, model, prompt: str | None, tools: SandboxTools, role: str, writable: bool,
                     history: str | None) -> ModelAgentResult:
         config = self.config
         past = _history(history)
+        if prompt is None and not past:
+            raise ModelConfigError("no prompt and no conversation to continue")
         started = time.monotonic()
         budget = self.budget
         seconds = _earliest(config.max_seconds, budget.seconds_left() if budget is not None else None)
         deps = ToolDeps(tools=tools, role=role, writable=writable,
                         deadline=None if seconds is None else started + max(0.0, seconds))
-        agent = Agent(build_model(config), output_type=ToolOutput(ModelAgentAnswer, name=OUTPUT_TOOL),
+        meter, spent = self.meter, self.spent
+        agent = Agent(model, output_type=ToolOutput(ModelAgentAnswer, name=OUTPUT_TOOL),
                       instructions=instructions(role, writable), deps_type=ToolDeps, tools=TOOLS, retries=3,
-                      name=f"ultrawork-{role}")
+                      name=f"ultrawork-{role}", capabilities=[history_capability()])
         result = ModelAgentResult(role=role, provider=config.provider, model=config.model)
         agent_run = None
 
         def close(stopped_by: str | None, usage, messages) -> ModelAgentResult:
             result.stopped_by = stopped_by
-            result.usage = agent_usage(config, usage, time.monotonic() - started)
+            result.usage = agent_usage(config, usage, time.monotonic() - started, meter.sent, spent)
             result.findings_written = list(deps.findings)
-            result.messages_json = ModelMessagesTypeAdapter.dump_json(messages).decode()
+            result.messages_json = ModelMessagesTypeAdapter.dump_json(cap_history(list(messages))).decode()
             return result
 
         try:
             if budget is not None and budget.exhausted():
                 raise _RunLimit(budget.exhausted())
             async with agent:
-                async with agent.iter(prompt, deps=deps, usage_limits=usage_limits(config),
+                async with agent.iter(prompt, deps=deps, usage_limits=usage_limits(config, spent),
                                       timeout=None if seconds is None else max(0.001, seconds),
                                       message_history=past) as agent_run:
                     request, sent = None, time.monotonic()
@@ -163,13 +195,14 @@ class ModelAgent:
                             if budget is not None and budget.exhausted():
                                 raise _RunLimit(budget.exhausted())     # before the request is sent
                             request, sent = node.request, time.monotonic()
+                            self._journal(agent_run.all_messages(), request)
                         elif Agent.is_call_tools_node(node):
                             response = node.model_response
                             if budget is not None:
-                                budget.charge(1, response.usage.input_tokens + response.usage.output_tokens)
-                            self._report(result, role, request, response,
-                                         time.monotonic() - sent, agent_usage(config, agent_run.usage,
-                                                                              time.monotonic() - started))
+                                budget.charge(response.usage.input_tokens + response.usage.output_tokens)
+                            self._report(result, role, request, response, time.monotonic() - sent,
+                                         agent_usage(config, agent_run.usage, time.monotonic() - started,
+                                                     meter.sent, spent))
                     result.answer = agent_run.result.output
                     return close(None, agent_run.usage, agent_run.all_messages())
         except _RunLimit as exc:
@@ -177,7 +210,7 @@ class ModelAgent:
             if agent_run is not None:
                 close(limit, agent_run.usage, agent_run.all_messages())
             else:
-                result.stopped_by = limit
+                close(limit, RunUsage(), past or [])
             raise BudgetExceeded(limit, f"{role} agent stopped: the run's budget {limit} reached "
                                  f"(this agent: {_spent(result.usage)})", result) from None
         except UsageLimitExceeded as exc:
@@ -190,12 +223,26 @@ class ModelAgent:
             close(limit, exc.usage, exc.all_messages())
             raise BudgetExceeded(limit, f"{role} agent stopped: budget {limit} "
                                  f"({seconds:g}s) reached ({_spent(result.usage)})", result) from None
-        except (ModelAPIError, UnexpectedModelBehavior) as exc:
-            if agent_run is not None:
-                close(type(exc).__name__, agent_run.usage, agent_run.all_messages())
-            detail = _redact(f"{type(exc).__name__}: {str(exc)[:500]}", config)
-            raise ModelCallError(f"{role} agent: the model call failed: {detail}",
-                                 result if agent_run is not None else None) from None
+        except (ModelAPIError, UnexpectedModelBehavior, RequestRefused) as exc:
+            usage, messages = ((agent_run.usage, agent_run.all_messages()) if agent_run is not None
+                               else (RunUsage(), past or []))
+            if meter.refused:     # the meter refused to send: a budget, not a failed call
+                limit = meter.refused
+                close(limit, usage, messages)
+                raise BudgetExceeded(limit, f"{role} agent stopped: budget {limit} reached, the next request "
+                                     f"was not sent ({_spent(result.usage)})", result) from None
+            close(type(exc).__name__, usage, messages)
+            detail = _redact(f"{type(exc).__name__}: {str(exc)[:500]}{_transport_cause(exc)}", config)
+            raise ModelCallError(f"{role} agent: the model call failed: {detail}", result) from None
+
+    def _journal(self, messages: list, request) -> None:
+        """The conversation as it is about to be sent, to ``on_history`` (a failing journal stops the agent:
+        a conversation that cannot be continued must not look as if it could)."""
+        if self.on_history is None:
+            return
+        if not messages or messages[-1] is not request:
+            messages = [*messages, request]
+        self.on_history(ModelMessagesTypeAdapter.dump_json(cap_history(list(messages))).decode())
 
     def _report(self, result: ModelAgentResult, role: str, request, response, seconds: float,
                 totals: AgentUsage) -> None:
@@ -226,6 +273,18 @@ class _RunLimit(Exception):
     def __init__(self, limit: str) -> None:
         super().__init__(limit)
         self.limit = limit
+
+
+def _transport_cause(exc: BaseException) -> str:
+    """What the transport said, when it is why the call failed (the SDK says only "Connection error")."""
+    seen = exc.__cause__ or exc.__context__
+    for _ in range(8):
+        if seen is None:
+            return ""
+        if isinstance(seen, ResponseTooLarge):
+            return f" ({seen})"
+        seen = seen.__cause__ or seen.__context__
+    return ""
 
 
 def _earliest(*seconds: float | None) -> float | None:

@@ -41,6 +41,13 @@ class ModelAgentConfig(BaseModel):
     max_input_tokens: int | None = Field(None, ge=1, description="Most input tokens one agent run may use.")
     max_output_tokens: int | None = Field(None, ge=1, description="Most output tokens one agent run may use.")
     max_seconds: float | None = Field(1800.0, gt=0, description="Longest one agent run may take, in seconds.")
+    connect_timeout: float = Field(10.0, gt=0, le=600, description="Seconds to connect to the provider, per attempt.")
+    request_timeout: float = Field(300.0, gt=0, le=3600, description="Seconds to wait for a model's answer once "
+                                   "connected, per attempt.")
+    attempts: int = Field(3, ge=1, le=10, description="Tries of one model request (connection errors, timeouts, "
+                          "429 and 5xx answers); each one is a request counted against the budgets.")
+    plan_max_seconds: float = Field(120.0, gt=0, description="Longest the planner may take before the built-in "
+                                    "rules choose the agents.")
 
     def __init__(self, **data: Any) -> None:
         try:

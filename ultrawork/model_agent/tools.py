@@ -67,7 +67,8 @@ class GuardedSandboxTools:
 
         seconds = self.timeout if timeout is None else max(1.0, min(self.timeout, timeout))
         try:
-            result = guarded_execute(self.engine, self.sandbox, list(argv), ws=self.ws, timeout=seconds)
+            result = guarded_execute(self.engine, self.sandbox, list(argv), ws=self.ws, timeout=seconds,
+                                     shown=readable(argv))
         except CommandDeniedError as exc:
             return -1, "", f"refused before it ran by the sandbox's safety policy: {exc}"
         except SandboxTimeout as exc:
@@ -75,6 +76,26 @@ class GuardedSandboxTools:
         except ResourceLimitExceeded as exc:
             return -1, "", f"[stopped: {exc}]"
         return result.exit_code, result.stdout, result.stderr
+
+
+# where the base64 parts of a file-tool command begin: write PATH MODE PARTS..., patch PARTS..., findings PARTS...
+_CONTENT_AT = {"write": 5, "patch": 3, "findings": 3}
+EXCERPT_CHARS = 200
+
+
+def readable(argv: Sequence[str]) -> list[str] | None:
+    """A file-tool command as Plan.md shows it: the content it carries as a short excerpt, not base64."""
+    argv = list(argv)
+    start = _CONTENT_AT.get(argv[2]) if len(argv) > 2 and argv[:2] == ["python3", HELPER_PATH] else None
+    if start is None or len(argv) < start:
+        return None
+    try:
+        data = base64.b64decode("".join(argv[start:]), validate=True)
+    except ValueError:
+        return None
+    text = data.decode("utf-8", "replace")
+    excerpt = text[:EXCERPT_CHARS] + ("..." if len(text) > EXCERPT_CHARS else "")
+    return argv[:start] + [f"<{len(data)} bytes: {excerpt!r}>"]
 
 
 def bounded(text: str, limit: int = MAX_RESULT_CHARS) -> str:

@@ -107,12 +107,18 @@ class AgentEnvironment:
         if not new and self.ws.reached(Stage.CHANGES_COMMITTED):     # resumed: the work is in
             self.commits = [c.sha for c in self.ws.commits()]
         else:
-            if not new:                                                 # resumed: drop a partial attempt
+            if not new and not self._continues_conversation():         # resumed: drop a partial attempt
                 self.ws.reset_worktree()
             self.steps = [self.profile.argv(self.run_id)]
         # the clone the sandbox started ahead on was granted before that sandbox started (and Plan.md
         # is created agent-writable): no grant runs while a sandbox has it mounted
         return self._spec(self.ws, grant=self._granted is not self.ws or not new)
+
+    def _continues_conversation(self) -> bool:
+        """A model agent whose saved conversation goes on keeps the work tree that conversation made."""
+        from ultrawork.model_agent.journal import ConversationJournal
+
+        return self.profile.agent == "model" and ConversationJournal(self.ws.state_dir).in_progress(1) is not None
 
     # -- sandbox -> deploy agent -> execute loop ------------------------------------------
     async def start_sandbox(self) -> None:

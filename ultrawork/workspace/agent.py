@@ -54,7 +54,8 @@ class AgentWorkspace:
         self.identity = Identity(f"ultrawork-{role}", f"{role}@{run.run_id}.ultrawork.invalid")
         self.resource_monitor = ResourceMonitor(thresholds or ResourceThresholds())
         self.file_limit_mb, self.workspace_limit_mb = 50, 1024   # the commit's caps (the flow sets the profile's)
-        self.refused: list[str] = []    # what the last commit left out, and why
+        self.refused: list[str] = []    # what the last commit refused, and why
+        self.left_out: str | None = None  # the build and cache outputs it left out (named)
 
     def __repr__(self) -> str:
         return f"AgentWorkspace(run={self.run.run_id!r}, role={self.role!r}, branch={self.branch!r})"
@@ -208,6 +209,9 @@ class AgentWorkspace:
         for note in scan.notes():
             self.plan.append_note(note, kind="refused")
         self.refused = scan.notes()
+        self.left_out = scan.left_out_note()
+        if self.left_out:
+            self.plan.append_note(self.left_out, kind="left out")
         clones.commit_worktree(self.clone, self.branch, self.identity, message, self.state_dir / "tmp",
                                exclude=scan.pathspecs())
         recorded = self.run.recorded_commit(self.role)
