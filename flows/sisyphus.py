@@ -35,6 +35,7 @@ from ultrawork.runtime.mcp_servers import run_mcp_servers
 from ultrawork.tasks.reaper import reap_stale_work
 from ultrawork.tasks.team import check_model_agents, model_for_run, plan_run, record_plan, run_usage_line
 from ultrawork.runtime.together import together
+from ultrawork.untrusted import ARTIFACT_BYTES, Untrusted, read_agent_file
 from ultrawork.tasks.workspaces import checkout_repository, create_run
 from ultrawork.workspace.errors import WorkspaceError
 from ultrawork.workspace.ledger import RunLedger
@@ -197,14 +198,16 @@ async def _one_agent(run_id: str, ledger: RunLedger, prompt: str, profile: Agent
 
 
 async def _show(run_id: str, role: str, progress: Progress) -> None:
-    """The agent's Plan.md and the run's progress in the UI."""
-    def plan_text() -> str:
+    """The agent's Plan.md (read up to the artifact's cap) and the run's progress in the UI."""
+    def plan_text() -> tuple[Untrusted, str]:
         try:
-            return RunSuperproject.open(run_id).agent(role).plan.text()
+            path = RunSuperproject.open(run_id).agent(role).plan_path
         except WorkspaceError as exc:    # its setup failed: no workspace, no Plan.md
-            return f"# {role}\n\nNo Plan.md: {exc}\n"
-    plan = await asyncio.to_thread(plan_text)
-    await together(publish_plan(run_id, role, plan), progress.advance())
+            return Untrusted(f"No Plan.md: {exc}"), ""
+        return read_agent_file(path, ARTIFACT_BYTES) or Untrusted("Plan.md is missing or not a regular file."), \
+            str(path)
+    plan, where = await asyncio.to_thread(plan_text)
+    await together(publish_plan(run_id, role, plan, where), progress.advance())
 
 
 def review_timed_out(run_id: str, ledger: RunLedger, outcomes: list[AgentOutcome], review_timeout: int) -> RunResult:

@@ -75,10 +75,15 @@ class Bounded:
     size: int
 
 
+def byte_len(text: str) -> int:
+    """Its size in UTF-8 (lone surrogates, which decoding with ``surrogateescape`` leaves, count too)."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
 def bounded(text: str | bytes, limit: int, rest: str = "") -> str:
     """At most ``limit`` bytes (UTF-8) of ``text``; a cut one ends with a marker naming ``rest``
     (the command or place that shows the whole)."""
-    data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else bytes(text)
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
     if len(data) <= limit:
         return data.decode("utf-8", "replace")
     marker = CUT.format(more=len(data) - limit, rest=f"; the rest: {rest}" if rest else "")

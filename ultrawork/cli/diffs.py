@@ -9,7 +9,8 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from ultrawork.workspace.review_diff import AgentDiff, diff_or_error, visible
+from ultrawork.untrusted import visible
+from ultrawork.workspace.review_diff import AgentDiff, diff_or_error
 
 STYLES = (("+++", "bold"), ("---", "bold"), ("diff --git", "bold"), ("@@", "cyan"), ("+", "green"), ("-", "red"))
 

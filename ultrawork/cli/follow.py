@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ultrawork.workspace.review_diff import visible
+from ultrawork.untrusted import visible
 
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
 PAGE = 200
