@@ -35,7 +35,7 @@ from ultrawork.runtime.mcp_servers import run_mcp_servers
 from ultrawork.tasks.reaper import reap_stale_work
 from ultrawork.tasks.team import check_model_agents, model_for_run, plan_run, record_plan, run_usage_line
 from ultrawork.runtime.together import together
-from ultrawork.untrusted import ARTIFACT_BYTES, Untrusted, read_agent_file
+from ultrawork.untrusted import ARTIFACT_BYTES, Untrusted, install_log_escaping, read_agent_file
 from ultrawork.tasks.workspaces import checkout_repository, create_run
 from ultrawork.workspace.errors import WorkspaceError
 from ultrawork.workspace.ledger import RunLedger
@@ -103,6 +103,7 @@ async def sisyphus(
         max_review_rounds: Reviews per run: until the last, a reviewer can send an agent back with a comment
             (revise) or run a failed one again (retry).
     """
+    install_log_escaping()                               # logs quote agents: escaped and capped, on every handler
     run_id = validate_run_id(run_id or continued_run_id() or new_run_id())
     resume = resume or continues_flow_run(run_id)       # suspended for review, rescheduled by the review
     config = await load_config()                         # the saved blocks, or the defaults
