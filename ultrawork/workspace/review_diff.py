@@ -113,7 +113,9 @@ def _bounded_patch(git_dir: Path, base: str, head: str, max_lines: int, max_byte
     """The first ``max_lines`` lines (at most ``max_bytes``) of the patch."""
     text, cut = _bounded_git(git_dir, ["diff", "--patch", *DIFF_OPTIONS, "--end-of-options", base, head, "--"],
                              max_bytes)
-    lines = text.splitlines()
+    lines = text.split("\n")                  # newlines only: a CR or U+2028 in a line stays in it, shown
+    if lines and not lines[-1]:
+        lines.pop()
     if len(lines) > max_lines:
         lines, cut = lines[:max_lines], True
     return visible("\n".join(lines)), cut
@@ -130,7 +132,7 @@ def agent_diff(run: RunSuperproject, role: str, max_lines: int = PATCH_LINES,
 
     head = git(["rev-parse", "--verify", f"refs/heads/{ws.branch}^{{commit}}"]).strip()
     base = run.base_sha
-    stat, stat_cut = _bounded_git(git_dir, ["diff", "--stat=100", *DIFF_OPTIONS, "--end-of-options", base, head,
+    stat, stat_cut = _bounded_git(git_dir, ["diff", "--stat=100", "--stat-count=1000", *DIFF_OPTIONS, "--end-of-options", base, head,
                                             "--"], STAT_BYTES)
     stat = visible(stat.rstrip("\n")) + ("\n… (more files changed; the whole list: git diff --stat)" if stat_cut else "")
     short = git(["diff", "--shortstat", *DIFF_OPTIONS, "--end-of-options", base, head, "--"])
