@@ -153,7 +153,7 @@ def ask(console: Console, status) -> tuple[list[str], list[str], str, dict]:
         console.print(coloured(agent_report(run, agent.role)[1]), end="", soft_wrap=True)
         while True:
             answer = console.input(f"  {rich_markup(agent.role)} ({rich_markup(agent.outcome or agent.stage)}) — approve? "
-                                   "[y/n/r = send back with a comment] ").strip().lower()
+                                   "\\[y/n/r = send back with a comment] ").strip().lower()
             if answer in ("y", "yes", "n", "no"):
                 (approve if answer.startswith("y") else reject).append(agent.role)
                 break
