@@ -321,6 +321,16 @@ def artifact_ids(run_id: str) -> dict[str, str]:
     return {a.key: str(a.latest_id) for a in found}
 
 
+def agent_flow_runs(run_id: str) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    names = [f"{run_id}-{r}" for r in ROLES]
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=names)))
+    return {r.name.removeprefix(f"{run_id}-"): str(r.id) for r in runs}
+
+
 def assert_nothing_passes_for_the_host(page, where) -> None:
     """No agent text as a heading or a table, no image, frame or style from an address."""
     from playwright.sync_api import expect
@@ -388,6 +398,16 @@ def test_a_hostile_team_in_the_prefect_ui_loads_nothing_and_hides_no_report(
                 expect(page.get_by_text(shows.get(key, "<h1>All checks passed</h1>")).first).to_be_attached()
                 assert_nothing_passes_for_the_host(page, page)
         page.screenshot(path=ARTIFACTS / "hostile-plan-artifact-v2.png", full_page=True)
+
+        # Each agent's logs (its output and errors) in both UIs.
+        for role, flow_run_id in agent_flow_runs(run_id).items():
+            for prefix in ("", "/v2"):
+                page.goto(f"{ui}{prefix}/runs/flow-run/{flow_run_id}")
+                expect(page.get_by_text(f"{run_id}-{role}").first).to_be_visible()
+                if role == "librarian":
+                    expect(page.get_by_text("librarian agent failed").first).to_be_visible()
+                assert_nothing_passes_for_the_host(page, page)
+        page.screenshot(path=ARTIFACTS / "hostile-logs-v2.png", full_page=True)
         page.wait_for_timeout(1000)                                            # anything late still counts
         assert server.hits == [], f"the reviewer's browser fetched agent addresses: {server.hits}"
     finally:
