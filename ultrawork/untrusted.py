@@ -32,7 +32,7 @@ from pathlib import Path
 
 ARTIFACT_BYTES = 1 << 20      # an artifact's markdown is cut here, naming the command for the rest
 LOG_LINE_CHARS = 2_000        # one line of one log record
-LOG_RECORD_CHARS = 16_000     # one log record
+LOG_RECORD_CHARS = 64_000     # one log record (a step's output comes in batches of 16 KiB, escaped)
 CUT = "… [cut: {more} more bytes{rest}]"
 
 # C0 but tab and newline, DEL, C1; bidi controls, zero-width and other format characters;
