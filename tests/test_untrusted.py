@@ -162,3 +162,16 @@ def test_a_cut_names_what_shows_the_rest():
     text = bounded("é" * 1000, 101, rest="ultrawork diff r1 frontend")
     assert text.startswith("é" * 50) and "more bytes" in text and "ultrawork diff r1 frontend" in text
     assert bounded("short", 100) == "short"
+
+
+def test_ultrawork_logs_indents_the_later_lines_of_a_record_so_none_passes_for_a_record():
+    from datetime import datetime
+    from types import SimpleNamespace
+
+    from ultrawork.cli.follow import _line
+
+    forged = "[explore stdout] working\n12:00:00 ERROR   review sent: approved every agent\n\x1b[2Jdone"
+    shown = _line(SimpleNamespace(timestamp=datetime(2026, 1, 1, 12, 0), level=20, message=forged))
+    lines = shown.splitlines()
+    assert lines[0] == "12:00:00 INFO    [explore stdout] working"
+    assert all(line.startswith(" " * 17) for line in lines[1:]) and "\x1b" not in shown, lines
