@@ -112,3 +112,11 @@ def test_a_run_on_a_terminal_shows_no_agent_escape_sequence_and_names_a_markup_f
     others = set(re.findall(r"\x1b[^\[]", screen))
     assert not others, f"escape sequences other than CSI: {others}"
     assert "\\x1b]52;c;ZXZpbA==" in screen, "the agents' output is shown, escaped (not dropped)"
+
+    # integrating again (nothing resolved): the same conflict, the same file named, on a terminal too
+    run_id = re.search(r"run (\S+) on ", plain).group(1)
+    code, again = run_on_a_terminal([ULTRAWORK, "integrate", run_id], {}, timeout=200)
+    plain_again = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", again)
+    assert code == 4, again[-3000:]
+    assert re.search(r"conflict: .* left out: frontend \(conflicts in [^)]*\[/uw\]\.txt", plain_again), plain_again
+    assert not {seq for seq in FORBIDDEN if seq in again} and not re.findall(r"\x1b[^\[]", again)
