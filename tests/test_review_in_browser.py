@@ -331,13 +331,14 @@ def agent_flow_runs(run_id: str) -> dict[str, str]:
     return {r.name.removeprefix(f"{run_id}-"): str(r.id) for r in runs}
 
 
-def assert_nothing_passes_for_the_host(page, where) -> None:
-    """No agent text as a heading or a table, no image, frame or style from an address."""
+def assert_nothing_passes_for_the_host(page, where, tables: str = "table") -> None:
+    """No agent text as a heading or a table (``tables``: where one would be the agent's), no image,
+    frame or style from an address."""
     from playwright.sync_api import expect
 
     for tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
         expect(where.locator(tag).filter(has_text="All checks passed")).to_have_count(0)
-    expect(where.locator("table").filter(has_text="every agent")).to_have_count(0)
+    expect(where.locator(tables).filter(has_text="every agent")).to_have_count(0)
     expect(where.locator("img, iframe, picture, video, svg image, link[rel=stylesheet]")
            .filter(has=page.locator("[src*='127.0.0.1'], [href*='127.0.0.1']"))).to_have_count(0)
 
@@ -419,3 +420,38 @@ def test_a_hostile_team_in_the_prefect_ui_loads_nothing_and_hides_no_report(
             except Exception:  # noqa: BLE001 - the run may not have reached the review
                 pass
             flow.join(120)
+
+
+def test_table_artifacts_show_agent_text_as_text_in_both_uis(prefect_api, uw_home, browser):
+    """The results, egress and backlog tables carry agent-, model- or issue-written cells."""
+    from playwright.sync_api import expect
+    from prefect.artifacts import create_table_artifact
+
+    from hostile_strings import MARKDOWN, hostile
+    from ultrawork.untrusted import table_rows
+
+    ui = prefect_api.removesuffix("/api")
+    server = CountingServer()
+    attacks = sorted(hostile(server.url).items(), key=lambda item: item[0] not in MARKDOWN)   # first page: loads
+    rows = table_rows([{"agent": name, "egress": text} for name, text in attacks])
+    key = f"table-{uuid.uuid4().hex[:6]}"
+    # forced sync: the browser fixture's Playwright keeps an event loop in this thread
+    artifact_id = create_table_artifact(table=rows, key=key, description="hostile cells", _sync=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 2300})
+    context.set_default_timeout(30_000)
+    context.route("**/*", local_only)
+    page = context.new_page()
+    try:
+        sign_in(page, ui)
+        for prefix in ("", "/v2"):
+            page.goto(f"{ui}{prefix}/artifacts/artifact/{artifact_id}")
+            expect(page.locator("td", has_text="html image").first).to_be_visible()
+            shown = page.locator("td", has_text="html\\.png").or_(page.locator("td", has_text="html.png"))
+            expect(shown.first).to_be_visible()                      # the agent's text, as text
+            assert_nothing_passes_for_the_host(page, page, tables="td table, th table")   # none in a cell
+            page.screenshot(path=ARTIFACTS / f"hostile-table{prefix.replace('/', '-') or '-v1'}.png", full_page=True)
+        page.wait_for_timeout(1000)
+        assert server.hits == [], f"the browser fetched agent addresses: {server.hits}"
+    finally:
+        context.close()
+        server.close()

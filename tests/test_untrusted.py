@@ -175,3 +175,12 @@ def test_ultrawork_logs_indents_the_later_lines_of_a_record_so_none_passes_for_a
     lines = shown.splitlines()
     assert lines[0] == "12:00:00 INFO    [explore stdout] working"
     assert all(line.startswith(" " * 17) for line in lines[1:]) and "\x1b" not in shown, lines
+
+
+def test_table_artifact_cells_render_as_one_paragraph_of_text_and_numbers_stay_numbers():
+    from ultrawork.untrusted import table_rows
+
+    [row] = table_rows([{"agent": "explore", "egress": "\n".join(t for _, t in CASES), "bytes": 12, "note": ""}])
+    assert row["bytes"] == 12 and row["note"] == "" and row["agent"] == "explore"
+    page = render(row["egress"])
+    assert page.tags == ["p"] and not page.comments

@@ -143,6 +143,13 @@ def markdown_inline(text: str, limit: int | None = None) -> str:
     return _MD_PUNCT.sub(r"\\\1", text)
 
 
+def table_rows(rows: list[dict], limit: int = 2000) -> list[dict]:
+    """Rows for a table artifact: the Prefect UI renders its cells as markdown, so text cells are
+    escaped (``markdown_inline``); numbers and empty cells stay as they are."""
+    return [{key: markdown_inline(value, limit) if isinstance(value, str) and value else value
+             for key, value in row.items()} for row in rows]
+
+
 def fence_for(text: str, char: str = "`") -> str:
     """A code fence longer than every run of backticks in ``text`` (at least three)."""
     longest = max((len(m) for m in _BACKTICKS.findall(text)), default=0)

@@ -16,7 +16,7 @@ from prefect.artifacts import (
 from ultrawork.agents.outcome import AgentOutcome
 
 from ultrawork.runtime.logs import get_logger
-from ultrawork.untrusted import ARTIFACT_BYTES, Untrusted, bounded, byte_len
+from ultrawork.untrusted import ARTIFACT_BYTES, Untrusted, bounded, byte_len, table_rows
 
 
 def artifact_key(*parts: str) -> str:
@@ -53,7 +53,7 @@ async def publish_results(run_id: str, outcomes: list[AgentOutcome]) -> None:
         from ultrawork.model_agent.accounting import total_usage
 
         rows.append({"agent": "(run total)", **_model_columns("", total_usage([o.usage for o in outcomes]).model_dump())})
-    await create_table_artifact(table=rows, key=artifact_key("results", run_id),
+    await create_table_artifact(table=table_rows(rows), key=artifact_key("results", run_id),
                                 description=f"Agent results of run {run_id}")
 
 
