@@ -95,6 +95,16 @@ def test_inline_markdown_is_one_paragraph_of_exactly_the_agents_text(text):
     assert "".join(page.text).strip() == f"Error: {visible(text, one_line=True)}".strip()
 
 
+@pytest.mark.parametrize("text", [t for _, t in CASES] + ["1. first", "  - item", "+ plus", "=== rule",
+                                                          "12) twelve"], ids=IDS + ["ol", "ul", "plus", "eq", "ol2"])
+def test_inline_markdown_where_a_line_or_a_cell_starts_is_still_one_paragraph_of_text(text):
+    for where, tags in (("{}", ["p"]), ("- {}", ["ul", "li"]),
+                        ("| a |\n| - |\n| {} |", ["table", "thead", "tr", "th", "tbody", "tr", "td"])):
+        page = render(where.format(markdown_inline(text)))
+        assert page.tags == tags and not page.comments, (where, page.tags)
+        assert visible(text, one_line=True).strip() in "".join(page.text), page.text
+
+
 @pytest.mark.parametrize("text", [t for _, t in CASES], ids=IDS)
 def test_a_fenced_block_shows_exactly_the_agents_text_and_the_host_text_after_it(text):
     page = render(f"### Agent one\n\n{markdown_block(text)}\n\n**Agent two**\n\n{markdown_block('fine')}\n")

@@ -43,7 +43,8 @@ _INVISIBLE = ("\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u0600-\u0605\u061c\u06dd\u070f\
 _HIDDEN = re.compile(f"[{_INVISIBLE}]")
 _HIDDEN_OR_LINE = re.compile(f"[{_INVISIBLE}\n\t]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_MD_PUNCT = re.compile(r"([\\`*_{}\[\]()#+\-.!|~=^$])")
+_MD_INLINE = re.compile(r"([\\`*_{}\[\]|~!$^])")              # markup anywhere in a line
+_MD_BLOCK_START = re.compile(r"^(\s*)([-+=#]|\d+(?=[.)]))")       # a list, heading or rule where a line starts
 _BACKTICKS = re.compile(r"`+")
 
 
@@ -137,10 +138,16 @@ def bounded_list(items, limit: int, item_chars: int = 500) -> list[str]:
 # -- markdown for the Prefect UI ---------------------------------------------------------------
 
 def markdown_inline(text: str, limit: int | None = None) -> str:
-    """Agent text as one line of markdown text: nothing in it is markup, HTML, a link or an image."""
+    """Agent text as one line of markdown text: nothing in it is markup, HTML, a link or an image,
+    wherever the line is put (a cell, after a list marker, at the start of a line)."""
     text = visible(text if limit is None else bounded(text, limit), one_line=True)
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _MD_PUNCT.sub(r"\\\1", text)
+    return _MD_BLOCK_START.sub(_escape_block_start, _MD_INLINE.sub(r"\\\1", text), count=1)
+
+
+def _escape_block_start(match: re.Match) -> str:
+    lead, mark = match.group(1), match.group(2)
+    return f"{lead}{mark}\\" if mark[0].isdigit() else f"{lead}\\{mark}"     # 1\. or \# or \-
 
 
 def table_rows(rows: list[dict], limit: int = 2000) -> list[dict]:
