@@ -64,7 +64,7 @@ def diff_command(
 
         ensure_server()
         texts = agent_reports(run_id, role)
-    console = Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True, emoji=False)
     for n, text in enumerate(texts):
         if n:
             text = "\n" + text

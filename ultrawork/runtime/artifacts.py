@@ -105,7 +105,8 @@ def ui_url(path: str) -> str | None:
 async def publish_diff(run_id: str, role: str, markdown: str) -> str | None:
     """The agent's diff as a markdown artifact (the host's rendering of it, cut at the artifact's cap);
     returns its address in the UI (None when it has none)."""
-    markdown = bounded(markdown, ARTIFACT_BYTES, rest=f"ultrawork diff {run_id} {role}")
-    artifact_id = await create_markdown_artifact(markdown=markdown, key=artifact_key("diff", run_id, role),
+    artifact_id = await create_markdown_artifact(markdown=bounded(markdown, ARTIFACT_BYTES,
+                                                                  rest=f"ultrawork diff {run_id} {role}"),
+                                                 key=artifact_key("diff", run_id, role),
                                                  description=f"What the {role} agent changed in run {run_id}")
     return ui_url(f"artifacts/artifact/{artifact_id}")
