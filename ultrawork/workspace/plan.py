@@ -195,6 +195,20 @@ class PlanDocument:
         data = read_regular_file(self.path, limit=64 << 20)
         return "" if data is None else data.decode("utf-8", "replace")
 
+    def _last_byte(self) -> bytes:
+        """The file's last byte (the agent's Plan.md can be large: it is not read to append to it)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return b""
+        try:
+            st = os.fstat(fd)
+            return os.pread(fd, 1, st.st_size - 1) if stat.S_ISREG(st.st_mode) and st.st_size else b""
+        except OSError:
+            return b""
+        finally:
+            os.close(fd)
+
     def _append(self, markdown: str, *, create: bool = False) -> None:
         """Append without clobbering; a non-regular Plan.md (symlink, fifo, folder) is replaced."""
         flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | (os.O_CREAT | os.O_EXCL if create else 0)
@@ -213,8 +227,8 @@ class PlanDocument:
                 prefix = ("# Plan.md (recreated by the host)\n\n> The previous Plan.md was missing "
                           "or not a regular file; the host replaced it.\n\n")
             else:
-                current = self.text()
-                prefix = "\n" if current and not current.endswith("\n") else ""
+                last = self._last_byte()
+                prefix = "\n" if last not in (b"", b"\n") else ""
         fd = os.open(self.path, flags, 0o666)
         try:
             os.write(fd, (prefix + markdown.rstrip("\n") + "\n").encode("utf-8"))
