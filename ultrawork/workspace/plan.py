@@ -195,6 +195,31 @@ class PlanDocument:
         data = read_regular_file(self.path, limit=64 << 20)
         return "" if data is None else data.decode("utf-8", "replace")
 
+    def _lines(self, limit: int = 64 << 20, longest: int = 1 << 20):
+        """The file's lines, read in chunks (up to ``limit`` bytes); a line longer than ``longest``
+        (an agent's flood, never a host marker) is skipped rather than held."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return
+            rest, skipping, read = b"", False, 0
+            while read < limit and (chunk := os.read(fd, min(1 << 16, limit - read))):
+                read += len(chunk)
+                *lines, rest = (rest + chunk).split(b"\n")
+                for line in lines:
+                    if not skipping:
+                        yield line.decode("utf-8", "replace")
+                    skipping = False
+                if len(rest) > longest:
+                    rest, skipping = b"", True
+            if not skipping:
+                yield rest.decode("utf-8", "replace")
+        finally:
+            os.close(fd)
+
     def _last_byte(self) -> bytes:
         """The file's last byte (the agent's Plan.md can be large: it is not read to append to it)."""
         try:
@@ -297,7 +322,7 @@ class PlanDocument:
         """Parse the host markers (the last final section wins) and the checklist."""
         out = PlanSummary()
         in_checklist = False
-        for line in self.text().split("\n"):
+        for line in self._lines():
             if line == "<!-- ultrawork:checklist -->":
                 in_checklist, out.checklist = True, []
                 continue
