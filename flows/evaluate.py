@@ -21,7 +21,8 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ultrawork.agents.outcome import RunResult
-from ultrawork.evaluation.report import EvalRecord, EvalReport, markdown, summarize, table_rows
+from ultrawork.evaluation.report import EvalRecord, EvalReport, markdown, record_rows, summarize
+from ultrawork.untrusted import table_rows
 from ultrawork.evaluation.taskset import EvalSetting, EvalTask, load_settings, load_tasks, task_repository
 from ultrawork.flows.sisyphus import sisyphus
 from ultrawork.runtime.artifacts import artifact_key
@@ -63,9 +64,9 @@ async def evaluate(tasks_file: str, settings_file: str | None = None, concurrenc
     text = markdown(report)
     (folder / "report.md").write_text(text, encoding="utf-8")
     (folder / "report.json").write_text(report.model_dump_json(indent=2), encoding="utf-8")
-    await create_table_artifact(table=table_rows(report), key=artifact_key("eval", eval_id),
+    await create_table_artifact(table=table_rows(record_rows(report)), key=artifact_key("eval", eval_id),
                                 description=f"Evaluation {eval_id}: each task with each setting")
-    await create_markdown_artifact(markdown=text, key=artifact_key("eval-report", eval_id),
+    await create_markdown_artifact(markdown=markdown(report), key=artifact_key("eval-report", eval_id),
                                    description=f"Evaluation {eval_id}: resolved rate, cost, tokens, wall time")
     for s in report.settings:
         get_logger().info("%s: %d/%d resolved (%.0f%%)", s.setting, s.resolved, s.tasks, 100 * s.resolved_rate)

@@ -13,7 +13,6 @@ field's own description repeats that agent's numbers in one sentence.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -22,6 +21,7 @@ from pydantic import BaseModel, Field, create_model
 
 
 from ultrawork.agents.outcome import AgentOutcome, Verdict
+from ultrawork.untrusted import Untrusted, bounded_list, byte_len
 from ultrawork.workspace.integration import integration_branch
 
 Choice = Literal["approve", "reject"]
@@ -31,6 +31,8 @@ FailedLastRound = Literal["reject", "approve", "abort"]
 SUMMARY_LIMIT = 1500      # characters of one agent's Plan.md summary in the form
 SHORT_SUMMARY = 400       # summaries up to this long (and a few lines) are shown open
 FORM_PATCH_LINES = 80     # lines of each agent's patch in the form (the whole one is an artifact)
+MAX_ERRORS = 20           # errors of one agent listed in the form
+ERROR_CHARS = 300         # characters of each
 
 
 class ReviewDecision(RunInput):
@@ -48,9 +50,9 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m {secs:02d}s"
 
 
-def _text(value: str) -> str:
-    """Plain text safe inside markdown: no raw HTML, no table breaks."""
-    return value.replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|")
+def _text(value: str, limit: int | None = None) -> str:
+    """Text of an agent (or a task's author) inside the host's markdown: shown as written, never markup."""
+    return Untrusted(value).markdown(limit)
 
 
 def agent_facts(o: AgentOutcome) -> str:
@@ -63,11 +65,11 @@ def agent_facts(o: AgentOutcome) -> str:
         facts += (f" Model {o.model}: {o.usage.get('requests', 0)} request(s), {o.usage.get('input_tokens', 0)} "
                   f"input / {o.usage.get('output_tokens', 0)} output tokens{cost}.")
     if o.egress:
-        facts += f" {_text(o.egress[0].upper() + o.egress[1:])}."
+        facts += f" {_text(o.egress[0].upper() + o.egress[1:], 500)}."
     if o.round > 1:
         facts += f" Round {o.round}."
     if o.status != "succeeded":
-        kinds = sorted({e.split(":", 1)[0] for e in o.errors if ":" in e})
+        kinds = sorted({_text(e.split(":", 1)[0], 80) for e in o.errors[:MAX_ERRORS] if ":" in e})
         facts += (f" Failed with {', '.join(kinds) or 'an error'}; the tail of its output is in the summary above. "
                   "Retry runs it again (with your comment), reject continues without it, approve merges "
                   "whatever it committed, abort ends the run.")
@@ -80,41 +82,29 @@ def _row(o: AgentOutcome) -> str:
             f"| {_duration(o.duration)} | {o.retries} |")
 
 
-def _demote_headings(markdown: str, by: int = 3) -> str:
-    """Plan.md headings become sub-headings of the form's own (outside code fences)."""
-    out, fenced = [], False
-    for line in markdown.splitlines():
-        if line.lstrip().startswith("```"):
-            fenced = not fenced
-        elif not fenced:
-            match = re.match(r"(#{1,6})(\s.*)", line)
-            if match:
-                line = "#" * min(6, len(match.group(1)) + by) + match.group(2)
-        out.append(line)
-    return "\n".join(out)
-
-
 def _summary(o: AgentOutcome) -> str:
-    text = o.plan_summary.strip() or "_Plan.md has no summary._"
-    if len(text) > SUMMARY_LIMIT:
-        text = text[:SUMMARY_LIMIT].rstrip()
-        if sum(1 for line in text.splitlines() if line.lstrip().startswith("```")) % 2:
-            text += "\n```"                                 # never leave a code block open
-        text += "\n\n… (shortened; the whole Plan.md is an artifact of this run)"
-    text = _demote_headings(text)
+    """The agent's findings as written (a fenced block: nothing in it is markup), then its errors."""
+    text = o.plan_summary.strip()
+    if not text:
+        shown = "_Plan.md has no summary._"
+    else:
+        shown = Untrusted(text).block(limit=SUMMARY_LIMIT)
+        if byte_len(text) > SUMMARY_LIMIT:
+            shown += "\n\n… (shortened; the whole Plan.md is an artifact of this run)"
     if o.errors:
-        text += "\n\n**Errors:**\n\n" + "\n".join(f"- {_text(e[:300])}" for e in o.errors)
-    return text
+        errors = bounded_list(o.errors, MAX_ERRORS, ERROR_CHARS)
+        shown += "\n\n**Errors:**\n\n" + "\n".join(f"- {_text(e)}" for e in errors)
+    return shown
 
 
 def review_description(run_id: str, task: str, outcomes: list[AgentOutcome],
                        changes: dict[str, str] | None = None, ranking: str = "") -> str:
     """The markdown shown above the approval form (``changes``: role -> its diff, see :func:`agent_changes`)."""
-    first_line = task.strip().splitlines()[0][:200] if task.strip() else "(no task text)"
+    first_line = task.strip().splitlines()[0] if task.strip() else "(no task text)"
     lines = [
         f"### Review run `{run_id}`",
         "",
-        f"**Task:** {_text(first_line)}",
+        f"**Task:** {_text(first_line, 200)}",
         "",
         f"Decide for every agent: **approve** merges its branch (`ultrawork/{run_id}/<agent>`) into "
         f"`{integration_branch(run_id)}`, **reject** leaves it out. Every branch is kept either way.",

@@ -39,6 +39,7 @@ from ultrawork.runtime.mcp_servers import run_mcp_servers
 from ultrawork.tasks.reaper import reap_stale_work
 from ultrawork.tasks.team import check_model_agents, model_for_run, plan_run, record_plan, run_usage_line
 from ultrawork.runtime.together import together
+from ultrawork.untrusted import ARTIFACT_BYTES, Untrusted, install_log_escaping, read_agent_file
 from ultrawork.tasks.workspaces import checkout_repository, create_run
 from ultrawork.workspace.errors import WorkspaceError
 from ultrawork.workspace.ledger import RunLedger
@@ -118,6 +119,7 @@ async def sisyphus(
         auto_select: Integrate the best attempt of each writer without waiting for a person when its checks
             pass, and nothing when none pass (for unattended sweeps); needs check_command.
     """
+    install_log_escaping()                               # logs quote agents: escaped and capped, on every handler
     run_id = validate_run_id(run_id or continued_run_id() or new_run_id())
     resume = resume or continues_flow_run(run_id)       # suspended for review, rescheduled by the review
     config = await load_config()                         # the saved blocks, or the defaults
@@ -247,14 +249,16 @@ async def _one_agent(run_id: str, ledger: RunLedger, prompt: str, profile: Agent
 
 
 async def _show(run_id: str, role: str, progress: Progress) -> None:
-    """The agent's Plan.md and the run's progress in the UI."""
-    def plan_text() -> str:
+    """The agent's Plan.md (read up to the artifact's cap) and the run's progress in the UI."""
+    def plan_text() -> tuple[Untrusted, str]:
         try:
-            return RunSuperproject.open(run_id).agent(role).plan.text()
+            path = RunSuperproject.open(run_id).agent(role).plan_path
         except WorkspaceError as exc:    # its setup failed: no workspace, no Plan.md
-            return f"# {role}\n\nNo Plan.md: {exc}\n"
-    plan = await asyncio.to_thread(plan_text)
-    await together(publish_plan(run_id, role, plan), progress.advance())
+            return Untrusted(f"No Plan.md: {exc}"), ""
+        return read_agent_file(path, ARTIFACT_BYTES) or Untrusted("Plan.md is missing or not a regular file."), \
+            str(path)
+    plan, where = await asyncio.to_thread(plan_text)
+    await together(publish_plan(run_id, role, plan, where), progress.advance())
 
 
 def review_timed_out(run_id: str, ledger: RunLedger, outcomes: list[AgentOutcome], review_timeout: int) -> RunResult:

@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from ultrawork.agents.attempts import AttemptRanking, entry_for, groups, rank, ranking_markdown
 from ultrawork.agents.outcome import AgentOutcome, CheckResult
 from ultrawork.runtime.artifacts import artifact_key
+from ultrawork.untrusted import ARTIFACT_BYTES, bounded
 from ultrawork.runtime.logs import get_logger
 from ultrawork.tasks.checks import run_checks
 from ultrawork.workspace.gitcmd import run_git
@@ -53,6 +54,7 @@ async def rank_attempts(run_id: str, ledger: RunLedger, outcomes: list[AgentOutc
                           ", ".join(f"{e.role} ({'passed' if e.passed else 'not passed'})" for e in r.entries))
     await ledger.arecord("attempts", {"rankings": [r.model_dump(mode="json") for r in rankings]},
                          "attempts ranked: " + "; ".join(f"{r.writer}: {r.best.role} first" for r in rankings))
-    await create_markdown_artifact(markdown=ranking_markdown(rankings), key=artifact_key("attempts", run_id),
+    await create_markdown_artifact(markdown=bounded(ranking_markdown(rankings), ARTIFACT_BYTES),
+                                   key=artifact_key("attempts", run_id),
                                     description=f"Run {run_id}: each writer's attempts, ranked by the checks")
     return rankings

@@ -6,6 +6,8 @@ import asyncio
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
+
+from ultrawork.untrusted import table_rows
 from prefect.cache_policies import NO_CACHE
 
 from ultrawork.backlog import Backlog, BacklogError, Claim, Issue, Skip, claim_eligible
@@ -46,5 +48,5 @@ async def record_event(source: Backlog, issue_id: str, trigger: str, actor: str,
 
 
 async def publish_sweep(rows: list[dict], backlog_name: str) -> None:
-    await create_table_artifact(table=rows or [{"issue": "-", "note": "nothing to sweep"}], key="backlog-sweep",
+    await create_table_artifact(table=table_rows(rows or [{"issue": "-", "note": "nothing to sweep"}]), key="backlog-sweep",
                                 description=f"What the sweep of {backlog_name} took and what became of it")

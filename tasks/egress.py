@@ -28,6 +28,7 @@ from ultrawork.gateway.run import (
 )
 from ultrawork.runtime.artifacts import artifact_key
 from ultrawork.runtime.logs import get_logger
+from ultrawork.untrusted import table_rows
 
 
 async def host_secrets(refs: set[str]) -> dict[str, str]:
@@ -158,7 +159,7 @@ async def stop_egress(run_id: str) -> dict[str, dict]:
                  "hosts": ", ".join(f"{h} ({sum(c.values())})" for h, c in sorted(s.hosts.items()))}
                 for s in summaries.values()]
         try:
-            await create_table_artifact(table=rows, key=artifact_key("egress", run_id),
+            await create_table_artifact(table=table_rows(rows), key=artifact_key("egress", run_id),
                                         description=f"Egress of each agent of run {run_id} through its gateway")
         except Exception as exc:  # noqa: BLE001 - the record of egress is in the log already
             log.warning("the egress artifact of run %s was not written: %s", run_id, exc)

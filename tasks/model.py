@@ -28,8 +28,11 @@ from ultrawork.model_agent.transport import RequestMeter
 from ultrawork.runtime.logs import get_logger
 from ultrawork.sandbox.errors import SandboxError
 from ultrawork.tasks.recovery import recovery_for, task_options, will_retry
+from ultrawork.untrusted import bounded_list
 
 DEFAULT_SETTINGS = "default"
+MAX_FINDINGS = 50        # findings of one model agent held in its outcome (each of at most FINDING_CHARS)
+FINDING_CHARS = 4000
 
 
 @dataclass
@@ -315,8 +318,8 @@ def with_model_record(outcome: AgentOutcome, env) -> AgentOutcome:
     result = getattr(env, "model_result", None)
     findings: list[str] = []
     if result is not None:
-        findings = list(dict.fromkeys([*(result.answer.findings if result.answer else []),
-                                       *result.findings_written]))
+        findings = bounded_list(dict.fromkeys([*(result.answer.findings if result.answer else []),
+                                               *result.findings_written]), MAX_FINDINGS, FINDING_CHARS)
     run = _ACTIVE.get()
     return outcome.model_copy(update={
         "model": getattr(env, "model_name", None) or (run.name if run else None),

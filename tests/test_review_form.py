@@ -51,19 +51,20 @@ def test_the_description_tables_every_agent_and_collapses_long_plan_summaries():
     from ultrawork.flows.review import review_form
 
     text = review_form("r1", "Fix the TODO | <b>now</b>\nsecond line", OUTCOMES)._description
-    assert "**Task:** Fix the TODO \\| &lt;b>now&lt;/b>" in text and "second line" not in text
+    assert "**Task:** Fix the TODO \\| &lt;b&gt;now&lt;/b&gt;" in text and "second line" not in text
     assert "| Agent | Outcome | Files changed | Lines +/- | Duration | Retries |" in text
     for row in ("| **explore** | succeeded | 0 | +0 / -0 | 2.3s | 0 |",
                 "| **librarian** | **failed** | 0 | +0 / -0 | 1m 15s | 2 |",
                 "| **frontend** | succeeded | 2 | +3 / -1 | 2.7s | 0 |"):
         assert row in text
-    assert "**explore** (succeeded)\n\n##### Findings\n\nRepository map: 4 files." in text   # short: shown open
+    assert "**explore** (succeeded)\n\n```text\n## Findings\n\nRepository map: 4 files.\n```" in text   # short: open
     assert "_Plan.md has no summary._" in text
     librarian = text[text.index("<details><summary><b>librarian</b> (failed)"):]
     librarian = librarian[:librarian.index("</details>")]
     assert "shortened; the whole Plan.md is an artifact" in librarian
-    assert librarian.count("```") % 2 == 0, "a cut summary never leaves a code block open"
-    assert "- AgentCommandError: exit 1 &lt;stderr>" in librarian
+    assert "\n````text\n## Findings\n\n```text\n" in librarian and "more bytes]\n````\n" in librarian, \
+        "the agent's own fence stays inside the host's, which closes"
+    assert "- AgentCommandError: exit 1 &lt;stderr&gt;" in librarian
 
 
 def test_a_decision_maps_to_verdicts_and_the_cli_input_decides_every_agent_once():
@@ -127,3 +128,33 @@ def test_with_rounds_left_a_finished_agent_can_be_sent_back_and_a_failed_one_ret
     form.model_validate(aborted)
     with pytest.raises(ValueError, match="none failed"):
         review_input(["explore"], [], [], abort=True, failed=[])
+
+
+def test_a_hostile_report_renders_as_text_and_hides_no_report_after_it():
+    """Rendered as the UIs do (CommonMark with HTML and tables): the host's structure only, every report."""
+    from hostile_strings import everything
+    from test_untrusted import render
+
+    from ultrawork.flows.review import review_form
+
+    attack = everything("http://127.0.0.1:9") + "\n<!--"
+    team = [outcome("explore", plan_summary=attack),
+            outcome("librarian", status="failed", errors=[f"AgentCommandError: {attack}"] * 3, plan_summary=attack),
+            outcome("oracle", plan_summary="Oracle's report: the parser is fine."),
+            outcome("frontend", status="failed", errors=["AgentExecutionError: frontend's own error"],
+                    plan_summary="Frontend's report: edited core.py", egress=attack)]
+    form = review_form("r1", f"Fix it {attack}", team)
+    page = render(form._description)
+    assert not page.comments
+    assert set(page.tags) <= {"h3", "h4", "p", "strong", "em", "code", "pre", "table", "thead", "tbody", "tr", "th",
+                              "td", "details", "summary", "b", "ul", "li"}, sorted(set(page.tags))
+    assert page.tags.count("h3") == 1 and page.tags.count("h4") == 1 and page.tags.count("table") == 1
+    shown = "".join(page.text)
+    for report in ("Oracle's report: the parser is fine.", "Frontend's report: edited core.py",
+                   "AgentExecutionError: frontend's own error"):
+        assert report in shown, report
+    for role in ("explore", "librarian", "oracle", "frontend"):
+        assert page.text.count(role) >= 2 or shown.count(role) >= 2, role          # its row and its report
+    for field in form.model_json_schema()["properties"].values():
+        described = render(field.get("description", ""))
+        assert set(described.tags) <= {"p"} and not described.comments, field

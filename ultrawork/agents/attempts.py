@@ -14,6 +14,7 @@ import re
 from pydantic import BaseModel, Field
 
 from ultrawork.agents.outcome import AgentOutcome, CheckResult, Verdict
+from ultrawork.untrusted import markdown_block, markdown_inline
 
 MAX_ATTEMPTS = 8
 ATTEMPT = re.compile(r"(?P<first>[a-z][a-z0-9_]*(?:-(?:[2-9]|1[0-6]))?)-try(?P<n>[2-9]|1[0-6])")
@@ -155,16 +156,6 @@ def none_passed(rankings: list[AttemptRanking]) -> str:
     return "no attempt passed the checks (" + "; ".join(parts) + "); nothing was integrated, every branch is kept"
 
 
-def _cell(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|").replace("\n", " ")
-
-
-def _fenced(text: str) -> str:
-    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
-    fence = "`" * max(3, longest + 1)
-    return f"{fence}text\n{text}\n{fence}"
-
-
 def ranking_markdown(rankings: list[AttemptRanking], tail_chars: int = 1200) -> str:
     """The rankings for the form and the results artifact: a table per writer, then each check's tail."""
     lines: list[str] = []
@@ -175,11 +166,12 @@ def ranking_markdown(rankings: list[AttemptRanking], tail_chars: int = 1200) -> 
         for e in r.entries:
             checks = ("not run (" + e.status + ")" if e.check is None
                       else ("passed" if e.passed else f"failed (exit {e.check.exit_code})"))
-            lines.append(f"| {e.rank} | **{_cell(e.role)}** | {checks} | "
+            lines.append(f"| {e.rank} | **{markdown_inline(e.role)}** | {checks} | "
                          f"{'?' if e.failing_tests is None else e.failing_tests} | {e.files_changed} | "
                          f"{e.lines_changed} | {'-' if e.cost is None else f'{e.cost:g}'} |")
         lines.append("")
         for e in r.entries:
             if e.check is not None and e.check.output_tail.strip():
-                lines += [f"Checks of {_cell(e.role)} (tail):", "", _fenced(e.check.output_tail[-tail_chars:]), ""]
+                lines += [f"Checks of {markdown_inline(e.role)} (tail):", "",
+                          markdown_block(e.check.output_tail[-tail_chars:]), ""]
     return "\n".join(lines)

@@ -115,11 +115,14 @@ class RunPlan(BaseModel):
         return next((a.brief for a in self.agents if a.agent == name), None)
 
     def markdown(self) -> str:
-        lines = [f"# Run plan ({self.planned_by})", "", self.summary, "", "| agent | brief | files |",
-                 "| --- | --- | --- |"]
+        """The plan as an artifact; what the model wrote is shown as text (a model reads hostile issues)."""
+        from ultrawork.untrusted import Untrusted
+
+        lines = [f"# Run plan ({Untrusted(self.planned_by).markdown(100)})", "", Untrusted(self.summary).markdown(4000),
+                 "", "| agent | brief | files |", "| --- | --- | --- |"]
         for a in self.agents:
-            cell = a.brief.replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {a.agent} | {cell} | {', '.join(a.files) or '-'} |")
+            files = Untrusted(", ".join(a.files)).markdown(2000) if a.files else "-"
+            lines.append(f"| {Untrusted(a.agent).markdown(100)} | {Untrusted(a.brief).markdown(4000)} | {files} |")
         return "\n".join(lines) + "\n"
 
 

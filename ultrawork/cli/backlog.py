@@ -12,10 +12,11 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from ultrawork.untrusted import rich_markup, rich_text
 
 issues_app = typer.Typer(help="Backlog issues: their state and history.", no_args_is_help=True)
-out = Console()
-err = Console(stderr=True, soft_wrap=True)
+out = Console(emoji=False)              # issue titles and tasks come from GitHub: text, never markup
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 BACKLOG_HELP = "A directory holding issues/<id>/issue.yaml (default: $ULTRAWORK_HOME/backlog) or github:OWNER/NAME."
 Backlog = Annotated[Optional[str], typer.Option("--backlog", help=BACKLOG_HELP)]
@@ -60,10 +61,11 @@ def issues_list(
     table = Table("ID", "STATE", "VERSION", "TITLE", "LAST EVENT", title=source.name)
     for i in issues:
         title = i.title or (i.task.strip().splitlines()[0][:60] if i.task.strip() else "")
-        table.add_row(i.id, i.state, str(i.version), title, _last(i))
+        table.add_row(rich_text(i.id, one_line=True), i.state, str(i.version), rich_text(title, one_line=True),
+                      rich_text(_last(i), one_line=True))
     out.print(table if issues else f"no issues in {source.name}")
     for problem in problems:
-        err.print(f"[yellow]unreadable:[/] {problem}", highlight=False)
+        err.print(f"[yellow]unreadable:[/] {rich_markup(str(problem))}", highlight=False)
 
 
 @issues_app.command("show")
@@ -80,18 +82,20 @@ def issues_show(
         print(json.dumps({**issue.model_dump(mode="json"), "state": issue.state, "version": issue.version},
                          indent=2))
         return
-    out.print(f"[bold]{issue.id}[/] {issue.title}  ·  state [bold]{issue.state}[/]  ·  version {issue.version}")
-    out.print(f"repo: {issue.repo or '-'}  ·  base: {issue.base}  ·  agents: {', '.join(issue.agents or []) or 'auto'}")
+    out.print(f"[bold]{rich_markup(issue.id)}[/] {rich_markup(issue.title or '')}  ·  state [bold]{issue.state}[/]  ·  version {issue.version}")
+    out.print(rich_text(f"repo: {issue.repo or '-'}  ·  base: {issue.base}  ·  agents: "
+                        f"{', '.join(issue.agents or []) or 'auto'}", one_line=True))
     if issue.task:
-        out.print(f"task: {issue.task.strip().splitlines()[0][:200]}")
+        out.print(rich_text(f"task: {issue.task.strip().splitlines()[0][:200]}", one_line=True))
     if issue.history:
         out.print("history:")
     for e in issue.history:
-        out.print(f"  v{e.version}  {e.at}  [bold]{e.trigger}[/]  {e.source} -> {e.dest}  by {e.actor or '?'}",
+        out.print(f"  v{e.version}  {e.at}  [bold]{e.trigger}[/]  {e.source} -> {e.dest}  by "
+                  f"{rich_markup(e.actor or '?')}",
                   highlight=False)
         for key, value in e.data.items():
             if key != "reason" or value != e.data.get("message"):
-                out.print(f"        {key}: {str(value)[:200]}", highlight=False)
+                out.print(rich_text(f"        {key}: {str(value)[:200]}", one_line=True), highlight=False)
     out.print(f"next: {', '.join(allowed(issue.state)) or 'nothing (final)'}")
 
 

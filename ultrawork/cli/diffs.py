@@ -9,7 +9,8 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from ultrawork.workspace.review_diff import AgentDiff, diff_or_error, visible
+from ultrawork.untrusted import visible
+from ultrawork.workspace.review_diff import AgentDiff, diff_or_error
 
 STYLES = (("+++", "bold"), ("---", "bold"), ("diff --git", "bold"), ("@@", "cyan"), ("+", "green"), ("-", "red"))
 
@@ -18,10 +19,13 @@ def findings(run, role: str) -> str:
     """A read-only agent's report: its Plan.md findings (as the review form shows them)."""
     from ultrawork.runtime.environment import plan_excerpt
 
+    from ultrawork.untrusted import read_agent_file
+
     try:
-        text = run.agent(role).plan.text()
+        plan = read_agent_file(run.agent(role).plan_path, 1 << 20)      # the agent's file: read up to a cap
     except Exception as exc:  # noqa: BLE001 - no workspace: say why
         return f"no Plan.md: {exc}"
+    text = plan.text if plan is not None else ""
     return visible(plan_excerpt(text, limit=4000)) or "(Plan.md has no findings)"
 
 
@@ -63,7 +67,7 @@ def diff_command(
 
         ensure_server()
         texts = agent_reports(run_id, role)
-    console = Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True, emoji=False)
     for n, text in enumerate(texts):
         if n:
             text = "\n" + text

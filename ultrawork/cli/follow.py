@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ultrawork.workspace.review_diff import visible
+from ultrawork.untrusted import visible
 
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
 PAGE = 200
@@ -39,7 +39,9 @@ def run_flow_runs(run_id: str, role: str | None) -> list[uuid.UUID]:
 def _line(log) -> str:
     when = log.timestamp.strftime("%H:%M:%S") if isinstance(log.timestamp, datetime) else str(log.timestamp)
     level = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}.get(log.level, str(log.level))
-    return f"{when} {level:<7} {visible(log.message)}\n"
+    prefix = f"{when} {level:<7} "
+    # a record of several lines (a step's output): its later lines are indented, so none passes for a record
+    return prefix + visible(log.message).replace("\n", "\n" + " " * len(prefix)) + "\n"
 
 
 def read_new(client, flow_runs: list[uuid.UUID], seen: set, after) -> tuple[list, object]:

@@ -10,9 +10,12 @@ import sys
 def main() -> int:
     params = json.loads(sys.argv[1])
     from ultrawork.flows.sisyphus import sisyphus
+    from ultrawork.untrusted import install_log_escaping, terminal
+
+    install_log_escaping()                 # this log is a file a person reads in a terminal
 
     result = asyncio.run(sisyphus(**params))
-    print(result.message, flush=True)
+    print(terminal(result.message), flush=True)
     return 0
 
 

@@ -16,12 +16,14 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ultrawork.cli.backlog import issues_app, sweep_command
 from ultrawork.cli.diffs import diff_command
 from ultrawork.cli.follow import logs_command
 from ultrawork.cli.model import model_app
 from ultrawork.cli.stopping import StopRequested, silence_console, stop_on_signals
+from ultrawork.untrusted import install_log_escaping, rich_text
 
 app = typer.Typer(help="Parallel AI coding agents in hardened sandboxes, orchestrated by Prefect.", no_args_is_help=True)
 sandbox_app = typer.Typer(help="The sandbox image.", no_args_is_help=True)
@@ -36,8 +38,10 @@ app.command("sweep")(sweep_command)
 app.command("diff")(diff_command)
 app.command("logs")(logs_command)
 
-out = Console()
-err = Console(stderr=True, soft_wrap=True)
+# Agent text (messages quoting file names, errors, output) is printed as ``Text`` or through
+# ``ultrawork.untrusted.rich_markup``, never as markup; no ``:name:`` emoji codes either.
+out = Console(emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 
@@ -52,7 +56,8 @@ def parse_duration(text: str) -> float:
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    """The message may quote an agent (an error naming its file): printed as text, escaped."""
+    err.print(Text.assemble(("error:", "bold red"), " ", rich_text(message)), highlight=False)
     raise typer.Exit(code)
 
 
@@ -220,6 +225,7 @@ def drive(params: dict, detach: bool, decide=None, lock=None, as_json: bool = Fa
 
     from ultrawork.flows.sisyphus import sisyphus
 
+    install_log_escaping()        # Prefect's console handler prints warnings that quote an agent's output
     display = RunDisplay(run_id, err if as_json else out, interactive=stdin_is_terminal(), decide=decide)
     display.start()
     try:
@@ -262,14 +268,17 @@ def report(result, as_json: bool = False) -> None:
                          indent=2))
         raise typer.Exit(code)
     color = "green" if result.outcome == "integrated" else "yellow"
-    out.print(f"[{color}]{result.outcome}[/]: {result.message}")
+    # the message names conflicting files and failed checks: agent text, printed as text
+    out.print(Text.assemble((str(result.outcome), color), ": ", rich_text(result.message)), highlight=False)
     for agent in result.agents:
-        out.print(f"  {agent.role:<10} {agent.status:<10} {agent.branch}  (Plan.md: {agent.plan_path})")
+        out.print(rich_text(f"  {agent.role:<10} {agent.status:<10} {agent.branch}  (Plan.md: {agent.plan_path})"),
+                  highlight=False)
         if agent.model:   # a model agent: which model, and what it spent
             u = agent.usage or {}
             cost = "" if u.get("cost") is None else f", cost {u['cost']:g}"
-            out.print(f"  {'':<10} model {agent.model}: {u.get('requests', 0)} request(s), "
-                      f"{u.get('input_tokens', 0)} input / {u.get('output_tokens', 0)} output tokens{cost}")
+            out.print(rich_text(f"  {'':<10} model {agent.model}: {u.get('requests', 0)} request(s), "
+                                f"{u.get('input_tokens', 0)} input / {u.get('output_tokens', 0)} output tokens{cost}"),
+                      highlight=False)
     if result.check is not None:
         out.print(f"  checks: {'passed' if result.check.passed else 'failed'} (exit {result.check.exit_code})")
     print_attempts(result.attempts)
@@ -482,6 +491,7 @@ def integrate_command(
     from ultrawork.local_server.manager import ensure_server
 
     ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
+    install_log_escaping()
     state = asyncio.run(integrate(run_id, return_state=True))
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
@@ -630,7 +640,7 @@ def main() -> None:
     try:
         app()
     except UltraworkError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(Text.assemble(("error:", "bold red"), " ", rich_text(str(exc))), highlight=False)
         sys.exit(1)
 
 

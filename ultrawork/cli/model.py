@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.markup import escape
 
 model_app = typer.Typer(help="The model the built-in model agents and the planner use.", no_args_is_help=True)
-out = Console(highlight=False)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
+out = Console(highlight=False, emoji=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False, emoji=False)
 
 DEFAULT_NAME = "default"
 

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ultrawork.cli.runs import RunNotFound, run_status
 from ultrawork.failpoints import failpoint
+from ultrawork.untrusted import rich_markup, rich_text
 from ultrawork.workspace.stages import Stage
 
 ICONS = {Stage.QUEUED: "·", Stage.WORKSPACE_CREATED: "⎇", Stage.PLAN_CREATED: "✎", Stage.CHANGES_COMMITTED: "✔",
@@ -32,7 +33,8 @@ def render(status) -> Table:
         icon = ICONS.get(agent.stage, "▶")
         outcome = agent.outcome or ""
         style = "green" if outcome == "succeeded" else "red" if outcome == "failed" else ""
-        row = [agent.role, f"{icon} {agent.stage}", str(agent.steps), f"[{style}]{outcome}[/]" if style else ""]
+        row = [rich_text(agent.role, one_line=True), rich_text(f"{icon} {agent.stage}", one_line=True),
+               str(agent.steps), rich_text(outcome, one_line=True, style=style)]
         table.add_row(*row, *(usage_cells(agent.model, agent.usage) if models else []))
     total = getattr(status, "model_total", None)
     if models and total:
@@ -41,7 +43,8 @@ def render(status) -> Table:
             table.add_row("(planning)", "", "", "", *usage_cells("", planning))
         table.add_row("(run total)", "", "", "", *usage_cells("", total))
     review = status.review or "not yet"
-    table.caption = f"review: {review}" + (f" · integration: {status.integration}" if status.integration else "")
+    table.caption = rich_text(f"review: {review}" + (f" · integration: {status.integration}" if status.integration
+                                                      else ""), one_line=True)
     return table
 
 
@@ -99,7 +102,7 @@ class RunDisplay(threading.Thread):
                 except Exception as exc:  # noqa: BLE001 - shown, then polled again
                     if str(exc) != shown_error:
                         shown_error = str(exc)
-                        self.console.print(f"[yellow]progress: {type(exc).__name__}: {exc} (retrying)[/]")
+                        self.console.print(f"[yellow]progress: {type(exc).__name__}: {rich_markup(str(exc))} (retrying)[/]")
                     status = None
                 if status is not None and status.url and not shown_url:
                     live.console.print(f"UI: {status.url}", highlight=False)    # where to watch and review it
@@ -119,7 +122,7 @@ class RunDisplay(threading.Thread):
             except Exception as exc:  # noqa: BLE001 - shown at once, retried
                 if attempt == self.REVIEW_ATTEMPTS or self.done.is_set():
                     raise
-                self.console.print(f"[yellow]the review could not be sent ({type(exc).__name__}: {exc}); "
+                self.console.print(f"[yellow]the review could not be sent ({type(exc).__name__}: {rich_markup(str(exc))}); "
                                    f"trying again in {2 ** attempt} s[/]")
                 if self.done.wait(2 ** attempt):
                     return
@@ -131,7 +134,8 @@ class RunDisplay(threading.Thread):
         self.error = exc
         if self.done.is_set():
             return
-        self.console.print(f"[red]the review of run {self.run_id} could not be sent: {type(exc).__name__}: {exc}; "
+        self.console.print(f"[red]the review of run {self.run_id} could not be sent: {type(exc).__name__}: "
+                           f"{rich_markup(str(exc))}; "
                            f"stopping this command (the run is kept: 'ultrawork resume {self.run_id}')[/]")
         _thread.interrupt_main()
 
@@ -170,8 +174,8 @@ def ask(console: Console, status) -> tuple[list[str], list[str], str, dict]:
         console.print()
         console.print(coloured(agent_report(run, agent.role)[1]), end="", soft_wrap=True)
         while True:
-            answer = console.input(f"  {agent.role} ({agent.outcome or agent.stage}) — approve? "
-                                   "[y/n/r = send back with a comment] ").strip().lower()
+            answer = console.input(f"  {rich_markup(agent.role)} ({rich_markup(agent.outcome or agent.stage)}) — approve? "
+                                   "\\[y/n/r = send back with a comment] ").strip().lower()
             if answer in ("y", "yes", "n", "no"):
                 (approve if answer.startswith("y") else reject).append(agent.role)
                 break

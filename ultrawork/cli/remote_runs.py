@@ -16,7 +16,7 @@ from ultrawork.cli.runs import AgentStatus, RunStatus
 from ultrawork.runtime.artifacts import artifact_key
 from ultrawork.runtime.naming import run_tag
 from ultrawork.workspace.ledger import RunNotFound
-from ultrawork.workspace.review_diff import visible
+from ultrawork.untrusted import visible
 from ultrawork.workspace.superproject import ultrawork_home
 
 REMOTE_PATH = "(on another machine: read through Prefect)"
@@ -155,7 +155,7 @@ def agent_reports(run_id: str, role: str | None = None) -> list[str]:
         elif isinstance(diff, str):
             reports.append(f"{name}: {terminal_text(diff)}")
         elif isinstance(plan, str):
-            findings = visible(plan_excerpt(plan, limit=4000)) or "(Plan.md has no findings)"
+            findings = visible(plan_excerpt(terminal_text(plan), limit=4000)) or "(Plan.md has no findings)"
             reports.append(f"{name}: no change on {branch}; its findings:\n\n{findings}\n")
         else:
             reports.append(f"no diff for {name}: the run has published neither its diff nor its Plan.md yet\n")

@@ -6,6 +6,8 @@ import statistics
 
 from pydantic import BaseModel, Field
 
+from ultrawork.untrusted import markdown_inline
+
 
 class EvalRecord(BaseModel):
     """One task run with one setting, automatic selection, and what it showed."""
@@ -68,7 +70,7 @@ def summarize(eval_id: str, records: list[EvalRecord]) -> EvalReport:
 
 
 def _cell(text: str) -> str:
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|").replace("\n", " ")
+    return markdown_inline(str(text))
 
 
 def markdown(report: EvalReport) -> str:
@@ -92,7 +94,7 @@ def markdown(report: EvalReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table_rows(report: EvalReport) -> list[dict]:
+def record_rows(report: EvalReport) -> list[dict]:
     return [{"task": r.task, "setting": r.setting, "resolved": r.resolved, "by": r.resolved_by,
              "outcome": r.outcome, "best attempt": r.best_attempt or "", "cost": r.cost,
              "tokens in/out": f"{r.input_tokens}/{r.output_tokens}", "wall time (s)": round(r.wall_seconds, 1),

@@ -16,6 +16,7 @@ from prefect.artifacts import (
 from ultrawork.agents.outcome import AgentOutcome
 
 from ultrawork.runtime.logs import get_logger
+from ultrawork.untrusted import ARTIFACT_BYTES, Untrusted, bounded, byte_len, table_rows
 
 
 def artifact_key(*parts: str) -> str:
@@ -23,8 +24,19 @@ def artifact_key(*parts: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:200]
 
 
-async def publish_plan(run_id: str, role: str, plan_text: str) -> None:
-    await create_markdown_artifact(markdown=plan_text, key=artifact_key("plan", run_id, role),
+def plan_markdown(role: str, plan: Untrusted, where: str) -> str:
+    """An agent's Plan.md as an artifact: its text as written (the agent can rewrite all of it),
+    in a block sized from its content, cut to the artifact's cap with the command for the rest."""
+    rest = f"cat {where}" if where else "its Plan.md"
+    head = f"Plan.md of the **{role}** agent, as its workspace holds it (the agent's own text, shown as written)."
+    return f"{head}\n\n{plan.block(limit=ARTIFACT_BYTES - 4096)}\n" + (
+        "" if byte_len(plan.text) <= ARTIFACT_BYTES - 4096 else
+        f"\n… (shortened; the whole Plan.md: `{rest}` on the machine that ran the agent)\n")
+
+
+async def publish_plan(run_id: str, role: str, plan: Untrusted, where: str = "") -> None:
+    """``where``: the Plan.md's path, named when the artifact is cut."""
+    await create_markdown_artifact(markdown=plan_markdown(role, plan, where), key=artifact_key("plan", run_id, role),
                                    description=f"Plan.md of the {role} agent in run {run_id}")
 
 
@@ -41,7 +53,7 @@ async def publish_results(run_id: str, outcomes: list[AgentOutcome]) -> None:
         from ultrawork.model_agent.accounting import total_usage
 
         rows.append({"agent": "(run total)", **_model_columns("", total_usage([o.usage for o in outcomes]).model_dump())})
-    await create_table_artifact(table=rows, key=artifact_key("results", run_id),
+    await create_table_artifact(table=table_rows(rows), key=artifact_key("results", run_id),
                                 description=f"Agent results of run {run_id}")
 
 
@@ -91,7 +103,10 @@ def ui_url(path: str) -> str | None:
 
 
 async def publish_diff(run_id: str, role: str, markdown: str) -> str | None:
-    """The agent's diff as a markdown artifact; returns its address in the UI (None when it has none)."""
-    artifact_id = await create_markdown_artifact(markdown=markdown, key=artifact_key("diff", run_id, role),
+    """The agent's diff as a markdown artifact (the host's rendering of it, cut at the artifact's cap);
+    returns its address in the UI (None when it has none)."""
+    artifact_id = await create_markdown_artifact(markdown=bounded(markdown, ARTIFACT_BYTES,
+                                                                  rest=f"ultrawork diff {run_id} {role}"),
+                                                 key=artifact_key("diff", run_id, role),
                                                  description=f"What the {role} agent changed in run {run_id}")
     return ui_url(f"artifacts/artifact/{artifact_id}")

@@ -25,6 +25,11 @@ from ultrawork.tasks.sandboxes import SandboxHandle, cleanup_sandbox, run_step, 
 from ultrawork.tasks.workspaces import commit_work, create_workspace, finalize_plan, publish_branch
 from ultrawork.workspace.names import agent_branch
 from ultrawork.workspace.stages import Stage
+from ultrawork.untrusted import bounded, bounded_list, read_agent_file
+
+ERROR_BYTES = 4000          # one error of an agent (it quotes the step's stderr) as its outcome holds it
+MAX_REFUSED = 50            # files the commit left out, listed in the outcome
+PLAN_READ_BYTES = 1 << 20   # of Plan.md, read for its findings
 
 
 def plan_excerpt(plan_text: str, limit: int = 1200) -> str:
@@ -132,7 +137,7 @@ class AgentEnvironment:
 
     def step_failed(self, exc: BaseException) -> None:
         """A step failed past its retries: the agent's outcome, never its siblings'."""
-        self.errors.append(f"{type(exc).__name__}: {exc}")
+        self.errors.append(bounded(f"{type(exc).__name__}: {exc}", ERROR_BYTES))
         get_logger().error("%s agent failed: %s", self.role, self.errors[-1])
 
     async def remove_sandbox(self) -> None:
@@ -151,9 +156,9 @@ class AgentEnvironment:
         try:
             self.commits = await commit_work(self.ws)                    # nothing an agent did is lost
         except Exception as exc:  # noqa: BLE001 - e.g. the workspace outgrew its cap: the agent's outcome
-            self.errors.append(f"{type(exc).__name__}: {exc}")
+            self.errors.append(bounded(f"{type(exc).__name__}: {exc}", ERROR_BYTES))
             get_logger().error("%s: its work was not committed: %s", self.role, self.errors[-1])
-        self.errors += self.ws.refused                                 # what the commit left out
+        self.errors += bounded_list(self.ws.refused, MAX_REFUSED)      # what the commit left out
 
     async def finalize(self) -> AgentOutcome:
         """The final Plan.md section and the branch in the target repository, then the outcome.
@@ -170,11 +175,16 @@ class AgentEnvironment:
             duration=time.time() - self.started, steps=len(self.steps),
             retries=max(0, handle.attempts - len(self.steps)),
             sandboxes_created=handle.created, errors=self.errors, recoveries=recoveries,
-            plan_path=str(self.ws.plan_path), plan_summary=plan_excerpt(await asyncio.to_thread(self.ws.plan.text)),
+            plan_path=str(self.ws.plan_path), plan_summary=plan_excerpt(await asyncio.to_thread(self._plan_text)),
             started_at=self.started, ended_at=time.time())
         get_logger().info("%s agent %s: %d commit(s) on %s (%s)", self.role, status, len(self.commits),
                           self.ws.branch, published["sha"][:12])
         return outcome
+
+    def _plan_text(self) -> str:
+        """The agent's Plan.md, read up to a cap (its findings are excerpted from it)."""
+        plan = read_agent_file(self.ws.plan_path, PLAN_READ_BYTES)
+        return "" if plan is None else plan.text
 
     def failed_outright(self, exc: BaseException) -> AgentOutcome:
         """Whatever broke outside the steps (setup, a git error past its retries): the agent's outcome."""

@@ -114,8 +114,11 @@ def commits_between(clone: AgentClone, base: str, branch: str) -> list[CommitInf
     return [CommitInfo(*line.split("\x1f", 1)) for line in out.splitlines() if "\x1f" in line]
 
 
+STAT_FILES = 200          # files named in a diffstat (git sums up the rest): an agent can change a million
+
+
 def diffstat(clone: AgentClone, base: str, branch: str) -> str:
-    return _clone_git(clone, ["diff", "--stat", "--no-ext-diff", "--no-textconv", "--no-color",
+    return _clone_git(clone, ["diff", "--stat", f"--stat-count={STAT_FILES}", "--no-ext-diff", "--no-textconv", "--no-color",
                               "--end-of-options", base, f"refs/heads/{branch}", "--"]).stdout.rstrip("\n")
 
 

@@ -196,6 +196,45 @@ class PlanDocument:
         data = read_regular_file(self.path, limit=64 << 20)
         return "" if data is None else data.decode("utf-8", "replace")
 
+    def _lines(self, limit: int = 64 << 20, longest: int = 1 << 20):
+        """The file's lines, read in chunks (up to ``limit`` bytes); a line longer than ``longest``
+        (an agent's flood, never a host marker) is skipped rather than held."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return
+            rest, skipping, read = b"", False, 0
+            while read < limit and (chunk := os.read(fd, min(1 << 16, limit - read))):
+                read += len(chunk)
+                *lines, rest = (rest + chunk).split(b"\n")
+                for line in lines:
+                    if not skipping:
+                        yield line.decode("utf-8", "replace")
+                    skipping = False
+                if len(rest) > longest:
+                    rest, skipping = b"", True
+            if not skipping:
+                yield rest.decode("utf-8", "replace")
+        finally:
+            os.close(fd)
+
+    def _last_byte(self) -> bytes:
+        """The file's last byte (the agent's Plan.md can be large: it is not read to append to it)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return b""
+        try:
+            st = os.fstat(fd)
+            return os.pread(fd, 1, st.st_size - 1) if stat.S_ISREG(st.st_mode) and st.st_size else b""
+        except OSError:
+            return b""
+        finally:
+            os.close(fd)
+
     def _append(self, markdown: str, *, create: bool = False) -> None:
         """Append without clobbering; a non-regular Plan.md (symlink, fifo, folder) is replaced."""
         flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | (os.O_CREAT | os.O_EXCL if create else 0)
@@ -212,8 +251,8 @@ class PlanDocument:
                 prefix = ("# Plan.md (recreated by the host)\n\n> The previous Plan.md was missing "
                           "or not a regular file; the host replaced it.\n\n")
             else:
-                current = self.text()
-                prefix = "\n" if current and not current.endswith("\n") else ""
+                last = self._last_byte()
+                prefix = "\n" if last not in (b"", b"\n") else ""
         fd = os.open(self.path, flags, 0o666)
         try:
             if flags & os.O_CREAT:      # the host's new file: the agent may write it, set on its descriptor
@@ -284,7 +323,7 @@ class PlanDocument:
         """Parse the host markers (the last final section wins) and the checklist."""
         out = PlanSummary()
         in_checklist = False
-        for line in self.text().split("\n"):
+        for line in self._lines():
             if line == "<!-- ultrawork:checklist -->":
                 in_checklist, out.checklist = True, []
                 continue

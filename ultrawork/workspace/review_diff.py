@@ -20,16 +20,12 @@ from pathlib import Path
 from ultrawork.workspace.errors import GitError, WorkspaceError
 from ultrawork.workspace.gitcmd import git_argv, hardened_env, run_git
 from ultrawork.workspace.superproject import RunSuperproject
+from ultrawork.untrusted import fence_for, read_stream, visible
 
 PATCH_LINES = 400         # lines of patch shown at the decision
 PATCH_BYTES = 64_000      # and never more than this many bytes of it
 DIFF_OPTIONS = ["--no-color", "--no-ext-diff", "--no-textconv", "--submodule=short"]
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def visible(text: str) -> str:
-    """``text`` with every control character but tab and newline written as ``\\xNN``."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+STAT_BYTES = 64_000       # of ``git diff --stat`` (an agent can change a million files)
 
 
 @dataclass
@@ -70,7 +66,7 @@ class AgentDiff:
             return f"No change on `{self.branch}`.\n"
         lines = self.patch.splitlines()
         shown = lines[:max_lines] if max_lines is not None else lines
-        fence = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", self.patch + self.stat)), default=0))
+        fence = fence_for(self.patch + "\n" + self.stat)
         out = (f"`{self.branch}` against the run's base `{self.base[:12]}`\n\n{fence}text\n{self.stat}\n{fence}\n\n"
                f"{fence}diff\n" + "\n".join(shown) + f"\n{fence}\n")
         if self.truncated or len(shown) < len(lines):
@@ -99,20 +95,27 @@ def _args(git_dir: Path, args: list[str]) -> list[str]:
     return [f"--git-dir={git_dir}", *args]
 
 
-def _bounded_patch(git_dir: Path, base: str, head: str, max_lines: int, max_bytes: int) -> tuple[str, bool]:
-    """The first ``max_lines`` lines (at most ``max_bytes``) of the patch; git is stopped once that is read."""
-    argv = git_argv(_args(git_dir, ["diff", "--patch", *DIFF_OPTIONS, "--end-of-options", base, head, "--"]),
-                    **_bare(git_dir))
+def _bounded_git(git_dir: Path, args: list[str], max_bytes: int) -> tuple[str, bool]:
+    """At most ``max_bytes`` of git's output; git is stopped once that is read."""
+    argv = git_argv(_args(git_dir, args), **_bare(git_dir))
     proc = subprocess.Popen(argv, cwd=str(git_dir), env=hardened_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
-        data = proc.stdout.read(max_bytes + 1)
+        got = read_stream(proc.stdout, max_bytes)
     finally:
         proc.kill()
         proc.wait()
         proc.stdout.close()
-    cut = len(data) > max_bytes
-    lines = data[:max_bytes].decode("utf-8", "replace").splitlines()
+    return got.text, got.cut
+
+
+def _bounded_patch(git_dir: Path, base: str, head: str, max_lines: int, max_bytes: int) -> tuple[str, bool]:
+    """The first ``max_lines`` lines (at most ``max_bytes``) of the patch."""
+    text, cut = _bounded_git(git_dir, ["diff", "--patch", *DIFF_OPTIONS, "--end-of-options", base, head, "--"],
+                             max_bytes)
+    lines = text.split("\n")                  # newlines only: a CR or U+2028 in a line stays in it, shown
+    if lines and not lines[-1]:
+        lines.pop()
     if len(lines) > max_lines:
         lines, cut = lines[:max_lines], True
     return visible("\n".join(lines)), cut
@@ -129,9 +132,11 @@ def agent_diff(run: RunSuperproject, role: str, max_lines: int = PATCH_LINES,
 
     head = git(["rev-parse", "--verify", f"refs/heads/{ws.branch}^{{commit}}"]).strip()
     base = run.base_sha
-    stat = visible(git(["diff", "--stat=100", *DIFF_OPTIONS, "--end-of-options", base, head, "--"]).rstrip("\n"))
-    numstat = git(["diff", "--numstat", *DIFF_OPTIONS, "--end-of-options", base, head, "--"])
-    changed = sum(int(a) + int(d) for a, d in re.findall(r"^(\d+)\t(\d+)\t", numstat, re.M))
+    stat, stat_cut = _bounded_git(git_dir, ["diff", "--stat=100", "--stat-count=1000", *DIFF_OPTIONS, "--end-of-options", base, head,
+                                            "--"], STAT_BYTES)
+    stat = visible(stat.rstrip("\n")) + ("\n… (more files changed; the whole list: git diff --stat)" if stat_cut else "")
+    short = git(["diff", "--shortstat", *DIFF_OPTIONS, "--end-of-options", base, head, "--"])
+    changed = sum(int(n) for n in re.findall(r"(\d+) (?:insertion|deletion)", short))
     patch, cut = _bounded_patch(git_dir, base, head, max_lines, max_bytes) if stat else ("", False)
     source = "its git directory" if git_dir.name == role and git_dir.parent.name == "modules" else "the target"
     return AgentDiff(run.run_id, role, ws.branch, base, head, source, str(run.target.path), stat, patch,
