@@ -50,6 +50,15 @@ class HostRule(BaseModel):
     host: str = Field(description="Exact host name, or *.domain for any name below domain.")
     methods: list[str] = Field(default_factory=lambda: list(ALL_METHODS),
                                description="Allowed HTTP methods (a package index: GET and HEAD).")
+    ports: list[int] = Field(default_factory=lambda: [443],
+                             description="Ports a CONNECT tunnel to this host may name (routes have their own).")
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, value: list[int]) -> list[int]:
+        if not value or any(not 0 < p < 65536 for p in value):
+            raise ValueError(f"{value!r} must be a non-empty list of TCP ports")
+        return value
 
     @field_validator("host")
     @classmethod
@@ -181,6 +190,11 @@ def check_profile(agent: str, profile: AgentProfile) -> None:
         if not any(pattern_covers(rule.host, host) for rule in profile.allow):
             raise CredentialHostNotAllowed(
                 field, f"a credential for {host} is asked for, but {host} is not on this agent's allowlist")
+        # Keys are injected on routes only, where the upstream's scheme, host and port come from the
+        # rules; through a tunnel the agent names them (and could send the key in plain HTTP).
+        if not any(host_matches(host, route.host) for route in profile.routes):
+            raise GatewayRulesError(field, f"a credential for {host} needs a route to {host} "
+                                           f"(keys are injected only on routes, never through a tunnel)")
     for i, route in enumerate(profile.routes):
         if not any(host_matches(rule.host, route.host) for rule in profile.allow):
             raise GatewayRulesError(f"agents.{agent}.routes[{i}]",
