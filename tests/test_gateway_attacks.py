@@ -313,3 +313,74 @@ print(json.dumps({"refused": refused}))
         assert statuses.count(431) == 3 and statuses.count(400) >= 2 and statuses.count(429) == 12, statuses
         assert all(len(json.dumps(r)) < 2000 for r in lab.gateway.requests()), "a record line carries the attack"
         assert _gateway_state(lab)["Running"]
+
+
+# -- 3. the record: a host file, a line per request and refusal, bounded per agent, read live ----------
+
+FLOOD = r'''
+import socket, sys
+port, count, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+for i in range(count):
+    s = socket.create_connection(("gateway", port), timeout=20)
+    s.sendall(b"M" * size + b" /flood HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    while s.recv(65536):
+        pass
+    s.close()
+'''
+
+LATER = r'''
+import sys, time, urllib.request
+time.sleep(1)
+urllib.request.urlopen(sys.argv[1], timeout=20).read()
+time.sleep(8)
+'''
+
+
+def test_the_record_is_a_host_file_bounded_per_agent_that_no_flood_rotates_and_is_read_live(world):
+    profiles = {"frontend": api_profile(), "explore": AgentProfile(
+        allow=[HostRule(host="pkgs.model.test", methods=["GET"])], routes=[Route(upstream=PKGS)])}
+    with gateway_lab(world, profiles, record_lines_per_agent=20) as lab:
+        api_port, pkgs_port = lab.port(API), lab.port(PKGS)
+        # read live: the request shows while the command that made it still runs
+        marker = f"live{secrets.token_hex(4)}"
+        done = threading.Event()
+        url = f"{lab.gateway.route_url(PKGS)}/{marker}"
+        worker = threading.Thread(target=lambda: (lab.engine.execute(lab.sandboxes["explore"], [
+            "python3", "-c", LATER, url], timeout=60), done.set()))
+        worker.start()
+        seen_at = None
+        deadline = time.monotonic() + 30
+        while seen_at is None and time.monotonic() < deadline and not done.is_set():
+            if lab.recorded(marker):
+                seen_at = time.time()
+            time.sleep(0.1)
+        assert seen_at is not None and not done.is_set(), "the request was not in the record while its step ran"
+        [live] = lab.recorded(marker)
+        assert live["agent"] == "explore" and seen_at - live["time"] < 1.5, (seen_at, live)
+        worker.join()
+
+        first = f"first{secrets.token_hex(4)}"
+        assert lab.raw("frontend", port=api_port, head=request_head("GET", f"/{first}"))["status"] == 200
+        flood = lab.engine.execute(lab.sandboxes["frontend"], ["python3", "-c", FLOOD, str(api_port), "40",
+                                                               str(60 << 10)], timeout=120)
+        assert flood.exit_code == 0, flood.stderr
+        time.sleep(1)   # the dropped count is written at most half a second after a drop
+        mine = lab.gateway.requests("frontend")
+        assert len(mine) == 20 and [r["path"] for r in mine[:1]] == [f"/{first}"], [r["path"] for r in mine]
+        assert all(r["decision"] == "refused" and len(r["method"]) == 32 for r in mine[1:])
+        assert lab.gateway.summary("frontend").dropped == 21
+        # the other agent's record is its own; the flood cost it nothing
+        other = f"other{secrets.token_hex(4)}"
+        assert lab.raw("explore", port=pkgs_port, head=request_head("GET", f"/{other}"))["status"] == 200
+        assert [r["agent"] for r in lab.recorded(other)] == ["explore"]
+        # a gateway restarted (as after a crash) continues the same record and the same bounds
+        lab.gateway.restart()
+        lab.raw("frontend", port=api_port, head=request_head("GET", f"/{first}again"))
+        time.sleep(1)
+        assert len(lab.gateway.requests("frontend")) == 20 and lab.gateway.summary("frontend").dropped == 22
+        # the record is a host file the gateway writes, not the container's log
+        path = lab.gateway.record_dir / "requests.jsonl"
+        assert lab.gateway.record_dir.parent == world["home"] / "gateway" / "records"
+        assert path.stat().st_size < 64 << 10 and first in path.read_text()
+        logs = world["client"].api.logs(lab.gateway.container_id, stdout=True, stderr=True).decode()
+        assert first not in logs and "/flood" not in logs
