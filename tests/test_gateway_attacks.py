@@ -384,3 +384,49 @@ def test_the_record_is_a_host_file_bounded_per_agent_that_no_flood_rotates_and_i
         assert path.stat().st_size < 64 << 10 and first in path.read_text()
         logs = world["client"].api.logs(lab.gateway.container_id, stdout=True, stderr=True).decode()
         assert first not in logs and "/flood" not in logs
+
+
+# -- 4. profiles without a route: CONNECT only, pinned, and never a key ---------------------------------
+
+def test_a_profile_without_a_route_tunnels_only_to_its_hosts_ports_with_the_tunnels_name_and_holds_no_key(world):
+    with pytest.raises(GatewayRulesError, match="needs a route to api.model.test"):
+        EgressGateway("tgwnoroute", GatewayRules(agents={"explore": AgentProfile(
+            allow=[HostRule(host="api.model.test")],
+            credentials=[Credential(match="api.model.test", secret=KEY_NAME)])}), client=world["client"])
+    profile = AgentProfile(allow=[HostRule(host="pkgs.model.test", methods=["GET"], ports=[8443])])
+    with gateway_lab(world, {"explore": profile}) as lab:
+        def tunnel(target: str, sni: str | None, host: str, marker: str) -> dict:
+            spec = {"port": 8080, "connect": f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n",
+                    "head": request_head("GET", f"/{marker}", host=host)}
+            if sni:
+                spec["sni"] = sni
+            return lab.raw("explore", **spec)
+
+        outcomes = {}
+        for name, target, sni, host in (
+                ("port 22", "pkgs.model.test:22", "pkgs.model.test", "pkgs.model.test"),
+                ("port 443 not named", "pkgs.model.test:443", "pkgs.model.test", "pkgs.model.test"),
+                ("host off the allowlist", "api.model.test:8443", "api.model.test", "api.model.test"),
+                ("another SNI", "pkgs.model.test:8443", "api.model.test", "pkgs.model.test:8443"),
+                ("another Host", "pkgs.model.test:8443", "pkgs.model.test", "api.model.test:8443"),
+                ("plain HTTP in the tunnel", "pkgs.model.test:8443", None, "pkgs.model.test:8443"),
+                ("allowed", "pkgs.model.test:8443", "pkgs.model.test", "pkgs.model.test:8443")):
+            marker = f"t{secrets.token_hex(4)}"
+            outcomes[name] = (marker, tunnel(target, sni, host, marker))
+        plain = f"t{secrets.token_hex(4)}"
+        outcomes["plain HTTP"] = (plain, lab.raw("explore", port=8080, head=request_head(
+            "GET", f"http://pkgs.model.test:8443/{plain}", host="pkgs.model.test:8443")))
+        marker, allowed = outcomes.pop("allowed")
+        assert allowed["status"] == 200, allowed
+        [seen] = lab.standin_saw(marker)
+        assert seen["headers"]["host"].startswith("pkgs.model.test")
+        for name in ("port 22", "port 443 not named", "host off the allowlist"):
+            assert outcomes[name][1].get("connect", "").startswith("HTTP/1.1 403"), (name, outcomes[name])
+        for name, (marker, reply) in outcomes.items():
+            assert lab.standin_saw(marker) == [], name
+            assert reply.get("status") in (403, None), (name, reply)
+        assert outcomes["another SNI"][1]["status"] == 403 and outcomes["another Host"][1]["status"] == 403
+        assert outcomes["plain HTTP"][1]["status"] == 403 and "plain HTTP" in outcomes["plain HTTP"][1]["response"]
+        assert "plain HTTP inside a tunnel" in outcomes["plain HTTP in the tunnel"][1]["response"]
+        refused = [r for r in lab.gateway.requests("explore") if r["decision"] == "refused"]
+        assert len(refused) >= 6, refused

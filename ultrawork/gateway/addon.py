@@ -173,7 +173,9 @@ class EgressRules:
                 return 403, f"{PREFIX}: plain HTTP through the proxy is refused; use HTTPS"
             host, port = tunnel
             sni = normalise_host(flow.client_conn.sni or "")
-            if not flow.client_conn.tls or sni != host:
+            if not flow.client_conn.tls_established:
+                return 403, f"{PREFIX}: plain HTTP inside a tunnel is refused; use HTTPS"
+            if sni != host:
                 return 403, f"{PREFIX}: the TLS server name {_clip(sni, 100)!r} is not the tunnel's host {host}"
             named = _authority(req.host_header or "", "https")
             if named[0] != host or (req.authority and _authority(req.authority, "https") != (host, port)):
