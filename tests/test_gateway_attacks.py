@@ -430,3 +430,23 @@ def test_a_profile_without_a_route_tunnels_only_to_its_hosts_ports_with_the_tunn
         assert "plain HTTP inside a tunnel" in outcomes["plain HTTP in the tunnel"][1]["response"]
         refused = [r for r in lab.gateway.requests("explore") if r["decision"] == "refused"]
         assert len(refused) >= 6, refused
+
+
+# -- 5. method allowlists: exact, and no override header reaches the upstream --------------------------
+
+def test_methods_compare_exactly_and_override_headers_are_stripped(world):
+    with gateway_lab(world, {"frontend": api_profile()}) as lab:
+        api_port, pkgs_port = lab.port(API), lab.port(PKGS)
+        for method, port in (("post", api_port), ("Post", api_port), ("get", pkgs_port), ("POST ", pkgs_port)):
+            marker = f"m{secrets.token_hex(4)}"
+            reply = lab.raw("frontend", port=port, head=request_head(method, f"/{marker}"))
+            assert reply["status"] in (403, 400), (method, reply)
+            [logged] = lab.recorded(marker) or [{"decision": "refused"}]
+            assert logged["decision"] == "refused", (method, logged)
+        marker = f"m{secrets.token_hex(4)}"
+        overrides = "X-HTTP-Method-Override: DELETE\r\nX-HTTP-Method: PUT\r\nX-Method-Override: PATCH\r\n"
+        reply = lab.raw("frontend", port=pkgs_port, head=request_head("GET", f"/{marker}", extra=overrides))
+        assert reply["status"] == 200, reply
+        [seen] = lab.standin_saw(marker)
+        assert seen["method"] == "GET"
+        assert not {"x-http-method-override", "x-http-method", "x-method-override"} & set(seen["headers"]), seen

@@ -49,6 +49,11 @@ def _route(url: str) -> tuple[str, str, int]:
     return parts.scheme, normalise_host(parts.hostname or ""), parts.port or (443 if parts.scheme == "https" else 80)
 
 
+def _method(req: http.Request) -> str:
+    """The method as sent (mitmproxy's ``Request.method`` upper-cases it: ``post`` would pass as ``POST``)."""
+    return req.data.method.decode("latin-1")
+
+
 def _declared_length(req: http.Request) -> int:
     """The body a request declares: its Content-Length, -1 when chunked, 0 when none."""
     if "transfer-encoding" in req.headers:
@@ -184,8 +189,8 @@ class EgressRules:
         rule = host_rule(profile, req.host)
         if rule is None:
             return 403, f"{PREFIX}: {_clip(req.host, 255)} is not on this agent's allowlist"
-        if not method_allowed(rule, req.method):
-            return 403, f"{PREFIX}: {_clip(req.method, 32)} is not allowed for {req.host}"
+        if not method_allowed(rule, _method(req)):
+            return 403, f"{PREFIX}: {_clip(_method(req), 32)} is not allowed for {req.host}"
         return None
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -264,7 +269,7 @@ class EgressRules:
         sent = meta.get("sent") or (len(req.raw_content or b"") if not req.stream else 0)
         record = {
             "event": "request", "time": round(req.timestamp_start, 3), "agent": meta["agent"],
-            "method": _clip(req.method, 32), "host": _clip(req.host, 255), "port": req.port,
+            "method": _clip(_method(req), 32), "host": _clip(req.host, 255), "port": req.port,
             "path": _clip(req.path.split("?", 1)[0], 512), "status": status,
             "decision": meta["decision"] if status != 502 else "failed", "bytes_out": sent,
             "bytes_in": meta["bytes"] + (len(body or b"") if meta["decision"] == "allowed" else 0),
