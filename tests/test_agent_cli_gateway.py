@@ -71,13 +71,14 @@ def _make_certs(folder: Path, name: str) -> str:
 
 
 def run_cli_through_gateway(docker_client, tmp_path: Path, cli: str, host: str, standin_module: str,
-                            script: list[dict], key_env: str) -> dict:
+                            script: list[dict], key_env: str, timeout: float = 300) -> dict:
     """``cli`` as the frontend agent (its named profile) against a stand-in of ``host``; what happened."""
     from ultrawork.agents.profiles import named_profile
     from ultrawork.gateway import EgressGateway
     from ultrawork.gateway.run import egress_rules
     from ultrawork.sandbox import SandboxEngine, SandboxPolicy, SandboxSpec
     from ultrawork.sandbox.agent_image import build_agent_image
+    from ultrawork.sandbox.errors import SandboxTimeout
 
     if not shutil.which("npm"):
         if IN_CI:
@@ -137,7 +138,10 @@ def run_cli_through_gateway(docker_client, tmp_path: Path, cli: str, host: str, 
             network=net.network, limits=profile.limits, env=net.env, allow_env=list(net.env)))
         engine.deploy(sandbox, files={"prompt.md": TASK + "\n"})
         env_seen = engine.execute(sandbox, ["env"], timeout=30).stdout
-        result = engine.execute(sandbox, profile.argv(tag), timeout=300)
+        try:
+            result = engine.execute(sandbox, profile.argv(tag), timeout=timeout)
+        except SandboxTimeout as exc:   # what happened until then is the diagnosis
+            result = exc
         engine.cleanup(sandbox)
         sandbox = None
         requests = gateway.requests("frontend")
@@ -183,3 +187,29 @@ def test_opencode_finishes_a_scripted_edit_through_the_gateway(docker_client, tm
     turns = [r for r in run["records"] if isinstance(r["body"], dict) and r["body"].get("tools")]
     assert len(turns) == len(OPENCODE_SCRIPT)
     assert "Change greet() in app.py so that it returns" in json.dumps(turns[0]["body"]["messages"])   # the prompt file
+
+
+CODEX_SCRIPT = [
+    {"shell": "cat /agent/prompt.md"},
+    {"shell": "python3 -c \"import pathlib; p = pathlib.Path('/workspace/app.py'); "
+              "p.write_text(p.read_text().replace('return \\\"hello\\\"', 'return \\\"hello, world\\\"'))\""},
+    {"text": FINAL_TEXT},
+]
+
+
+def test_codex_finishes_a_scripted_edit_through_the_gateway_with_telemetry_and_update_checks_off(
+        docker_client, tmp_path):
+    run = run_cli_through_gateway(docker_client, tmp_path, "codex", "api.openai.com", "responses_standin",
+                                  CODEX_SCRIPT, "OPENAI_API_KEY")
+    result = run["result"]
+    assert result.exit_code == 0, (result.stdout[-3000:], result.stderr[-3000:], run["requests"])
+    assert run["app"] == 'def greet():\n    return "hello, world"\n', (result.stdout[-2000:], run["records"][-1:])
+    assert FINAL_TEXT in result.stdout
+    _check_key_kept_on_the_host(run, "authorization", f"Bearer {run['key']}")
+    # every call went to the model through the route (no WebSocket to api.openai.com, no update check)
+    assert {(r["method"], r["path"]) for r in run["records"]} == {("POST", "/v1/responses")}
+    assert {(r["host"], r["path"]) for r in run["requests"]} == {("api.openai.com", "/v1/responses")}
+    assert all('"analytics_enabled":false' in r["headers"].get("x-codex-turn-metadata", "") for r in run["records"])
+    assert "provider: ultrawork" in result.stderr and "WebSocket" not in result.stderr
+    second = json.dumps(run["records"][1]["body"]["input"][-2:])
+    assert "Change greet() in app.py so that it returns" in second       # the prompt file, read by the agent
