@@ -434,7 +434,7 @@ def test_a_profile_without_a_route_tunnels_only_to_its_hosts_ports_with_the_tunn
 
 # -- 5. method allowlists: exact, and no override header reaches the upstream --------------------------
 
-def test_methods_compare_exactly_and_override_headers_are_stripped(world):
+def test_methods_compare_exactly_override_headers_are_stripped_and_upgrades_refused(world):
     with gateway_lab(world, {"frontend": api_profile()}) as lab:
         api_port, pkgs_port = lab.port(API), lab.port(PKGS)
         for method, port in (("post", api_port), ("Post", api_port), ("get", pkgs_port), ("POST ", pkgs_port)):
@@ -450,3 +450,9 @@ def test_methods_compare_exactly_and_override_headers_are_stripped(world):
         [seen] = lab.standin_saw(marker)
         assert seen["method"] == "GET"
         assert not {"x-http-method-override", "x-http-method", "x-method-override"} & set(seen["headers"]), seen
+        # nor does a protocol upgrade, after which nothing would be bounded or recorded request by request
+        marker = f"ws{secrets.token_hex(4)}"
+        upgrade = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        reply = lab.raw("frontend", port=api_port, head=request_head("GET", f"/{marker}", extra=upgrade))
+        assert reply["status"] == 403 and "protocol upgrades" in reply["response"], reply
+        assert lab.standin_saw(marker) == []

@@ -136,6 +136,8 @@ class EgressRules:
         if declared > self.body_limit:
             return                      # mitmproxy answers 413 (body_size_limit); the error hook records it
         refusal = self._decide(flow, profile)
+        if refusal is None and "upgrade" in req.headers:
+            refusal = (403, f"{PREFIX}: protocol upgrades (WebSocket, h2c) are not forwarded")
         if refusal is None and declared < 0:
             refusal = (411, f"{PREFIX}: a request body needs a Content-Length (chunked bodies are not forwarded)")
         if refusal is not None:

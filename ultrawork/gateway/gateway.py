@@ -237,7 +237,8 @@ class EgressGateway:
     def _command(self) -> list[str]:
         argv = ["python3", "-c", _LAUNCH, "-s", f"{CODE_DIR}/addon.py", "--set", "connection_strategy=lazy",
                 "--set", "flow_detail=0", "--set", "termlog_verbosity=warn", "--set", "confdir=/tmp/mitmproxy",
-                "--set", f"body_size_limit={self.limits['body_bytes']}"]
+                "--set", f"body_size_limit={self.limits['body_bytes']}",
+                "--set", "http2=false"]   # HTTP/1 only, where request heads are bounded (http1_bounds)
         for upstream, port in sorted(self.ports.items(), key=lambda kv: kv[1]):
             argv += ["--mode", f"reverse:{upstream}@{port}"]
         if self.rules.upstream_ca:
@@ -343,8 +344,8 @@ class EgressGateway:
         if self.record is None:
             return []
         self.record.refresh()
-        return [e for e in self.record.records if e.get("event") == "request"
-                and (agent is None or e.get("agent") == agent)]
+        records = self.record.records if agent is None else self.record.by_agent.get(agent, [])
+        return [e for e in records if e.get("event") == "request"]
 
     def dropped(self, agent: str | None) -> int:
         """Requests of ``agent`` (None: of no known agent) past its bound in the record."""

@@ -101,6 +101,7 @@ class RecordReader:
         self.path, self.max_bytes = path, max_bytes_per_read
         self.offset = 0
         self.records: list[dict] = []
+        self.by_agent: dict[str, list[dict]] = {}     # the same records, per agent (None: UNKNOWN)
         self.dropped: dict[str, int] = {}
         self.unreadable = 0
         self._lock = threading.Lock()
@@ -143,6 +144,7 @@ class RecordReader:
             self.unreadable += 1
         else:
             self.records.append(record)
+            self.by_agent.setdefault(str(record.get("agent") or UNKNOWN), []).append(record)
 
 
 def read_dropped(path: str) -> dict[str, int]:
