@@ -133,8 +133,8 @@ class EgressRules:
         agent, profile = self._agent(flow.client_conn)
         meta = flow.metadata["ultrawork"] = {"agent": agent, "decision": "allowed", "bytes": 0, "sent": 0}
         declared = _declared_length(req)
-        if declared > self.body_limit:
-            return                      # mitmproxy answers 413 (body_size_limit); the error hook records it
+        if flow.error is not None or declared > self.body_limit:
+            return                      # mitmproxy refuses it (400 invalid, 413 body_size_limit); the error hook records it
         refusal = self._decide(flow, profile)
         if refusal is None and "upgrade" in req.headers:
             refusal = (403, f"{PREFIX}: protocol upgrades (WebSocket, h2c) are not forwarded")

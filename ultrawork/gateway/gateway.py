@@ -17,7 +17,6 @@ the agent's profile allows, injecting the credential the sandbox never sees.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import secrets
@@ -31,7 +30,6 @@ import docker
 import docker.errors
 import requests
 from docker.types import LogConfig
-from pydantic import BaseModel, ConfigDict, Field
 
 from ultrawork.sandbox.procs import owner_token
 from ultrawork.sandbox.spec import (
@@ -42,10 +40,11 @@ from .errors import GatewayError, GatewayRulesError
 from .host import host_addresses
 from .image import GATEWAY_UID, build_gateway_image
 from .record import RECORD_FILE, UNKNOWN, RecordReader
-from .rules import PLACEHOLDER, AgentProfile, Resolver, check_profile, env_resolver, resolve_credentials
+from .rules import (  # noqa: F401 - GatewayRules and check_rules are part of this module's interface
+    FIRST_ROUTE_PORT, PLACEHOLDER, GatewayRules, Resolver, check_rules, env_resolver, resolve_credentials,
+)
 
 GATEWAY_ALIAS = "gateway"        # the gateway's name on every agent network
-FIRST_ROUTE_PORT = 8081
 CONFIG_DIR = "/etc/ultrawork-gateway"   # rules and upstream CA, read-only
 RECORD_DIR = "/var/lib/ultrawork-gateway/record"   # the run's record, written by the gateway
 CODE_DIR = "/opt/ultrawork-gateway/addon"
@@ -57,18 +56,6 @@ _LAUNCH = (
     "sys.argv[0] = 'mitmdump'\n"
     "sys.exit(mitmdump())\n"
 )
-
-
-class GatewayRules(BaseModel):
-    """The whole gateway's configuration: a profile per agent plus upstream trust."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    agents: dict[str, AgentProfile] = Field(description="Agent name -> what it may reach.")
-    upstream_ca: str | None = Field(None, description="PEM of a CA the gateway trusts for upstream TLS "
-                                                      "(a lab's own upstream); the system CAs otherwise.")
-    allowed_private: list[str] = Field(default_factory=list, description="Private networks (CIDR) upstreams "
-                                       "may live in; private addresses are refused otherwise.")
 
 
 @dataclass
@@ -92,23 +79,6 @@ class EgressSummary:
     bytes_in: int = 0
     bytes_out: int = 0
     dropped: int = 0      # requests past the agent's bound in the record: counted, not recorded one by one
-
-
-def check_rules(rules: GatewayRules) -> dict[str, int]:
-    """Refuse bad rules by name; return the port of each route's upstream."""
-    if not rules.agents:
-        raise GatewayRulesError("agents", "no agent needs the gateway")
-    for agent, profile in rules.agents.items():
-        check_profile(agent, profile)
-    for i, cidr in enumerate(rules.allowed_private):
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            raise GatewayRulesError(f"allowed_private[{i}]", f"{cidr!r} is not a network") from None
-    if rules.upstream_ca is not None and "-----BEGIN CERTIFICATE-----" not in rules.upstream_ca:
-        raise GatewayRulesError("upstream_ca", "is not a PEM certificate")
-    upstreams = sorted({route.upstream for p in rules.agents.values() for route in p.routes})
-    return {upstream: FIRST_ROUTE_PORT + i for i, upstream in enumerate(upstreams)}
 
 
 def _private_dir(root: Path) -> Path:

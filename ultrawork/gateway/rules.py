@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Callable
 from urllib.parse import urlsplit
@@ -236,3 +237,35 @@ def env_resolver(name: str) -> str:
     if value is None:
         raise KeyError(name)
     return value
+
+
+FIRST_ROUTE_PORT = 8081
+
+
+class GatewayRules(BaseModel):
+    """The whole gateway's configuration: a profile per agent plus upstream trust."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agents: dict[str, AgentProfile] = Field(description="Agent name -> what it may reach.")
+    upstream_ca: str | None = Field(None, description="PEM of a CA the gateway trusts for upstream TLS "
+                                                      "(a lab's own upstream); the system CAs otherwise.")
+    allowed_private: list[str] = Field(default_factory=list, description="Private networks (CIDR) upstreams "
+                                       "may live in; private addresses are refused otherwise.")
+
+
+def check_rules(rules: GatewayRules) -> dict[str, int]:
+    """Refuse bad rules by name; return the port of each route's upstream."""
+    if not rules.agents:
+        raise GatewayRulesError("agents", "no agent needs the gateway")
+    for agent, profile in rules.agents.items():
+        check_profile(agent, profile)
+    for i, cidr in enumerate(rules.allowed_private):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise GatewayRulesError(f"allowed_private[{i}]", f"{cidr!r} is not a network") from None
+    if rules.upstream_ca is not None and "-----BEGIN CERTIFICATE-----" not in rules.upstream_ca:
+        raise GatewayRulesError("upstream_ca", "is not a PEM certificate")
+    upstreams = sorted({route.upstream for p in rules.agents.values() for route in p.routes})
+    return {upstream: FIRST_ROUTE_PORT + i for i, upstream in enumerate(upstreams)}
