@@ -64,3 +64,28 @@ def test_a_steps_gateway_requests_reach_its_log_while_it_runs_and_are_capped(mon
 
     asyncio.run(step())
     assert len(lines) == 6 and lines[-1][1].startswith("[16 more gateway requests of this step not logged")
+
+
+def test_the_hosts_reader_of_the_record_takes_only_regular_files_and_whole_lines(tmp_path):
+    """The record folder is the gateway's to write: a link, a FIFO (which would block the reader) or a
+    half-written line put there is not read."""
+    import json
+    import os
+
+    from ultrawork.gateway.record import RecordReader, RecordWriter, read_dropped
+
+    writer = RecordWriter(str(tmp_path / "requests.jsonl"), 2)
+    for i in range(5):
+        writer.write({"event": "request", "agent": "explore", "path": f"/{i}"})
+    writer.close()
+    with open(tmp_path / "requests.jsonl", "a") as fh:
+        fh.write(json.dumps({"event": "request", "agent": "explore", "path": "/half"})[:20])   # no newline yet
+    reader = RecordReader(str(tmp_path / "requests.jsonl"))
+    reader.refresh()
+    assert [r["path"] for r in reader.by_agent["explore"]] == ["/0", "/1"] and reader.dropped == {"explore": 3}
+    os.mkfifo(tmp_path / "fifo")
+    os.symlink(tmp_path / "requests.jsonl", tmp_path / "link")
+    for name in ("fifo", "link"):
+        other = RecordReader(str(tmp_path / name))
+        other.refresh()
+        assert other.records == [] and read_dropped(str(tmp_path / name)) == {}

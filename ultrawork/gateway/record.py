@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import stat
 import threading
 import time
 
@@ -110,9 +111,8 @@ class RecordReader:
         """Read the complete lines written since the last call."""
         with self._lock:
             self.dropped = read_dropped(os.path.join(os.path.dirname(self.path), DROPPED_FILE))
-            try:
-                fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
-            except FileNotFoundError:
+            fd = open_regular(self.path)
+            if fd is None:
                 return
             with os.fdopen(fd, "rb") as fh:
                 while True:
@@ -149,10 +149,25 @@ class RecordReader:
 
 def read_dropped(path: str) -> dict[str, int]:
     """Agent -> requests past its bound, from the side file (empty when there is none)."""
+    fd = open_regular(path)
+    if fd is None:
+        return {}
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as fh:
             data = json.loads(fh.read(1 << 16))["dropped"]
         return {str(k): int(v) for k, v in data.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
+
+
+def open_regular(path: str) -> int | None:
+    """A read descriptor of ``path`` if it is a regular file (not a link, FIFO or device the writer
+    put there), else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
