@@ -48,10 +48,43 @@ class AgentCli:
     needs_node: bool = False          # ``entry`` is a script for Node 22, not a native binary
     env: dict[str, str] = field(default_factory=dict)
     prune: tuple[str, ...] = ()       # npm tree paths this platform never uses
+    files: tuple[tuple[str, str], ...] = ()   # (path in the image, content): the CLI's system configuration
+    base_url_flag: str = ""           # an -c override the launcher adds from $OPENAI_BASE_URL (the gateway's route)
 
     def launcher(self) -> str:
         runner = f"{PREFIX}/node/bin/node " if self.needs_node else ""
-        return f'#!/bin/sh\nexec {runner}{PREFIX}/{self.entry} "$@"\n'
+        start = f"{runner}{PREFIX}/{self.entry}"
+        if not self.base_url_flag:
+            return f'#!/bin/sh\nexec {start} "$@"\n'
+        return (f'#!/bin/sh\nif [ -n "$OPENAI_BASE_URL" ]; then\n'
+                f'  exec {start} -c "{self.base_url_flag}=\\"$OPENAI_BASE_URL\\"" "$@"\nfi\nexec {start} "$@"\n')
+
+
+# Codex's system configuration (/etc/codex/config.toml, below the user's and the project's): its
+# own provider, so that the base URL (the gateway's route, from $OPENAI_BASE_URL through the launcher)
+# holds for every call -- the built-in provider ignores OPENAI_BASE_URL and opens a WebSocket to
+# api.openai.com -- and no update check, analytics or feedback upload.
+CODEX_CONFIG = """\
+model_provider = "ultrawork"
+check_for_update_on_startup = false
+
+[analytics]
+enabled = false
+
+[feedback]
+enabled = false
+
+[otel]
+exporter = "none"
+log_user_prompt = false
+
+[model_providers.ultrawork]
+name = "OpenAI (through the run's egress gateway)"
+base_url = "https://api.openai.com/v1"
+env_key = "OPENAI_API_KEY"
+wire_api = "responses"
+supports_websockets = false
+"""
 
 
 AGENT_CLIS: dict[str, AgentCli] = {
@@ -63,7 +96,8 @@ AGENT_CLIS: dict[str, AgentCli] = {
              "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1", "CLAUDE_CODE_DISABLE_FEEDBACK_SURVEY": "1"}),
     "codex": AgentCli(
         "codex", "@openai/codex", "0.171.0", "codex",
-        "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"),
+        "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex",
+        files=(("/etc/codex/config.toml", CODEX_CONFIG),), base_url_flag="model_providers.ultrawork.base_url"),
     "opencode": AgentCli(
         "opencode", "opencode-ai", "1.18.33", "opencode", "node_modules/opencode-linux-x64/bin/opencode",
         env={"OPENCODE_DISABLE_AUTOUPDATE": "1", "OPENCODE_DISABLE_SHARE": "1",
@@ -89,6 +123,7 @@ def dockerfile(cli: AgentCli, base: str = DEFAULT_IMAGE) -> str:
     if cli.needs_node:
         lines.append(f"COPY node {PREFIX}/node/bin/node")
     lines.append(f"COPY launcher /usr/local/bin/{cli.command}")
+    lines += [f"COPY files/{i} {path}" for i, (path, _) in enumerate(cli.files)]
     lines += [f"ENV {key}={value}" for key, value in sorted(cli.env.items())]
     lines.append(f'LABEL {LABEL_CLI}="{cli.name}@{cli.version}"')
     return "\n".join(lines) + "\n"
@@ -99,7 +134,7 @@ def agent_image(name: str, base: str = DEFAULT_IMAGE) -> str:
     cli = agent_cli(name)
     inputs = "\n".join([cli.package, cli.version, NODE_PACKAGE if cli.needs_node else "",
                         NODE_VERSION if cli.needs_node else "", ",".join(cli.prune),
-                        dockerfile(cli, base), cli.launcher()])
+                        dockerfile(cli, base), cli.launcher(), *(content for _, content in cli.files)])
     digest = hashlib.sha256(inputs.encode()).hexdigest()[:12]
     return f"ultrawork-agent-{cli.name}:{cli.version}-{digest}"
 
@@ -136,6 +171,10 @@ def prepare_context(cli: AgentCli, ctx: Path, base: str = DEFAULT_IMAGE) -> None
         (ctx / "node").chmod(0o755)
         packed.unlink()
     (ctx / "launcher").write_text(cli.launcher())
+    for i, (_, content) in enumerate(cli.files):
+        (ctx / "files").mkdir(exist_ok=True)
+        (ctx / "files" / str(i)).write_text(content)
+        (ctx / "files" / str(i)).chmod(0o644)
     (ctx / "launcher").chmod(0o755)
     (ctx / "Dockerfile").write_text(dockerfile(cli, base))
     (ctx / ".dockerignore").write_text("cli/package-lock.json\ncli/node_modules/.package-lock.json\n")

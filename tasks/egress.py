@@ -155,6 +155,7 @@ async def stop_egress(run_id: str) -> dict[str, dict]:
         log.info("%s %s", agent, summary_markdown(summary))
     if summaries:
         rows = [{"agent": s.agent, "allowed": s.allowed, "refused": s.refused, "failed": s.failed,
+                 "not recorded": s.dropped,
                  "bytes out": s.bytes_out, "bytes in": s.bytes_in,
                  "hosts": ", ".join(f"{h} ({sum(c.values())})" for h, c in sorted(s.hosts.items()))}
                 for s in summaries.values()]

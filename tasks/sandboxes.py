@@ -53,6 +53,8 @@ STEP_ERRORS = (AgentExecutionError, SandboxError, ResourceLimitExceeded, Gateway
 LOG_LINES = 2000              # most output lines one step sends to the run's log
 LOG_BYTES = 256 * 1024        # most output bytes one step sends to the run's log
 LOG_MARKER = "[output truncated: {dropped} more bytes not logged; the tail is in Plan.md]"
+EGRESS_LINES = 500            # most gateway request lines one step sends to the run's log
+EGRESS_POLL = 0.5             # seconds between reads of the gateway's record while a step runs
 # A step holds its thread for as long as it runs (the exec is a blocking Docker call): steps get a pool
 # of their own, so the default pool (cores + 4 threads) stays free for sandbox starts and git work.
 STEP_THREADS = 64
@@ -179,6 +181,8 @@ async def run_step(handle: SandboxHandle, ws, argv: list[str], timeout: float) -
 
     output = OutputLog(lambda stream, text: log.info("[%s %s] %s", role, stream, text),
                        max_lines=LOG_LINES, max_bytes=LOG_BYTES, marker=LOG_MARKER)
+    egress = EgressLog(lambda text: log.info("[%s egress] %s", role, text))
+    following = asyncio.ensure_future(egress.follow(handle.spec))
     try:
         result = await in_step_pool(
             guarded_execute, engine(), sandbox, argv, ws=ws, timeout=timeout, output_log=output,
@@ -207,11 +211,44 @@ async def run_step(handle: SandboxHandle, ws, argv: list[str], timeout: float) -
             handle.recoveries.append(f"{type(exc).__name__}: {row.action}")
         raise
     finally:
-        for record in await asyncio.to_thread(step_requests, handle.spec):   # never a header value
-            log.info("[%s egress] %s", role, request_line(record))
+        await egress.stop(following)
     return {"exit_code": result.exit_code, "duration": result.duration, "truncated": result.truncated,
             "leftovers_killed": result.leftovers_killed, "output_bytes": result.output_bytes,
             "log_records": output.records, "output_not_logged": output.dropped}
+
+
+class EgressLog:
+    """A step's gateway requests in the run's log while it runs: read from the gateway's record every
+    ``EGRESS_POLL`` seconds, at most ``EGRESS_LINES`` lines a step, then one line with the count left out
+    (each is in the run's egress record and summary). Never a header value."""
+
+    def __init__(self, emit: Callable[[str], None]):
+        self.emit, self.lines, self.dropped = emit, 0, 0
+        self._done = asyncio.Event()
+
+    def take(self, spec) -> None:
+        for record in step_requests(spec):
+            if self.lines < EGRESS_LINES:
+                self.lines += 1
+                self.emit(request_line(record))
+            else:
+                self.dropped += 1
+
+    async def follow(self, spec) -> None:
+        while not self._done.is_set():
+            await asyncio.to_thread(self.take, spec)
+            try:
+                await asyncio.wait_for(self._done.wait(), EGRESS_POLL)
+            except asyncio.TimeoutError:
+                pass
+        await asyncio.to_thread(self.take, spec)          # what the step's last moments sent
+
+    async def stop(self, following: asyncio.Future) -> None:
+        self._done.set()
+        await asyncio.gather(following, return_exceptions=True)
+        if self.dropped:
+            self.emit(f"[{self.dropped} more gateway requests of this step not logged; they are in the run's egress "
+                      f"record and summary]")
 
 
 @task(name="cleanup-sandbox", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)

@@ -476,3 +476,40 @@ def _delete_block(name: str, block_type_slug: str = "ultrawork-agent-profiles") 
         except Exception:  # noqa: BLE001 - already gone
             return
         client.delete_block_document(document.id)
+
+
+# What a step that calls its model once and then keeps working runs (no braces: a command template).
+CALL_THEN_WORK = r'''
+import os, time, urllib.request
+try:
+    urllib.request.urlopen(os.environ["ANTHROPIC_BASE_URL"] + "/v1/models", timeout=20).read()
+except Exception as exc:
+    print("model list:", repr(exc), flush=True)
+time.sleep(8)
+'''
+
+
+def test_a_steps_requests_reach_the_runs_log_while_the_step_still_runs(
+        prefect_api, uw_home, tmp_path, docker_client, model_lab, lab_env):
+    """The step's request is in the run's Prefect log about a second after it was made, while the
+    step still has seconds of work left: the record is read as it grows, not after the step."""
+    import datetime
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTimestamp
+
+    repo = make_target_repo(tmp_path / "greeter", {"app.py": 'def greet():\n    return "hello"\n'})
+    run_id = f"e2l-{uuid.uuid4().hex[:6]}"
+    started = time.time()
+    result = run_sisyphus({"task": TASK, "repo": str(repo), "agents": ["explore"], "run_id": run_id,
+                           "agent_profiles": {"explore": "claude-code"},
+                           "agent_commands": {"explore": ["python3", "-c", CALL_THEN_WORK]}, "review_timeout": 3})
+    assert result.agents[0].status == "succeeded", result.agents[0].errors
+    after = datetime.datetime.fromtimestamp(started - 1, tz=datetime.timezone.utc)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(timestamp=LogFilterTimestamp(after_=after)), limit=200)
+    [line] = [log for log in logs if "[explore egress]" in log.message and "/v1/models" in log.message]
+    made = datetime.datetime.strptime(line.message.rsplit(" at ", 1)[1][:12], "%H:%M:%S.%f").time()
+    made_at = datetime.datetime.combine(line.timestamp.date(), made, tzinfo=datetime.timezone.utc)
+    delay = (line.timestamp - made_at).total_seconds()
+    assert 0 <= delay < 2.0, (line.message, line.timestamp)      # the step sleeps 8 s after the request

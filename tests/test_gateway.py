@@ -288,7 +288,7 @@ def test_a_credential_for_a_host_off_the_allowlist_is_refused_before_anything_st
     with pytest.raises(CredentialHostNotAllowed):
         EgressGateway(run_id, GatewayRules(agents={"frontend": wildcard}), client=docker_client)
     # A secret that cannot be resolved is refused at start(), before any network or container exists.
-    ok = AgentProfile(allow=[HostRule(host="api.model.test")],
+    ok = AgentProfile(allow=[HostRule(host="api.model.test")], routes=[Route(upstream=API)],
                       credentials=[Credential(match="api.model.test", secret="UW_TEST_NO_SUCH_SECRET")])
     gateway = EgressGateway(run_id, GatewayRules(agents={"frontend": ok}), resolver={}.__getitem__,
                             client=docker_client)
@@ -386,7 +386,9 @@ def test_the_real_key_is_nowhere_the_sandbox_or_the_logs_can_show(lab, docker_cl
     gateway_attrs = docker_client.api.inspect_container(lab["gateway"].container_id)
     assert key not in json.dumps(gateway_attrs)
     logs = docker_client.api.logs(lab["gateway"].container_id, stdout=True, stderr=True).decode()
-    assert '"event": "request"' in logs and key not in logs and PLACEHOLDER not in logs
+    assert key not in logs and PLACEHOLDER not in logs
+    record = (lab["gateway"].record_dir / "requests.jsonl").read_text()   # the record, outside the container
+    assert '"event": "request"' in record and key not in record and PLACEHOLDER not in record
     # The rules file that holds it is private to the host.
     rules = lab["gateway"].config_dir / "rules.json"
     assert rules.stat().st_mode & 0o777 == 0o600

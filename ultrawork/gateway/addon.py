@@ -1,10 +1,13 @@
-"""The mitmproxy addon inside the gateway container: deny by default, inject credentials, log.
+"""The mitmproxy addon inside the gateway container: deny by default, inject credentials, record.
 
 Loaded by ``mitmdump -s``; reads the rules file named by ``$ULTRAWORK_GATEWAY_RULES``.
-The agent is known by the address a request comes from (each agent network has
-its own subnet), never by anything the agent sends. Every request is one JSON
-line on stdout: time, agent, method, host, path (no query), status, bytes,
-decision -- never a header value.
+The agent is known by the address a connection comes from (each agent network has
+its own subnet), never by anything the agent sends. Everything a request says is
+hostile: on a route the upstream's scheme, host, port and authority are the route's
+whatever the request line says; a tunnel's server name and ``Host`` must be the
+CONNECT host; bodies, heads and connections are bounded. Every request and every
+refusal is one JSON line in the run's record file (see ``record.py``): time, agent,
+method, host, path (no query), status, bytes, decision -- never a header value.
 """
 
 from __future__ import annotations
@@ -14,16 +17,21 @@ import json
 import os
 import sys
 import time
+from urllib.parse import urlsplit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from mitmproxy import http  # noqa: E402
+from mitmproxy.net.http.url import hostport, parse_authority  # noqa: E402
 
+import http1_bounds  # noqa: E402
 from policy import (  # noqa: E402
-    STRIPPED_HEADERS, address_blocked, agent_for_address, credential_for, host_rule, method_allowed,
+    STRIPPED_HEADERS, address_blocked, agent_for_address, credential_for, host_rule, method_allowed, normalise_host,
 )
+from record import UNKNOWN, RecordWriter  # noqa: E402
 
 PREFIX = "ultrawork gateway"
+SMALL_BODY = 64 * 1024    # a refused request's body is read and dropped up to this; a larger one closes the connection
 
 
 def _emit(record: dict) -> None:
@@ -31,48 +39,161 @@ def _emit(record: dict) -> None:
     sys.stdout.flush()
 
 
+def _clip(value, limit: int) -> str:
+    text = str(value if value is not None else "")[:limit]
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _route(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    return parts.scheme, normalise_host(parts.hostname or ""), parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _method(req: http.Request) -> str:
+    """The method as sent (mitmproxy's ``Request.method`` upper-cases it: ``post`` would pass as ``POST``)."""
+    return req.data.method.decode("latin-1")
+
+
+def _declared_length(req: http.Request) -> int:
+    """The body a request declares: its Content-Length, -1 when chunked, 0 when none."""
+    if "transfer-encoding" in req.headers:
+        return -1
+    try:
+        return int(req.headers.get("content-length") or 0)
+    except ValueError:
+        return -1
+
+
 class EgressRules:
     def __init__(self) -> None:
         with open(os.environ["ULTRAWORK_GATEWAY_RULES"]) as fh:
             rules = json.load(fh)
         self.agents: dict = rules["agents"]
-        self.routes: dict = {int(port): host for port, host in rules.get("routes", {}).items()}
+        self.routes = {int(port): _route(url) for port, url in rules.get("routes", {}).items()}
         self.hard_blocked: list = rules.get("hard_blocked", [])
         self.allowed_private: list = rules.get("allowed_private", [])
+        limits = rules.get("limits") or {}
+        self.body_limit = int(limits.get("body_bytes", 16 << 20))
+        self.max_connections = int(limits.get("connections_per_agent", 32))
+        self.record = RecordWriter(rules["record"], int(limits.get("record_lines_per_agent", 10000)))
+        self.connections: dict[str, set] = {}
+        self.tunnels: dict[str, tuple[str, int]] = {}    # client connection id -> its CONNECT host and port
+        http1_bounds.install(int(limits.get("head_bytes", 64 << 10)), self._connection_refused)
 
-    # -- events -------------------------------------------------------------
+    # -- connections ----------------------------------------------------------
     def running(self) -> None:
         _emit({"event": "ready", "time": time.time(), "agents": sorted(self.agents)})
 
-    def http_connect(self, flow: http.HTTPFlow) -> None:
-        """A CONNECT through the regular proxy: refuse hosts off the allowlist before any TLS."""
-        agent, profile = self._agent(flow)
-        host = flow.request.host
-        if profile is None:
-            self._refuse(flow, agent, f"{PREFIX}: requests from {self._peer(flow)} are not from a known agent")
-        elif host_rule(profile, host) is None:
-            self._refuse(flow, agent, f"{PREFIX}: {host} is not on this agent's allowlist")
-        if flow.response is not None:
-            self._log(flow, 403)   # a refused tunnel gets no further events
+    def done(self) -> None:
+        self.record.close()
 
-    def request(self, flow: http.HTTPFlow) -> None:
-        agent, profile = self._agent(flow)
-        req = flow.request
-        host = req.host
+    def client_connected(self, client) -> None:
+        agent, _ = self._agent(client)
+        live = self.connections.setdefault(agent or UNKNOWN, set())
+        if len(live) >= self.max_connections:
+            client.error = f"{PREFIX}: over {self.max_connections} connections"
+            self._connection_refused(client, 429, f"over {self.max_connections} open connections from this agent")
+            return
+        live.add(client.id)
+
+    def client_disconnected(self, client) -> None:
+        for live in self.connections.values():
+            live.discard(client.id)
+        self.tunnels.pop(client.id, None)
+
+    def _connection_refused(self, conn, status: int, why: str) -> None:
+        """A refusal no flow carries (a connection over the cap, a head over the bound, a malformed head)."""
+        agent, _ = self._agent(conn)
+        self.record.write({"event": "request", "time": round(time.time(), 3), "agent": agent, "method": "-",
+                           "host": "-", "port": (conn.sockname or ("", 0))[1], "path": "", "status": status,
+                           "decision": "refused", "reason": f"{PREFIX}: {why}", "bytes_out": 0, "bytes_in": 0})
+
+    # -- requests -------------------------------------------------------------
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        """A CONNECT through the forward proxy: only an allowed host, on 443 or a port its rule names."""
+        agent, profile = self._agent(flow.client_conn)
+        host, port = normalise_host(flow.request.host), flow.request.port
+        flow.metadata["ultrawork"] = {"agent": agent, "decision": "allowed", "bytes": 0, "sent": 0}
+        rule = host_rule(profile, host) if profile is not None else None
         if profile is None:
-            return self._refuse(flow, agent, f"{PREFIX}: requests from {self._peer(flow)} are not from a known agent")
-        rule = host_rule(profile, host)
-        if rule is None:
-            return self._refuse(flow, agent, f"{PREFIX}: {host} is not on this agent's allowlist")
-        if not method_allowed(rule, req.method):
-            return self._refuse(flow, agent, f"{PREFIX}: {req.method} is not allowed for {host}")
+            why = f"requests from {self._peer(flow.client_conn)} are not from a known agent"
+        elif rule is None:
+            why = f"{_clip(host, 255)} is not on this agent's allowlist"
+        elif port not in rule.get("ports", [443]):
+            why = f"port {port} is not allowed for {host}"
+        else:
+            self.tunnels[flow.client_conn.id] = (host, port)
+            return
+        self._refuse(flow, 403, f"{PREFIX}: {why}")
+        self._log(flow, 403)   # a refused tunnel gets no further events
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Decide before the body is read: refuse, or pin the upstream, inject the key and stream the body."""
+        req = flow.request
+        agent, profile = self._agent(flow.client_conn)
+        meta = flow.metadata["ultrawork"] = {"agent": agent, "decision": "allowed", "bytes": 0, "sent": 0}
+        declared = _declared_length(req)
+        if flow.error is not None or declared > self.body_limit:
+            return                      # mitmproxy refuses it (400 invalid, 413 body_size_limit); the error hook records it
+        refusal = self._decide(flow, profile)
+        if refusal is None and "upgrade" in req.headers:
+            refusal = (403, f"{PREFIX}: protocol upgrades (WebSocket, h2c) are not forwarded")
+        if refusal is None and declared < 0:
+            refusal = (411, f"{PREFIX}: a request body needs a Content-Length (chunked bodies are not forwarded)")
+        if refusal is not None:
+            self._refuse(flow, *refusal)
+            if declared < 0 or declared > SMALL_BODY:
+                meta["closed"] = True
+                flow.kill()             # not read into memory: the connection is closed instead
+            return
         for name in list(req.headers.keys()):
             if name.lower() in STRIPPED_HEADERS:
                 del req.headers[name]
-        cred = credential_for(profile, req.scheme, host, req.port, req.path.split("?", 1)[0])
-        if cred is not None:
-            req.headers[cred["header"]] = cred["value"]
-        flow.metadata["ultrawork"] = {"agent": agent, "decision": "allowed", "bytes": 0}
+        if meta.get("route"):
+            cred = credential_for(profile, req.scheme, req.host, req.port, req.path.split("?", 1)[0])
+            if cred is not None:
+                req.headers[cred["header"]] = cred["value"]
+        if declared > 0:
+            def count(chunk: bytes) -> bytes:
+                meta["sent"] += len(chunk)
+                return chunk
+
+            req.stream = count          # forwarded as it arrives, never held whole
+
+    def _decide(self, flow: http.HTTPFlow, profile) -> tuple[int, str] | None:
+        req, meta = flow.request, flow.metadata["ultrawork"]
+        if profile is None:
+            return 403, f"{PREFIX}: requests from {self._peer(flow.client_conn)} are not from a known agent"
+        route = self.routes.get((flow.client_conn.sockname or ("", 0))[1])
+        if route is not None:
+            scheme, host, port = route
+            if req.authority and _authority(req.authority, scheme) != (host, port):
+                return 403, (f"{PREFIX}: the request target names {_clip(req.authority, 100)}; "
+                             f"this route reaches only {host}:{port}")
+            req.authority = ""          # origin-form upstream, whatever the request line said
+            req.scheme, req.host, req.port = scheme, host, port
+            req.host_header = hostport(scheme, host, port)
+            meta["route"] = True
+        else:
+            tunnel = self.tunnels.get(flow.client_conn.id)
+            if tunnel is None:
+                return 403, f"{PREFIX}: plain HTTP through the proxy is refused; use HTTPS"
+            host, port = tunnel
+            sni = normalise_host(flow.client_conn.sni or "")
+            if not flow.client_conn.tls_established:
+                return 403, f"{PREFIX}: plain HTTP inside a tunnel is refused; use HTTPS"
+            if sni != host:
+                return 403, f"{PREFIX}: the TLS server name {_clip(sni, 100)!r} is not the tunnel's host {host}"
+            named = _authority(req.host_header or "", "https")
+            if named[0] != host or (req.authority and _authority(req.authority, "https") != (host, port)):
+                return 403, f"{PREFIX}: the request names {_clip(req.host_header, 100)!r}, not the tunnel's host {host}"
+            req.scheme, req.host, req.port = "https", host, port
+        rule = host_rule(profile, req.host)
+        if rule is None:
+            return 403, f"{PREFIX}: {_clip(req.host, 255)} is not on this agent's allowlist"
+        if not method_allowed(rule, _method(req)):
+            return 403, f"{PREFIX}: {_clip(_method(req), 32)} is not allowed for {req.host}"
+        return None
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Stream every allowed response (model replies are server-sent events) and count its bytes."""
@@ -90,12 +211,24 @@ class EgressRules:
         self._log(flow, flow.response.status_code)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        if flow.response is None:
-            self._log(flow, 502, error=str(flow.error.msg if flow.error else "error")[:200])
+        meta = flow.metadata.get("ultrawork") or {}
+        message = str(flow.error.msg if flow.error else "error")
+        if id(flow.request) in http1_bounds.MALFORMED or "smuggling" in message or "Invalid request" in message:
+            http1_bounds.MALFORMED.discard(id(flow.request))
+            self._refuse(flow, 400, f"{PREFIX}: malformed request: {_clip(message, 200)}")
+            self._log(flow, 400)
+        elif meta.get("closed"):
+            self._log(flow, meta["status"], error="connection closed: the refused request had a body")
+        elif "body_size_limit" in message:
+            self._refuse(flow, 413, f"{PREFIX}: request body over {self.body_limit} bytes")
+            self._log(flow, 413)
+        elif flow.response is None or meta.get("decision") == "allowed":
+            self._log(flow, 502, error=_clip(message, 200))
 
     async def server_connect(self, data) -> None:
         """Resolve the upstream here, refuse blocked addresses, and pin the address that was checked."""
         host, port = data.server.address
+        data.server.sni = host          # the upstream's TLS name is the host checked, never the client's
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=1)
         except OSError as exc:
@@ -106,47 +239,58 @@ class EgressRules:
             why = address_blocked(address, self.hard_blocked, self.allowed_private)
             if why:
                 data.server.error = f"{PREFIX}: {host} resolves to a blocked address ({why})"
-                _emit({"event": "blocked-address", "time": time.time(), "host": host, "reason": why})
                 return
         data.server.address = (addresses[0], port)
 
     # -- helpers ------------------------------------------------------------
     @staticmethod
-    def _peer(flow: http.HTTPFlow) -> str:
-        return (flow.client_conn.peername or ("?",))[0]
+    def _peer(conn) -> str:
+        return (conn.peername or ("?",))[0]
 
-    def _agent(self, flow: http.HTTPFlow):
-        agent = agent_for_address(self.agents, self._peer(flow))
-        local = (flow.client_conn.sockname or ("",))[0]
+    def _agent(self, conn):
+        agent = agent_for_address(self.agents, self._peer(conn))
+        local = (conn.sockname or ("",))[0]
         if agent is None or agent_for_address(self.agents, local) != agent:
             return None, None   # the request did not arrive on that agent's own network
         return agent, self.agents[agent]
 
-    def _refuse(self, flow: http.HTTPFlow, agent: str | None, message: str) -> None:
-        flow.metadata["ultrawork"] = {"agent": agent, "decision": "refused", "reason": message, "bytes": 0}
-        flow.response = http.Response.make(403, (message + "\n").encode(),
-                                           {"Content-Type": "text/plain; charset=utf-8"})
+    def _refuse(self, flow: http.HTTPFlow, status: int, message: str) -> None:
+        meta = flow.metadata.setdefault("ultrawork", {"agent": self._agent(flow.client_conn)[0], "bytes": 0, "sent": 0})
+        meta.update(decision="refused", reason=message, status=status)
+        flow.response = http.Response.make(status, (message + "\n").encode(),
+                                           {"Content-Type": "text/plain; charset=utf-8", "Connection": "close"})
 
     def _log(self, flow: http.HTTPFlow, status: int, error: str | None = None) -> None:
-        meta = flow.metadata.get("ultrawork") or {"agent": None, "decision": "refused", "bytes": 0}
+        meta = flow.metadata.get("ultrawork") or {"agent": self._agent(flow.client_conn)[0], "decision": "refused",
+                                                  "bytes": 0, "sent": 0}
         if meta.get("logged"):
             return
         meta["logged"] = True
         req = flow.request
         body = flow.response.raw_content if flow.response is not None and not flow.response.stream else None
+        sent = meta.get("sent") or (len(req.raw_content or b"") if not req.stream else 0)
         record = {
             "event": "request", "time": round(req.timestamp_start, 3), "agent": meta["agent"],
-            "method": req.method, "host": req.host, "port": req.port, "path": req.path.split("?", 1)[0][:512],
-            "status": status, "decision": meta["decision"] if status != 502 else "failed",
-            "bytes_out": len(req.raw_content or b""), "bytes_in": meta["bytes"] + len(body or b""),
+            "method": _clip(_method(req), 32), "host": _clip(req.host, 255), "port": req.port,
+            "path": _clip(req.path.split("?", 1)[0], 512), "status": status,
+            "decision": meta["decision"] if status != 502 else "failed", "bytes_out": sent,
+            "bytes_in": meta["bytes"] + (len(body or b"") if meta["decision"] == "allowed" else 0),
         }
         if meta.get("reason"):
-            record["reason"] = meta["reason"]
+            record["reason"] = _clip(meta["reason"], 300)
         if error:
             record["error"] = error
-            if PREFIX in error:
+            if PREFIX in error or meta.get("decision") == "refused":
                 record["decision"] = "refused"
-        _emit(record)
+        self.record.write(record)
+
+
+def _authority(authority: str, scheme: str) -> tuple[str, int | None]:
+    try:
+        host, port = parse_authority(authority, check=False)
+    except ValueError:
+        return "", None
+    return normalise_host(host), port or (443 if scheme == "https" else 80)
 
 
 addons = [EgressRules()]

@@ -17,7 +17,6 @@ the agent's profile allows, injecting the credential the sandbox never sees.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import secrets
@@ -31,7 +30,6 @@ import docker
 import docker.errors
 import requests
 from docker.types import LogConfig
-from pydantic import BaseModel, ConfigDict, Field
 
 from ultrawork.sandbox.procs import owner_token
 from ultrawork.sandbox.spec import (
@@ -41,12 +39,16 @@ from ultrawork.sandbox.spec import (
 from .errors import GatewayError, GatewayRulesError
 from .host import host_addresses
 from .image import GATEWAY_UID, build_gateway_image
-from .rules import PLACEHOLDER, AgentProfile, Resolver, check_profile, env_resolver, resolve_credentials
+from .record import RECORD_FILE, UNKNOWN, RecordReader
+from .rules import (  # noqa: F401 - GatewayRules and check_rules are part of this module's interface
+    FIRST_ROUTE_PORT, PLACEHOLDER, GatewayRules, Resolver, check_rules, env_resolver, resolve_credentials,
+)
 
 GATEWAY_ALIAS = "gateway"        # the gateway's name on every agent network
-FIRST_ROUTE_PORT = 8081
 CONFIG_DIR = "/etc/ultrawork-gateway"   # rules and upstream CA, read-only
+RECORD_DIR = "/var/lib/ultrawork-gateway/record"   # the run's record, written by the gateway
 CODE_DIR = "/opt/ultrawork-gateway/addon"
+ADDON_FILES = ("addon.py", "policy.py", "record.py", "http1_bounds.py")
 _CODE = Path(__file__).parent
 _LAUNCH = (
     "import sys\n"
@@ -54,18 +56,6 @@ _LAUNCH = (
     "sys.argv[0] = 'mitmdump'\n"
     "sys.exit(mitmdump())\n"
 )
-
-
-class GatewayRules(BaseModel):
-    """The whole gateway's configuration: a profile per agent plus upstream trust."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    agents: dict[str, AgentProfile] = Field(description="Agent name -> what it may reach.")
-    upstream_ca: str | None = Field(None, description="PEM of a CA the gateway trusts for upstream TLS "
-                                                      "(a lab's own upstream); the system CAs otherwise.")
-    allowed_private: list[str] = Field(default_factory=list, description="Private networks (CIDR) upstreams "
-                                       "may live in; private addresses are refused otherwise.")
 
 
 @dataclass
@@ -88,23 +78,7 @@ class EgressSummary:
     hosts: dict[str, dict[str, int]] = field(default_factory=dict)   # host -> {"allowed": n, "refused": n, ...}
     bytes_in: int = 0
     bytes_out: int = 0
-
-
-def check_rules(rules: GatewayRules) -> dict[str, int]:
-    """Refuse bad rules by name; return the port of each route's upstream."""
-    if not rules.agents:
-        raise GatewayRulesError("agents", "no agent needs the gateway")
-    for agent, profile in rules.agents.items():
-        check_profile(agent, profile)
-    for i, cidr in enumerate(rules.allowed_private):
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            raise GatewayRulesError(f"allowed_private[{i}]", f"{cidr!r} is not a network") from None
-    if rules.upstream_ca is not None and "-----BEGIN CERTIFICATE-----" not in rules.upstream_ca:
-        raise GatewayRulesError("upstream_ca", "is not a PEM certificate")
-    upstreams = sorted({route.upstream for p in rules.agents.values() for route in p.routes})
-    return {upstream: FIRST_ROUTE_PORT + i for i, upstream in enumerate(upstreams)}
+    dropped: int = 0      # requests past the agent's bound in the record: counted, not recorded one by one
 
 
 def _private_dir(root: Path) -> Path:
@@ -118,7 +92,9 @@ class EgressGateway:
 
     def __init__(self, run_id: str, rules: GatewayRules, resolver: Resolver = env_resolver,
                  upstream_network: str | None = None, client: docker.DockerClient | None = None,
-                 image: str | None = None, memory_mb: int = 256, pids: int = 128, ready_timeout: float = 60.0):
+                 image: str | None = None, memory_mb: int = 256, pids: int = 128, ready_timeout: float = 60.0,
+                 body_limit_mb: int = 16, head_limit_kb: int = 64, connections_per_agent: int = 32,
+                 record_lines_per_agent: int = 10000):
         self.run_id = run_id
         self.rules = rules
         self.resolver = resolver
@@ -128,11 +104,14 @@ class EgressGateway:
         self._client = client
         self.image = image
         self.memory_mb, self.pids, self.ready_timeout = memory_mb, pids, ready_timeout
+        self.limits = {"body_bytes": body_limit_mb << 20, "head_bytes": head_limit_kb << 10,
+                       "connections_per_agent": connections_per_agent, "record_lines_per_agent": record_lines_per_agent}
+        self.record_dir: Path | None = None      # kept after stop: the run's record of requests
+        self.record: RecordReader | None = None
         self.token = secrets.token_hex(3)
         self.networks: dict[str, str] = {}       # agent -> network name
         self.container_id: str | None = None
         self.config_dir: Path | None = None
-        self._past: list[dict] = []              # events of containers removed (stopped or restarted)
 
     # -- engine ---------------------------------------------------------------
     @property
@@ -172,18 +151,25 @@ class EgressGateway:
     def _make_networks(self) -> None:
         client = self.client
         base = f"ultrawork-gw-{self.run_id}-{self.token}"[:60]
-        try:
-            if self.upstream_network is None:
+        made: dict[str, str] = {}
+
+        def make(agent: str | None) -> None:    # one engine call each, side by side
+            if agent is None:
                 self.upstream_network = client.networks.create(
                     f"{base}-upstream", driver="bridge", labels=self._labels()).name
-            for agent in self.rules.agents:
-                name = f"{base}-{agent}"
-                client.networks.create(
-                    name, driver="bridge", internal=True, labels=self._labels(agent),
-                    options={"com.docker.network.bridge.inhibit_ipv4": "true"})
-                self.networks[agent] = name
+                return
+            client.networks.create(f"{base}-{agent}", driver="bridge", internal=True, labels=self._labels(agent),
+                                   options={"com.docker.network.bridge.inhibit_ipv4": "true"})
+            made[agent] = f"{base}-{agent}"
+
+        jobs = ([None] if self.upstream_network is None else []) + list(self.rules.agents)
+        try:
+            with ThreadPoolExecutor(max_workers=min(8, len(jobs))) as pool:
+                list(pool.map(make, jobs))
         except docker.errors.APIError as exc:
             raise GatewayError(f"creating the gateway's networks failed: {exc.explanation or exc}") from None
+        finally:   # what was made is removed by stop(), whatever failed
+            self.networks = {agent: made[agent] for agent in self.rules.agents if agent in made}
 
     def _subnet(self, network: str) -> str:
         configs = (self.client.networks.get(network).attrs.get("IPAM") or {}).get("Config") or []
@@ -203,12 +189,19 @@ class EgressGateway:
         upstream = self.client.networks.get(self.upstream_network).attrs.get("IPAM") or {}
         hard_blocked += [c["Gateway"] for c in upstream.get("Config") or [] if c.get("Gateway")]
         config = {"agents": agents, "routes": {str(port): up for up, port in self.ports.items()},
-                  "hard_blocked": hard_blocked, "allowed_private": self.rules.allowed_private}
+                  "hard_blocked": hard_blocked, "allowed_private": self.rules.allowed_private,
+                  "limits": self.limits, "record": f"{RECORD_DIR}/{RECORD_FILE}"}
+        owner = GATEWAY_UID if os.geteuid() == 0 else os.getuid()
+        records = _private_dir(_private_dir(ultrawork_home() / "gateway") / "records") / f"{self.run_id}-{self.token}"
+        records.mkdir(mode=0o700)
+        if os.geteuid() == 0:
+            os.chown(records, owner, owner)     # the gateway writes its record here; nothing else is mounted rw
+        self.record_dir = records
+        self.record = RecordReader(str(records / RECORD_FILE))
         folder = _private_dir(ultrawork_home() / "gateway") / "runs"
         folder = _private_dir(folder) / f"{self.run_id}-{self.token}"
         folder.mkdir(mode=0o700)
         self.config_dir = folder
-        owner = GATEWAY_UID if os.geteuid() == 0 else os.getuid()
         for name, text in (("rules.json", json.dumps(config)), ("upstream-ca.pem", self.rules.upstream_ca or "")):
             fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w") as fh:
@@ -220,7 +213,9 @@ class EgressGateway:
 
     def _command(self) -> list[str]:
         argv = ["python3", "-c", _LAUNCH, "-s", f"{CODE_DIR}/addon.py", "--set", "connection_strategy=lazy",
-                "--set", "flow_detail=0", "--set", "termlog_verbosity=warn", "--set", "confdir=/tmp/mitmproxy"]
+                "--set", "flow_detail=0", "--set", "termlog_verbosity=warn", "--set", "confdir=/tmp/mitmproxy",
+                "--set", f"body_size_limit={self.limits['body_bytes']}",
+                "--set", "http2=false"]   # HTTP/1 only, where request heads are bounded (http1_bounds)
         for upstream, port in sorted(self.ports.items(), key=lambda kv: kv[1]):
             argv += ["--mode", f"reverse:{upstream}@{port}"]
         if self.rules.upstream_ca:
@@ -239,8 +234,8 @@ class EgressGateway:
                 network_mode=self.upstream_network, cap_drop=["ALL"], security_opt=["no-new-privileges:true"],
                 read_only=True, tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size=64m,uid={owner},gid={owner},mode=0700"},
                 volumes={str(self.config_dir): {"bind": CONFIG_DIR, "mode": "ro"},
-                         str(_CODE / "addon.py"): {"bind": f"{CODE_DIR}/addon.py", "mode": "ro"},
-                         str(_CODE / "policy.py"): {"bind": f"{CODE_DIR}/policy.py", "mode": "ro"}},
+                         str(self.record_dir): {"bind": RECORD_DIR, "mode": "rw"},
+                         **{str(_CODE / name): {"bind": f"{CODE_DIR}/{name}", "mode": "ro"} for name in ADDON_FILES}},
                 pids_limit=self.pids, mem_limit=memory, memswap_limit=memory, nano_cpus=int(1e9), init=True,
                 log_config=LogConfig(type="json-file", config={"max-size": "20m", "max-file": "2"}), detach=True)
             self.container_id = container.id
@@ -254,7 +249,7 @@ class EgressGateway:
             self.check()
             if time.monotonic() > deadline:
                 raise GatewayError(f"the gateway was not ready within {self.ready_timeout:g}s")
-            time.sleep(0.2)
+            time.sleep(0.05)
 
     def check(self) -> None:
         """Raise :class:`GatewayError` unless the gateway's container is running."""
@@ -304,11 +299,8 @@ class EgressGateway:
         return f"http://{GATEWAY_ALIAS}:{self.ports[Route(upstream=upstream).upstream]}"
 
     # -- records --------------------------------------------------------------
-    def _read_events(self) -> list[dict]:
-        """Events of every container this gateway ran, oldest first."""
-        return self._past + self._live_events()
-
     def _live_events(self) -> list[dict]:
+        """The container's own events on stdout (its ``ready`` line); requests are in the record."""
         if self.container_id is None:
             return []
         try:
@@ -325,13 +317,23 @@ class EgressGateway:
         return events
 
     def requests(self, agent: str | None = None) -> list[dict]:
-        """Every request the gateway saw (one dict per log line), of ``agent`` or of all."""
-        return [e for e in self._read_events() if e.get("event") == "request"
-                and (agent is None or e.get("agent") == agent)]
+        """Every request and refusal in the run's record, of ``agent`` or of all (read as it grows)."""
+        if self.record is None:
+            return []
+        self.record.refresh()
+        records = self.record.records if agent is None else self.record.by_agent.get(agent, [])
+        return [e for e in records if e.get("event") == "request"]
+
+    def dropped(self, agent: str | None) -> int:
+        """Requests of ``agent`` (None: of no known agent) past its bound in the record."""
+        if self.record is None:
+            return 0
+        self.record.refresh()
+        return self.record.dropped.get(agent or UNKNOWN, 0)
 
     def summary(self, agent: str) -> EgressSummary:
         """Allowed, refused and failed counts and the hosts ``agent`` asked for."""
-        out = EgressSummary(agent)
+        out = EgressSummary(agent, dropped=self.dropped(agent))
         for e in self.requests(agent):
             decision = e.get("decision", "refused")
             setattr(out, decision, getattr(out, decision, 0) + 1)
@@ -345,10 +347,6 @@ class EgressGateway:
     def _remove_container(self) -> None:
         if self.container_id is None:
             return
-        try:
-            self._past = self._past + self._live_events()
-        except (GatewayError, docker.errors.APIError, requests.exceptions.RequestException):
-            pass
         try:
             self.client.api.remove_container(self.container_id, force=True)
         except docker.errors.NotFound:

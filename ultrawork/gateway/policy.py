@@ -8,6 +8,7 @@ dependencies. Inputs are the plain dicts of the rules file.
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Iterable, Mapping
 from urllib.parse import urlsplit
 
@@ -19,7 +20,9 @@ ALWAYS_BLOCKED = ("127.0.0.0/8", "0.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "
 PRIVATE = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
 
 STRIPPED_HEADERS = ("authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key",
-                    "openai-organization", "anthropic-admin-api-key", "cookie")
+                    "openai-organization", "anthropic-admin-api-key", "cookie",
+                    # a method override turns an allowed POST into a refused DELETE at the upstream
+                    "x-http-method-override", "x-http-method", "x-method-override")
 
 
 def normalise_host(host: str) -> str:
@@ -50,19 +53,45 @@ def host_rule(profile: Mapping, host: str) -> Mapping | None:
 
 
 def method_allowed(rule: Mapping, method: str) -> bool:
-    return method.upper() in {m.upper() for m in rule.get("methods", ())}
+    """Exactly one of the rule's methods (``post`` is not ``POST``: a server may read it either way)."""
+    return method in rule.get("methods", ())
+
+
+# A path in normal form: no dot segments, no empty segments, nothing percent-encoded that a server
+# may decode into ``.``, ``/`` or ``\\`` before routing (``/v1/%2e%2e/admin`` is ``/admin`` to many).
+_RISKY_ESCAPE = re.compile(r"%(2e|2f|5c|25|00)", re.I)
+
+
+def normal_path(path: str) -> bool:
+    """True when ``path`` (no query) has no dot segment, empty segment or encoded dot, slash or backslash."""
+    if not path.startswith("/") or _RISKY_ESCAPE.search(path) or "//" in path:
+        return False
+    # ``..;`` is ``..`` to servlet containers (path parameters are dropped before routing)
+    return not any(seg.split(";", 1)[0] in (".", "..") for seg in path.split("/")[1:]) and "\\" not in path
+
+
+def path_under(path: str, prefix: str) -> bool:
+    """``path`` is ``prefix`` or below it, segment by segment (``/v2`` does not cover ``/v2admin``)."""
+    if prefix in ("", "/"):
+        return True
+    return path == prefix.rstrip("/") or path.startswith(prefix.rstrip("/") + "/")
 
 
 def credential_for(profile: Mapping, scheme: str, host: str, port: int, path: str) -> Mapping | None:
-    """The credential to inject for a request: a URL-prefix credential wins over a host one."""
-    url = f"{scheme}://{normalise_host(host)}:{port}{path}"
+    """The credential to inject for a request: a URL-prefix credential wins over a host one.
+
+    A URL-prefix credential is given only to a path in normal form below its prefix: a server
+    that resolves ``/v1/../admin`` or ``/v1/%2e%2e/admin`` gets no key scoped to ``/v1``."""
     best, best_len = None, -1
     for cred in profile.get("credentials", ()):
         match = cred["match"]
         if "://" in match:
-            prefix = canonical_prefix(match)
-            if url.startswith(prefix) and len(prefix) > best_len:
-                best, best_len = cred, len(prefix)
+            parts = urlsplit(match)
+            want = (parts.scheme, normalise_host(parts.hostname or ""),
+                    parts.port or (443 if parts.scheme == "https" else 80))
+            if (want == (scheme, normalise_host(host), port) and normal_path(path)
+                    and path_under(path, parts.path) and len(parts.path) > best_len):
+                best, best_len = cred, len(parts.path)
         elif host_matches(match, host) and best_len < 0:
             best, best_len = cred, 0
     return best

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Callable
 from urllib.parse import urlsplit
@@ -50,6 +51,15 @@ class HostRule(BaseModel):
     host: str = Field(description="Exact host name, or *.domain for any name below domain.")
     methods: list[str] = Field(default_factory=lambda: list(ALL_METHODS),
                                description="Allowed HTTP methods (a package index: GET and HEAD).")
+    ports: list[int] = Field(default_factory=lambda: [443],
+                             description="Ports a CONNECT tunnel to this host may name (routes have their own).")
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, value: list[int]) -> list[int]:
+        if not value or any(not 0 < p < 65536 for p in value):
+            raise ValueError(f"{value!r} must be a non-empty list of TCP ports")
+        return value
 
     @field_validator("host")
     @classmethod
@@ -181,6 +191,11 @@ def check_profile(agent: str, profile: AgentProfile) -> None:
         if not any(pattern_covers(rule.host, host) for rule in profile.allow):
             raise CredentialHostNotAllowed(
                 field, f"a credential for {host} is asked for, but {host} is not on this agent's allowlist")
+        # Keys are injected on routes only, where the upstream's scheme, host and port come from the
+        # rules; through a tunnel the agent names them (and could send the key in plain HTTP).
+        if not any(host_matches(host, route.host) for route in profile.routes):
+            raise GatewayRulesError(field, f"a credential for {host} needs a route to {host} "
+                                           f"(keys are injected only on routes, never through a tunnel)")
     for i, route in enumerate(profile.routes):
         if not any(host_matches(rule.host, route.host) for rule in profile.allow):
             raise GatewayRulesError(f"agents.{agent}.routes[{i}]",
@@ -222,3 +237,35 @@ def env_resolver(name: str) -> str:
     if value is None:
         raise KeyError(name)
     return value
+
+
+FIRST_ROUTE_PORT = 8081
+
+
+class GatewayRules(BaseModel):
+    """The whole gateway's configuration: a profile per agent plus upstream trust."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agents: dict[str, AgentProfile] = Field(description="Agent name -> what it may reach.")
+    upstream_ca: str | None = Field(None, description="PEM of a CA the gateway trusts for upstream TLS "
+                                                      "(a lab's own upstream); the system CAs otherwise.")
+    allowed_private: list[str] = Field(default_factory=list, description="Private networks (CIDR) upstreams "
+                                       "may live in; private addresses are refused otherwise.")
+
+
+def check_rules(rules: GatewayRules) -> dict[str, int]:
+    """Refuse bad rules by name; return the port of each route's upstream."""
+    if not rules.agents:
+        raise GatewayRulesError("agents", "no agent needs the gateway")
+    for agent, profile in rules.agents.items():
+        check_profile(agent, profile)
+    for i, cidr in enumerate(rules.allowed_private):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise GatewayRulesError(f"allowed_private[{i}]", f"{cidr!r} is not a network") from None
+    if rules.upstream_ca is not None and "-----BEGIN CERTIFICATE-----" not in rules.upstream_ca:
+        raise GatewayRulesError("upstream_ca", "is not a PEM certificate")
+    upstreams = sorted({route.upstream for p in rules.agents.values() for route in p.routes})
+    return {upstream: FIRST_ROUTE_PORT + i for i, upstream in enumerate(upstreams)}

@@ -190,6 +190,8 @@ def summary_markdown(summary: EgressSummary) -> str:
     """One Plan.md line per host: what the agent asked for on the network (no header values)."""
     head = (f"egress: {summary.allowed} allowed, {summary.refused} refused, {summary.failed} failed "
             f"({summary.bytes_out} bytes out, {summary.bytes_in} bytes in)")
+    if summary.dropped:
+        head += f"; {summary.dropped} more requests past the record's bound (counted, not recorded)"
     hosts = [f"{host}: " + ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
              for host, counts in sorted(summary.hosts.items())]
     return head + ("; " + "; ".join(hosts) if hosts else "")
