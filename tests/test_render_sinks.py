@@ -61,3 +61,19 @@ def test_every_process_that_runs_a_flow_installs_the_log_escaping():
     installing = {str(path) for path, _ in calls("install_log_escaping")}
     for where in ("flows/sisyphus.py", "ultrawork/cli/main.py", "ultrawork/cli/launch.py"):
         assert where in installing, f"{where} does not install the log escaping"
+
+
+def test_after_installing_every_handler_prefect_configured_escapes_records():
+    import logging
+
+    from prefect.logging.configuration import setup_logging
+
+    from ultrawork.untrusted import EscapeLogRecords, install_log_escaping
+
+    setup_logging()
+    install_log_escaping()
+    handlers = [h for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs")
+                for h in logging.getLogger(name or None).handlers]
+    kinds = {type(h).__name__ for h in handlers}
+    assert {"PrefectConsoleHandler", "APILogHandler"} <= kinds, kinds
+    assert all(any(isinstance(f, EscapeLogRecords) for f in h.filters) for h in handlers)

@@ -321,6 +321,21 @@ def artifact_ids(run_id: str) -> dict[str, str]:
     return {a.key: str(a.latest_id) for a in found}
 
 
+def live_console_streams() -> None:
+    """Prefect's console handler keeps the stream it was set up with; when an earlier test's ``capsys``
+    closed it, a flow's log line fails, and with ``log_prints`` the failure's report recurses. Point
+    such handlers at the live stderr."""
+    import logging
+    import sys
+
+    for logger in [logging.getLogger()] + [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]:
+        for handler in getattr(logger, "handlers", []):
+            if getattr(getattr(handler, "stream", None), "closed", False):
+                handler.stream = sys.stderr              # not setStream: it flushes the closed one
+                if getattr(handler, "console", None) is not None:
+                    handler.console.file = sys.stderr
+
+
 def agent_flow_runs(run_id: str) -> dict[str, str]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
@@ -347,6 +362,7 @@ def test_a_hostile_team_in_the_prefect_ui_loads_nothing_and_hides_no_report(
         prefect_api, uw_home, tmp_path, docker_client, browser):
     from playwright.sync_api import expect
 
+    live_console_streams()
     ui = prefect_api.removesuffix("/api")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     server = CountingServer()
@@ -396,7 +412,8 @@ def test_a_hostile_team_in_the_prefect_ui_loads_nothing_and_hides_no_report(
         for key, artifact_id in ids.items():
             for prefix in ("", "/v2"):
                 page.goto(f"{ui}{prefix}/artifacts/artifact/{artifact_id}")
-                expect(page.get_by_text(shows.get(key, "<h1>All checks passed</h1>")).first).to_be_attached()
+                expect(page.get_by_text(shows.get(key, "<h1>All checks passed</h1>")).first).to_be_attached(
+                    timeout=20_000)
                 assert_nothing_passes_for_the_host(page, page)
         page.screenshot(path=ARTIFACTS / "hostile-plan-artifact-v2.png", full_page=True)
 
@@ -404,7 +421,7 @@ def test_a_hostile_team_in_the_prefect_ui_loads_nothing_and_hides_no_report(
         for role, flow_run_id in agent_flow_runs(run_id).items():
             for prefix in ("", "/v2"):
                 page.goto(f"{ui}{prefix}/runs/flow-run/{flow_run_id}")
-                expect(page.get_by_text(f"{run_id}-{role}").first).to_be_visible()
+                expect(page.get_by_text(f"{run_id}-{role}").first).to_be_visible(timeout=20_000)
                 if role == "librarian":
                     expect(page.get_by_text("librarian agent failed").first).to_be_visible()
                 assert_nothing_passes_for_the_host(page, page)
@@ -445,7 +462,7 @@ def test_table_artifacts_show_agent_text_as_text_in_both_uis(prefect_api, uw_hom
         sign_in(page, ui)
         for prefix in ("", "/v2"):
             page.goto(f"{ui}{prefix}/artifacts/artifact/{artifact_id}")
-            expect(page.locator("td", has_text="html image").first).to_be_visible()
+            expect(page.locator("td", has_text="html image").first).to_be_visible(timeout=20_000)
             shown = page.locator("td", has_text="html\\.png").or_(page.locator("td", has_text="html.png"))
             expect(shown.first).to_be_visible()                      # the agent's text, as text
             assert_nothing_passes_for_the_host(page, page, tables="td table, th table")   # none in a cell

@@ -6,18 +6,21 @@ Such text is read with a byte cap (:func:`read_bounded`, :func:`bounded`) before
 held, and it is shown only through one of the sinks below, never pasted into markup:
 
 - :meth:`Untrusted.markdown` / :meth:`Untrusted.block` for the Prefect UI (artifacts, the
-  review form and its field descriptions): inline text with every markdown and HTML
-  character escaped, or a fenced block sized from its content (its longest backtick run
-  + 1), so it renders as text -- no raw HTML, no image or frame that loads an address,
-  no heading, table or rule that passes for the host's, no ``<!--`` that hides what follows.
+  review form and its field descriptions, table artifacts' cells): one line of text with HTML
+  and markup characters escaped (list, heading and rule markers where it starts), or a fenced
+  block sized from its content (its longest backtick run + 1), so it renders as text -- no raw
+  HTML, no image or frame that loads an address, no heading, table or rule that passes for
+  the host's, no ``<!--`` that hides what follows.
 - :meth:`Untrusted.terminal` (plain text) and :meth:`Untrusted.rich` (a Rich ``Text``,
   never parsed as markup): C0/C1 controls, escape sequences, bidi and line-changing
   characters are written out as ``\\xNN`` / ``\\uNNNN``.
 - :meth:`Untrusted.log`: the terminal's escaping plus a cap per line and per record;
   :func:`install_log_escaping` puts the same rule on every log handler of the process.
 
-The naming rule: a value an agent controls is wrapped in ``Untrusted`` where it enters the
-host's rendering code, so a reviewer of a change sees which strings are not the host's.
+The naming rule: a value an agent controls is wrapped in ``Untrusted`` (or handed straight to
+one of the sink functions below) where it enters the host's rendering code, so a reviewer of a
+change sees which strings are not the host's. ``tests/test_render_sinks.py`` reads the source
+so that artifacts, CLI consoles and flow processes cannot go around it.
 """
 
 from __future__ import annotations

@@ -133,6 +133,9 @@ def sweep_command(
     from ultrawork.flows.sweep import sweep
 
     from ultrawork.cli.main import parse_duration
+    from ultrawork.untrusted import install_log_escaping
+
+    install_log_escaping()                     # the sweep's runs log what agents and issues wrote
 
     roles = [r.strip() for r in agents.split(",") if r.strip()] if agents else None
     result = asyncio.run(sweep(backlog=backlog, limit=limit, concurrency=concurrency, deployment=deployment,
@@ -142,5 +145,6 @@ def sweep_command(
         return
     table = Table("ISSUE", "OUTCOME", "STATE", "RUN", "NOTE", title=f"sweep of {result.backlog}")
     for row in [*result.swept, *result.skipped]:
-        table.add_row(row.issue, row.outcome or "skipped", row.state, row.run_id or "", row.note[:80])
+        table.add_row(*(rich_text(str(cell), one_line=True) for cell in (
+            row.issue, row.outcome or "skipped", row.state, row.run_id or "", row.note[:80])))
     out.print(table)
