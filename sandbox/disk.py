@@ -1,0 +1,466 @@
+"""Disk caps at write time: every folder a sandbox can write is bounded while the agent writes.
+
+The folders are an agent's work tree (``workspace_mb``), its Plan.md folder (``plan_mb``, every
+role) and its scratch folder at ``/agent`` (``agent_mb``). One way per host, chosen once
+(:func:`disk_backend`, shown by ``ultrawork sandboxes disk`` and logged when a run starts):
+
+* ``loop`` -- root, ``losetup``, ``mkfs.ext4`` and ``/dev/loop-control``: each folder is a sparse ext4
+  image of exactly its cap, loop-mounted on the folder (``nosuid,nodev``). A write past the cap fails
+  with ENOSPC inside the sandbox, and the host's disk never holds more than the image's size. The
+  filesystem's root gets its owner and mode from ``mkfs`` (``root_owner``), before any sandbox mounts it.
+* ``monitor`` -- no loop devices (not root, no ``losetup``): the folder is a plain one, and a bounded
+  walk during each step stops the step within seconds of crossing the cap.
+
+Either way :func:`over_cap` tells whether a step hit a cap (a full filesystem, or a walk over the cap):
+the step then ends with ``DiskLimitExceeded``. A record per cap (``$ULTRAWORK_HOME/disk/caps/<key>.json``:
+folder, size, image, run, the creating process) lets the run's end (:func:`release_run`), the engine's
+cleanup and the reaper (:func:`reap`) release every cap: unmounted, image removed, and of a Plan.md
+folder only Plan.md kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import stat
+import subprocess
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+from ultrawork.settings import ultrawork_home
+
+from .procs import owner_alive, owner_token
+from .spec import SANDBOX_UID
+
+log = logging.getLogger("ultrawork.disk")
+
+BACKEND_ENV = "ULTRAWORK_DISK_BACKEND"     # "monitor" forces the fallback (tests, hosts without loop devices)
+KEEP_LIMIT = 16 << 20                      # most a kept file (Plan.md) may hold when its folder is released
+WALK_ENTRIES = 200_000                     # the monitor's walk stops counting there (and calls it over)
+FULL_FREE_BYTES = 2 << 20                  # a capped filesystem with less free is full: its cap was hit
+                                           # (ext4 refuses a write with up to ~1 MiB still shown free)
+FULL_FREE_INODES = 8
+MOUNT_OPTIONS = "loop,nosuid,nodev,noatime"
+
+
+@dataclass(frozen=True)
+class DiskBackend:
+    kind: str       # "loop" or "monitor"
+    why: str        # one sentence, for logs and the doctor
+
+    def sentence(self) -> str:
+        if self.kind == "loop":
+            return ("disk caps: each agent folder is a loop-mounted ext4 image of its cap; writes past it "
+                    f"fail with ENOSPC ({self.why})")
+        return ("disk caps: no loop devices here, so a monitor stops a step within seconds of crossing a cap "
+                f"(the host's disk may briefly hold more; {self.why})")
+
+
+def _probe() -> DiskBackend:
+    forced = os.environ.get(BACKEND_ENV, "").strip()
+    if forced == "monitor":
+        return DiskBackend("monitor", f"{BACKEND_ENV}=monitor")
+    missing = [tool for tool in ("losetup", "mkfs.ext4", "mount", "umount") if shutil.which(tool) is None
+               and not any(os.access(f"{d}/{tool}", os.X_OK) for d in ("/sbin", "/usr/sbin"))]
+    if os.geteuid() != 0:
+        return DiskBackend("monitor", "not running as root")
+    if missing:
+        return DiskBackend("monitor", "missing " + ", ".join(missing))
+    if not os.path.exists("/dev/loop-control"):
+        return DiskBackend("monitor", "no /dev/loop-control")
+    return DiskBackend("loop", "root, losetup, mkfs.ext4 and /dev/loop-control present")
+
+
+@lru_cache(maxsize=4)
+def _backend_for(forced: str) -> DiskBackend:
+    return _probe()
+
+
+def disk_backend() -> DiskBackend:
+    """The host's way of capping disk (probed once per value of ``$ULTRAWORK_DISK_BACKEND``)."""
+    return _backend_for(os.environ.get(BACKEND_ENV, ""))
+
+
+def _tool(name: str) -> str:
+    for folder in ("/usr/sbin", "/sbin", "/usr/bin", "/bin"):
+        if os.access(f"{folder}/{name}", os.X_OK):
+            return f"{folder}/{name}"
+    return shutil.which(name) or name
+
+
+def _run(argv: list[str], timeout: float = 60) -> None:
+    done = subprocess.run([_tool(argv[0]), *argv[1:]], capture_output=True, text=True, timeout=timeout)
+    if done.returncode:
+        raise OSError(f"{' '.join(argv)} failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-300:]}")
+
+
+# -- records -------------------------------------------------------------------------------
+def disk_dir() -> Path:
+    """``$ULTRAWORK_HOME/disk``: records, images and scratch folders; host-private (0700)."""
+    root = ultrawork_home() / "disk"
+    for sub in ("caps", "images", "scratch"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
+    return root
+
+
+def _key(path: Path) -> str:
+    return hashlib.sha256(os.fsencode(os.path.realpath(path))).hexdigest()[:24]
+
+
+@dataclass
+class DiskCap:
+    """One capped folder, as its record has it."""
+
+    key: str
+    path: Path
+    size_mb: int
+    kind: str               # workspace | plan | scratch
+    backend: str            # loop | monitor
+    run_id: str
+    owner: str
+    created: float
+    image: Path | None = None
+    keep: tuple[str, ...] = ()
+    sandbox: str = ""       # scratch: the container it serves
+
+    def as_json(self) -> dict:
+        return {**self.__dict__, "path": str(self.path), "image": str(self.image) if self.image else None,
+                "keep": list(self.keep)}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> "DiskCap":
+        return cls(**{**data, "path": Path(data["path"]), "image": Path(data["image"]) if data.get("image") else None,
+                      "keep": tuple(data.get("keep") or ())})
+
+
+def _record_path(key: str) -> Path:
+    return disk_dir() / "caps" / f"{key}.json"
+
+
+def _save(cap: DiskCap) -> None:
+    tmp = _record_path(cap.key).with_suffix(".tmp")
+    tmp.write_text(json.dumps(cap.as_json()))
+    os.replace(tmp, _record_path(cap.key))
+
+
+def records() -> list[DiskCap]:
+    found = []
+    for path in sorted((disk_dir() / "caps").glob("*.json")):
+        try:
+            found.append(DiskCap.from_json(json.loads(path.read_text())))
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+    return found
+
+
+def record_for(path: Path) -> DiskCap | None:
+    try:
+        return DiskCap.from_json(json.loads(_record_path(_key(path)).read_text()))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _mounted(path: Path) -> bool:
+    return os.path.ismount(path)
+
+
+# -- creating ------------------------------------------------------------------------------
+def _empty_dir(path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(f"{path} is not a folder")
+    with os.scandir(path) as entries:
+        return next(entries, None) is None
+
+
+def cap_folder(path: Path, size_mb: int, *, run_id: str, kind: str, keep: Iterable[str] = (),
+               mode: int = 0o775, sandbox: str = "") -> DiskCap:
+    """Make ``path`` (absent or empty) a folder that holds at most ``size_mb`` MiB; idempotent.
+
+    Its root is owned by the host with the sandbox user's group (``root:1000``, ``mode``) from the
+    start; as a non-root host it is made writable for others instead (as the grant would)."""
+    path = Path(path)
+    existing = record_for(path)
+    if existing is not None and (existing.backend == "monitor" or _mounted(path)):
+        return existing
+    if existing is not None:                  # recorded but not mounted (a crash between): start again
+        release(existing)
+    if not (not os.path.lexists(path) or _empty_dir(path)):
+        raise OSError(f"{path} is not empty: a capped folder starts empty (see move_into_cap)")
+    backend = disk_backend()
+    key = _key(path)
+    cap = DiskCap(key=key, path=path, size_mb=int(size_mb), kind=kind, backend=backend.kind, run_id=run_id,
+                  owner=owner_token(), created=time.time(), keep=tuple(keep), sandbox=sandbox,
+                  image=disk_dir() / "images" / f"{key}.img" if backend.kind == "loop" else None)
+    _save(cap)                                # first: a crash from here on leaves something the reaper finds
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        gid = SANDBOX_UID if os.geteuid() == 0 else -1
+        if cap.image is not None:
+            _make_image(cap.image, cap.size_mb, gid)
+            _run(["mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(cap.image), str(path)])
+            os.rmdir(path / "lost+found")
+        if os.geteuid() == 0:
+            os.chown(path, 0, SANDBOX_UID)
+            os.chmod(path, mode)
+        else:
+            os.chmod(path, mode | 0o007)
+    except BaseException:
+        release(cap)
+        raise
+    return cap
+
+
+def _make_image(image: Path, size_mb: int, gid: int) -> None:
+    image.unlink(missing_ok=True)
+    fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.ftruncate(fd, size_mb << 20)   # sparse: takes blocks only as the agent writes
+    finally:
+        os.close(fd)
+    # -m 0: no blocks reserved for root; no journal: nothing to replay, less to write; small inode tables
+    _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal",
+          "-E", f"lazy_itable_init=1,root_owner=0:{max(gid, 0)}", str(image)])
+
+
+def move_into_cap(path: Path, size_mb: int, *, run_id: str, kind: str, keep: Iterable[str] = ()) -> DiskCap:
+    """``cap_folder`` for a folder that already holds host-written files (no sandbox has it mounted):
+    the files move into the capped filesystem. Used when a folder made before (a resumed run, a
+    folder released at a run's failure) is mounted again."""
+    path = Path(path)
+    existing = record_for(path)
+    if existing is not None and (existing.backend == "monitor" or _mounted(path)):
+        return existing
+    if not os.path.lexists(path) or _empty_dir(path):
+        return cap_folder(path, size_mb, run_id=run_id, kind=kind, keep=keep)
+    aside = path.with_name(f".{path.name}.uncapped-{secrets.token_hex(3)}")
+    os.rename(path, aside)
+    try:
+        cap = cap_folder(path, size_mb, run_id=run_id, kind=kind, keep=keep)
+        for entry in os.scandir(aside):
+            shutil.move(entry.path, path / entry.name)
+    except BaseException:
+        if not os.path.lexists(path) or (not _mounted(path) and _empty_dir(path)):
+            shutil.rmtree(path, ignore_errors=True)
+            os.rename(aside, path)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    return cap
+
+
+def cap_scratch(run_id: str, sandbox: str, size_mb: int) -> DiskCap:
+    """A new capped folder for one sandbox's ``/agent``, in the host-private disk folder."""
+    path = disk_dir() / "scratch" / f"{run_id[:40]}-{secrets.token_hex(6)}"
+    return cap_folder(path, size_mb, run_id=run_id, kind="scratch", mode=0o775, sandbox=sandbox)
+
+
+# -- releasing -----------------------------------------------------------------------------
+def _read_kept(path: Path, names: Iterable[str]) -> dict[str, tuple[bytes, int, int]]:
+    """Regular files named ``names`` directly in ``path``, opened without following links, capped."""
+    kept = {}
+    for name in names:
+        try:
+            fd = os.open(path / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode):
+                chunks, left = [], KEEP_LIMIT
+                while left > 0:
+                    chunk = os.read(fd, min(left, 1 << 20))
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    left -= len(chunk)
+                kept[name] = (b"".join(chunks), stat.S_IMODE(st.st_mode) & 0o775, st.st_gid)
+        finally:
+            os.close(fd)
+    return kept
+
+
+def _write_kept(path: Path, kept: Mapping[str, tuple[bytes, int, int]]) -> None:
+    for name, (data, mode, gid) in kept.items():
+        target = path / name
+        if os.path.lexists(target):
+            continue
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, data)
+            if os.geteuid() == 0:
+                os.fchown(fd, 0, gid)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+
+
+def _unmount(path: Path) -> None:
+    if not _mounted(path):
+        return
+    try:
+        _run(["umount", str(path)])
+    except OSError:               # busy (a host process inside it): detached now, freed when it lets go
+        _run(["umount", "-l", str(path)])
+
+
+def _remove_all_but(path: Path, keep: Iterable[str]) -> None:
+    keep = set(keep)
+    try:
+        entries = list(os.scandir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        if entry.name in keep and entry.is_file(follow_symlinks=False):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)     # fd-based: no link is followed
+        else:
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                pass
+
+
+def release(cap: DiskCap | Path, *, empty: bool | None = None) -> None:
+    """Unmount ``cap`` and remove its image and record, keeping only its ``keep`` files (Plan.md).
+
+    The folder itself stays, empty but for those (a scratch folder goes). ``empty`` (default:
+    a scratch folder) removes what was in a monitored folder too."""
+    if not isinstance(cap, DiskCap):
+        found = record_for(cap)
+        if found is None:
+            return
+        cap = found
+    path = cap.path
+    if cap.backend == "loop":
+        kept = _read_kept(path, cap.keep) if cap.keep and _mounted(path) else {}
+        _unmount(path)
+        if cap.image is not None:
+            cap.image.unlink(missing_ok=True)
+        if os.path.isdir(path) and not os.path.islink(path):
+            _remove_all_but(path, ())      # what a failed mount or an unmounted folder held
+            _write_kept(path, kept)
+    elif cap.keep or (cap.kind == "scratch" if empty is None else empty):
+        _remove_all_but(path, cap.keep)
+    if cap.kind == "scratch":
+        shutil.rmtree(path, ignore_errors=True)
+    _record_path(cap.key).unlink(missing_ok=True)
+
+
+def release_key(key: str) -> None:
+    """Release the cap recorded under ``key`` (a sandbox's /agent folder, named by its label)."""
+    if not key or not key.isalnum():
+        return
+    try:
+        data = json.loads(_record_path(key).read_text())
+        release(DiskCap.from_json(data))
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        log.warning("could not release disk cap %s: %s", key, exc)
+
+
+def release_run(run_id: str, kinds: Iterable[str] = ("workspace", "plan")) -> list[DiskCap]:
+    """Release the caps of run ``run_id`` (its work trees and Plan.md folders; Plan.md is kept)."""
+    kinds = set(kinds)
+    done = []
+    for cap in records():
+        if cap.run_id == run_id and cap.kind in kinds:
+            release(cap)
+            done.append(cap)
+    return done
+
+
+def release_under(folder: Path) -> list[DiskCap]:
+    """Release every cap at or below ``folder`` (before a tree holding mount points is removed)."""
+    top = os.path.realpath(folder)
+    done = []
+    for cap in records():
+        where = os.path.realpath(cap.path)
+        if where == top or where.startswith(top + os.sep):
+            release(cap)
+            done.append(cap)
+    return done
+
+
+def reap(stale: Callable[[DiskCap], bool]) -> list[DiskCap]:
+    """Release every cap ``stale`` says is no longer needed (see ``ultrawork.sandbox.reaper``)."""
+    done = []
+    for cap in records():
+        try:
+            if stale(cap):
+                release(cap)
+                done.append(cap)
+        except OSError as exc:
+            log.warning("could not release the disk cap of %s: %s", cap.path, exc)
+    return done
+
+
+def owner_gone(cap: DiskCap) -> bool:
+    return not owner_alive(cap.owner)
+
+
+# -- watching ------------------------------------------------------------------------------
+def _walk_bytes(path: Path, limit: int) -> int:
+    """Bytes allocated under ``path`` (st_blocks, links not followed), stopping once past ``limit``."""
+    total, entries, todo = 0, 0, [str(path)]
+    while todo and total <= limit:
+        try:
+            scan = list(os.scandir(todo.pop()))
+        except OSError:
+            continue
+        for entry in scan:
+            entries += 1
+            if entries > WALK_ENTRIES:
+                return limit + 1
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            total += st.st_blocks * 512
+            if stat.S_ISDIR(st.st_mode):
+                todo.append(entry.path)
+    return total
+
+
+def usage(cap: DiskCap) -> int:
+    """Bytes the folder holds on the host's disk now."""
+    if cap.backend == "loop" and cap.image is not None:
+        try:
+            return os.stat(cap.image).st_blocks * 512
+        except FileNotFoundError:
+            return 0
+    return _walk_bytes(cap.path, cap.size_mb << 20)
+
+
+def over_cap(folders: Mapping[str, Path]) -> str | None:
+    """Which of ``folders`` (sandbox path -> host folder) reached its cap, as a sentence, or None.
+
+    A loop-mounted folder reached it when its filesystem is full (space or inodes); a monitored
+    one when a bounded walk counts more than its size."""
+    for target, folder in folders.items():
+        cap = record_for(folder)
+        if cap is None:
+            continue
+        if cap.backend == "loop":
+            if not _mounted(cap.path):
+                continue
+            st = os.statvfs(cap.path)
+            if (st.f_bavail * st.f_frsize < min(FULL_FREE_BYTES, (cap.size_mb << 20) // 20)
+                    or st.f_favail < FULL_FREE_INODES):
+                return (f"{target} is full: it reached its {cap.size_mb} MiB cap (writes past it failed "
+                        "with 'No space left on device')")
+        elif _walk_bytes(cap.path, cap.size_mb << 20) > cap.size_mb << 20:
+            return f"{target} holds more than its {cap.size_mb} MiB cap; the step was stopped"
+    return None
