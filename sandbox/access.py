@@ -79,8 +79,10 @@ def agent_sandbox_spec(ws, *, image: str, workspace_mode: str, network: str, lim
     Grants the sandbox user what it must write (the Plan.md folder; the clone's work
     tree when read-write) -- used by the flows and by an MCP session bound to a run.
     """
+    from .disk import cap_agent_folders
     from .spec import Mount, SandboxSpec
 
+    cap_agent_folders(ws, limits, workspace_mode)   # mount sources capped on the host's disk first
     grant_sandbox_access(ws.plan_path.parent)
     workspace = workspace or ws.path
     if workspace_mode == "rw":

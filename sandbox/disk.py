@@ -153,7 +153,7 @@ def _save(cap: DiskCap) -> None:
 
 def records() -> list[DiskCap]:
     found = []
-    for path in sorted((disk_dir() / "caps").glob("*.json")):
+    for path in sorted((ultrawork_home() / "disk" / "caps").glob("*.json")):
         try:
             found.append(DiskCap.from_json(json.loads(path.read_text())))
         except (OSError, ValueError, TypeError, KeyError):
@@ -163,7 +163,7 @@ def records() -> list[DiskCap]:
 
 def record_for(path: Path) -> DiskCap | None:
     try:
-        return DiskCap.from_json(json.loads(_record_path(_key(path)).read_text()))
+        return DiskCap.from_json(json.loads((ultrawork_home() / "disk" / "caps" / f"{_key(path)}.json").read_text()))
     except (OSError, ValueError, TypeError, KeyError):
         return None
 
@@ -263,6 +263,15 @@ def cap_scratch(run_id: str, sandbox: str, size_mb: int) -> DiskCap:
     """A new capped folder for one sandbox's ``/agent``, in the host-private disk folder."""
     path = disk_dir() / "scratch" / f"{run_id[:40]}-{secrets.token_hex(6)}"
     return cap_folder(path, size_mb, run_id=run_id, kind="scratch", mode=0o775, sandbox=sandbox)
+
+
+def cap_agent_folders(ws, limits, workspace_mode: str) -> None:
+    """Cap an agent's Plan.md folder (every role: ``limits.plan_mb``, only Plan.md outlives the run)
+    and, when the sandbox may write it, its work tree (``limits.workspace_mb``), before any sandbox
+    mounts them. Idempotent; folders that already hold host-written files move into their caps."""
+    move_into_cap(ws.plan_path.parent, limits.plan_mb, run_id=ws.run.run_id, kind="plan", keep=("Plan.md",))
+    if workspace_mode == "rw":
+        move_into_cap(ws.path, limits.workspace_mb, run_id=ws.run.run_id, kind="workspace")
 
 
 # -- releasing -----------------------------------------------------------------------------
@@ -444,13 +453,41 @@ def usage(cap: DiskCap) -> int:
     return _walk_bytes(cap.path, cap.size_mb << 20)
 
 
-def over_cap(folders: Mapping[str, Path]) -> str | None:
-    """Which of ``folders`` (sandbox path -> host folder) reached its cap, as a sentence, or None.
+def cap_holding(folder: Path) -> DiskCap | None:
+    """The cap ``folder`` is (or lies in: a sandbox may mount a subfolder of a capped work tree)."""
+    folder = Path(os.path.realpath(folder))
+    for candidate in [folder, *folder.parents][:8]:
+        cap = record_for(candidate)
+        if cap is not None:
+            return cap
+    return None
+
+
+def sandbox_folders(sandbox) -> dict[str, Path]:
+    """What ``sandbox`` can write on the host's disk: sandbox path -> host folder."""
+    spec = sandbox.spec
+    folders: dict[str, Path] = {}
+    if spec.workspace is not None and spec.workspace_mode == "rw":
+        folders["/workspace"] = Path(spec.workspace)
+    for mount in spec.mounts:
+        if not mount.read_only:
+            folders[mount.target] = Path(mount.source)
+    key = getattr(sandbox, "scratch", None)
+    if key and key.isalnum():
+        try:
+            folders["/agent"] = Path(json.loads(_record_path(key).read_text())["path"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return folders
+
+
+def over_cap(folders: Mapping[str, Path]) -> tuple[str, Path] | None:
+    """Which of ``folders`` (sandbox path -> host folder) reached its cap: (sentence, host folder), or None.
 
     A loop-mounted folder reached it when its filesystem is full (space or inodes); a monitored
     one when a bounded walk counts more than its size."""
     for target, folder in folders.items():
-        cap = record_for(folder)
+        cap = cap_holding(folder)
         if cap is None:
             continue
         if cap.backend == "loop":
@@ -460,7 +497,39 @@ def over_cap(folders: Mapping[str, Path]) -> str | None:
             if (st.f_bavail * st.f_frsize < min(FULL_FREE_BYTES, (cap.size_mb << 20) // 20)
                     or st.f_favail < FULL_FREE_INODES):
                 return (f"{target} is full: it reached its {cap.size_mb} MiB cap (writes past it failed "
-                        "with 'No space left on device')")
+                        "with 'No space left on device')"), cap.path
         elif _walk_bytes(cap.path, cap.size_mb << 20) > cap.size_mb << 20:
-            return f"{target} holds more than its {cap.size_mb} MiB cap; the step was stopped"
+            return f"{target} holds more than its {cap.size_mb} MiB cap; the step was stopped", cap.path
     return None
+
+
+def make_room(folder: Path) -> list[str]:
+    """After a step filled a folder that keeps only some files (the Plan.md folder): remove the rest,
+    and cut a kept file that alone fills the folder to half its cap, so the host can append its
+    notes. No sandbox process runs (each step's processes are killed when it ends). What was done,
+    as sentences."""
+    cap = cap_holding(folder)
+    if cap is None or not cap.keep:
+        return []
+    done = []
+    others = [e.name for e in os.scandir(cap.path) if e.name not in cap.keep]
+    if others:
+        _remove_all_but(cap.path, cap.keep)
+        done.append(f"removed what the agent wrote in the folder besides {', '.join(cap.keep)}: "
+                    f"{', '.join(sorted(others)[:5])}{' ...' if len(others) > 5 else ''}")
+    half = (cap.size_mb << 20) // 2
+    for name in cap.keep:
+        try:
+            fd = os.open(cap.path / name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_size > half:
+                os.ftruncate(fd, half)
+                os.lseek(fd, 0, os.SEEK_END)
+                os.write(fd, f"\n\n[cut by the host: {name} filled its {cap.size_mb} MiB folder]\n".encode())
+                done.append(f"cut {name} to {half >> 20} MiB")
+        finally:
+            os.close(fd)
+    return done
