@@ -1,0 +1,191 @@
+"""Disk bounded while the agent writes: floods into /workspace, /plan and /agent in real sandboxes.
+
+Each flood is stopped near its folder's cap while it writes (ENOSPC on a loop-mounted image, or
+the step monitor where loop devices are missing); the step that fills a cap ends with
+``DiskLimitExceeded``, the siblings reach the review, and when the run ends every mount and image
+is gone and a Plan.md folder holds only Plan.md.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from flowkit import git, make_target_repo, run_sisyphus
+
+MiB = 1 << 20
+
+
+class PeakDisk(threading.Thread):
+    """Samples, every 0.1 s, what each capped folder of the run holds on the host's disk
+    (blocks of its image, or a walk of a monitored folder), and what the run's folders hold."""
+
+    def __init__(self, run_id: str):
+        super().__init__(daemon=True)
+        self.run_id, self.peaks, self.done = run_id, {}, threading.Event()
+
+    def run(self) -> None:
+        from ultrawork.sandbox import disk
+
+        while not self.done.wait(0.1):
+            for cap in disk.records():
+                if cap.run_id != self.run_id:
+                    continue
+                name = f"{cap.kind}:{cap.path.name}"
+                try:
+                    used = disk.usage(cap)
+                except OSError:
+                    continue
+                self.peaks[name] = max(self.peaks.get(name, 0), used)
+
+    def stop(self) -> dict[str, int]:
+        self.done.set()
+        self.join(5)
+        return self.peaks
+
+
+def flood(path: str, mib: int) -> str:
+    """Write ``mib`` MiB of real blocks (not a sparse file) and go on whatever happens."""
+    return f"dd if=/dev/zero of={path} bs=1M count={mib} 2>&1 | tail -1; echo flooded {path}"
+
+
+@pytest.mark.docker
+@pytest.mark.prefect
+def test_floods_stop_at_their_caps_and_the_siblings_reach_the_review(prefect_api, uw_home, tmp_path,
+                                                                     docker_client, capsys):
+    from ultrawork.sandbox import disk
+    from ultrawork.tasks.sandboxes import engine
+
+    repo = make_target_repo(tmp_path / "widgets")
+    run_id = f"dk-{uuid.uuid4().hex[:6]}"
+    peak = PeakDisk(run_id)
+    peak.start()
+    result = run_sisyphus({
+        "task": "Fix the TODO", "repo": str(repo), "run_id": run_id, "review_timeout": 3,
+        "agents": ["explore", "librarian", "oracle", "frontend"],
+        "agent_commands": {
+            "frontend": ["sh", "-c", flood("/workspace/big.bin", 3072)],    # a writer: 3 GiB into its work tree
+            "explore": ["sh", "-c", flood("/plan/junk.bin", 1024)],         # read-only: 1 GiB next to Plan.md
+            "oracle": ["sh", "-c", flood("/agent/junk.bin", 1024)],         # 1 GiB into its scratch folder
+        }})
+    peaks = peak.stop()
+    with capsys.disabled():
+        print(f"\nbackend: {disk.disk_backend().sentence()}")
+        for name, used in sorted(peaks.items()):
+            print(f"peak host-disk use of {name}: {used / MiB:.1f} MiB")
+
+    assert result.outcome == "review-timed-out"                      # the run reached its review
+    by_role = {o.role: o for o in result.agents}
+    assert by_role["librarian"].status == "succeeded"                # siblings go on
+    for role, where in (("frontend", "/workspace"), ("explore", "/plan"), ("oracle", "/agent")):
+        errors = by_role[role].errors
+        assert by_role[role].status == "failed", (role, errors)
+        assert any(e.startswith("DiskLimitExceeded") and where in e for e in errors), (role, errors)
+
+    # the host never held more than the caps (defaults: 1024 MiB work tree, 32 MiB Plan.md, 256 MiB /agent)
+    caps = {"workspace": 1024, "plan": 32, "scratch": 256}
+    slack = 0 if disk.disk_backend().kind == "loop" else None
+    seen = {kind: max((v for k, v in peaks.items() if k.startswith(kind + ":")), default=0) for kind in caps}
+    assert seen["workspace"] > 900 * MiB and seen["plan"] > 24 * MiB and seen["scratch"] > 200 * MiB, seen
+    if slack is not None:
+        for kind, mb in caps.items():
+            assert seen[kind] <= mb * MiB, (kind, seen[kind])
+
+    # the 3 GiB file is not on the branch; the Plan.md folder holds Plan.md and nothing else
+    assert "big.bin" not in git(repo, "ls-tree", "-r", "--name-only", f"ultrawork/{run_id}/frontend")
+    plans = uw_home / "runs" / run_id / "plans"
+    for role in by_role:
+        assert sorted(os.listdir(plans / role)) == ["Plan.md"], role
+    assert "DiskLimitExceeded" in (plans / "explore" / "Plan.md").read_text()
+    # every mount and image is gone; no sandbox is left
+    assert [c for c in disk.records() if c.run_id == run_id] == []
+    assert not any(str(uw_home) in line for line in Path("/proc/mounts").read_text().splitlines())
+    assert list((uw_home / "disk" / "images").iterdir()) == []
+    assert engine().list(run_id=run_id) == []
+
+
+def test_a_plan_folder_keeps_only_plan_md_and_a_full_folder_is_named(uw_home):
+    """The mechanism alone: a capped folder fills with ENOSPC at its size (or is seen over it by the
+    walk), over_cap names it, make_room clears all but Plan.md, release keeps only Plan.md."""
+    from ultrawork.sandbox import disk
+
+    folder = uw_home / "runs" / "r1" / "plans" / "explore"
+    cap = disk.cap_folder(folder, 8, run_id="r1", kind="plan", keep=("Plan.md",))
+    st = os.stat(folder)
+    assert (st.st_uid, st.st_gid) == ((0, 1000) if os.geteuid() == 0 else (st.st_uid, st.st_gid))
+    assert os.listdir(folder) == []                                  # no lost+found for the agent to see
+    (folder / "Plan.md").write_text("# plan\n")
+    os.symlink("/etc/shadow", folder / "link")
+    (folder / "sub").mkdir()
+    done = subprocess.run(["dd", "if=/dev/zero", f"of={folder}/sub/junk", "bs=1M", "count=64"],
+                          capture_output=True, text=True)
+    if cap.backend == "loop":
+        assert "No space left on device" in done.stderr
+        assert disk.usage(cap) <= 8 * MiB
+    hit = disk.over_cap({"/plan": folder})
+    assert hit is not None and "/plan" in hit[0] and hit[1] == folder
+    assert disk.make_room(folder) and sorted(os.listdir(folder)) == ["Plan.md"]
+    assert disk.over_cap({"/plan": folder}) is None
+    (folder / "more").write_text("x")
+    disk.release(cap)
+    assert os.listdir(folder) == ["Plan.md"] and (folder / "Plan.md").read_text() == "# plan\n"
+    assert not os.path.ismount(folder) and disk.record_for(folder) is None
+    assert list((uw_home / "disk" / "images").iterdir()) == []
+
+
+def test_without_loop_devices_the_monitor_sees_a_folder_over_its_cap(uw_home, monkeypatch):
+    from ultrawork.sandbox import disk
+
+    monkeypatch.setenv(disk.BACKEND_ENV, "monitor")
+    assert disk.disk_backend().kind == "monitor" and "monitor" in disk.disk_backend().sentence()
+    folder = uw_home / "runs" / "r1" / "agents" / "frontend"
+    cap = disk.cap_folder(folder, 4, run_id="r1", kind="workspace")
+    assert cap.backend == "monitor" and cap.image is None and not os.path.ismount(folder)
+    with open(folder / "a", "wb") as fh:
+        fh.write(b"\0" * (3 * MiB))
+    assert disk.over_cap({"/workspace": folder / "."}) is None
+    with open(folder / "b", "wb") as fh:
+        fh.write(b"\0" * (2 * MiB))
+    assert "4 MiB cap" in disk.over_cap({"/workspace": folder})[0]
+    disk.release(cap)
+    assert disk.record_for(folder) is None
+
+
+def test_the_reaper_releases_the_caps_of_a_process_that_died(uw_home):
+    """A driver killed mid-run leaves its loop mounts; the reaper unmounts them and removes the images
+    (Plan.md kept), and leaves the caps of live processes alone."""
+    from ultrawork.sandbox import disk
+    from ultrawork.sandbox.reaper import reap_disk_caps
+
+    mine = disk.cap_folder(uw_home / "runs" / "live" / "plans" / "oracle", 8, run_id="live", kind="plan",
+                           keep=("Plan.md",))
+    script = textwrap.dedent(f"""
+        import os, sys
+        from pathlib import Path
+        from ultrawork.sandbox import disk
+        folder = Path({str(uw_home)!r}) / "runs" / "dead" / "plans" / "explore"
+        disk.cap_folder(folder, 8, run_id="dead", kind="plan", keep=("Plan.md",))
+        (folder / "Plan.md").write_text("kept")
+        (folder / "junk").write_text("gone")
+        disk.cap_folder(Path({str(uw_home)!r}) / "runs" / "dead" / "agents" / "frontend", 8, run_id="dead",
+                        kind="workspace")
+        os._exit(0)          # dies without releasing anything
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "ULTRAWORK_HOME": str(uw_home)})
+    dead = [c for c in disk.records() if c.run_id == "dead"]
+    assert len(dead) == 2
+    released = reap_disk_caps(None)
+    assert sorted(released) == sorted(c.path for c in dead)
+    plan = uw_home / "runs" / "dead" / "plans" / "explore"
+    assert os.listdir(plan) == ["Plan.md"] and (plan / "Plan.md").read_text() == "kept"
+    assert not any(os.path.ismount(c.path) for c in dead)
+    assert disk.record_for(mine.path) is not None and (mine.backend != "loop" or os.path.ismount(mine.path))
+    disk.release(mine)
