@@ -47,6 +47,9 @@ def check_step(engine: SandboxEngine, sandbox: Sandbox, argv: Sequence[str], ws=
                                               policy_check=policy_check, deny_list=deny_list))
 
 
+DISK_INTERVAL = 0.25    # seconds between two looks at the disk caps (a statvfs, or a bounded walk)
+
+
 def _monitor(engine: SandboxEngine, sandbox: Sandbox, ws, stop: threading.Event,
              reason: list[ResourceLimitExceeded], interval: float, folders: dict) -> None:
     """resource-limit-monitor: feed stats to the safety hook until the step ends, and stop the
@@ -55,7 +58,9 @@ def _monitor(engine: SandboxEngine, sandbox: Sandbox, ws, stop: threading.Event,
     Its verdict names the limit (the first word of each finding: memory, pids,
     cpu), so the step fails with that limit and the recovery can raise it.
     """
-    while not stop.wait(interval):
+    tick = min(interval, DISK_INTERVAL) if folders else interval
+    next_stats = time.monotonic() + interval
+    while not stop.wait(tick):
         try:
             hit = disk.over_cap(folders) if folders else None
         except OSError:
@@ -65,8 +70,9 @@ def _monitor(engine: SandboxEngine, sandbox: Sandbox, ws, stop: threading.Event,
             error.folder = hit[1]
             reason.append(error)
             return
-        if ws is None:
+        if ws is None or time.monotonic() < next_stats:
             continue
+        next_stats = time.monotonic() + interval
         try:
             ws.check_resources(engine.stats(sandbox))
         except ResourceLimitError as exc:
