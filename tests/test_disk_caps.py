@@ -198,3 +198,17 @@ def test_the_reaper_releases_the_caps_of_a_process_that_died(uw_home):
     assert not any(os.path.ismount(c.path) for c in dead)
     assert disk.record_for(mine.path) is not None and (mine.backend != "loop" or os.path.ismount(mine.path))
     disk.release(mine)
+
+
+def test_a_kept_name_that_is_a_link_is_never_read_or_followed(uw_home, tmp_path):
+    from ultrawork.sandbox import disk
+
+    secret = tmp_path / "host-secret"
+    secret.write_text("host only")
+    secret.chmod(0o600)
+    folder = uw_home / "runs" / "r1" / "plans" / "oracle"
+    cap = disk.cap_folder(folder, 8, run_id="r1", kind="plan", keep=("Plan.md",))
+    os.symlink(secret, folder / "Plan.md")
+    disk.release(cap)
+    assert os.listdir(folder) == []                                  # the link is not kept, nor its target copied
+    assert secret.read_text() == "host only" and (secret.stat().st_mode & 0o777) == 0o600
