@@ -22,6 +22,7 @@ import pytest
 from flowkit import git, make_target_repo, run_sisyphus
 
 MiB = 1 << 20
+pytest_plugins = ["conftest_git"]  # fixtures: ultrawork_home, target_repo, run
 
 
 class PeakDisk(threading.Thread):
@@ -212,3 +213,35 @@ def test_a_kept_name_that_is_a_link_is_never_read_or_followed(uw_home, tmp_path)
     disk.release(cap)
     assert os.listdir(folder) == []                                  # the link is not kept, nor its target copied
     assert secret.read_text() == "host only" and (secret.stat().st_mode & 0o777) == 0o600
+
+
+def test_a_released_work_tree_is_checked_out_again_into_a_new_cap(ultrawork_home, run):
+    """The setup clones into the capped folders; a failed run (or the reaper) releases them; a resumed
+    run checks the branch out again and moves the files into new caps (Plan.md kept throughout)."""
+    from conftest_git import git as run_git
+
+    from ultrawork.sandbox import disk
+    from ultrawork.sandbox.access import agent_sandbox_spec
+    from ultrawork.sandbox.spec import Limits
+
+    limits = Limits(workspace_mb=64, plan_mb=8)
+    ws = run.add_agent("frontend", sandbox_spec={"limits": limits.model_dump(), "workspace_mode": "rw"})
+    if disk.disk_backend().kind == "loop":
+        assert os.path.ismount(ws.path) and os.path.ismount(ws.plan_path.parent)   # cloned into the caps
+    assert disk.record_for(ws.path).size_mb == 64 and disk.record_for(ws.plan_path.parent).size_mb == 8
+    (ws.path / "src" / "app.py").write_text("print('changed')\n")
+    ws.commit_changes()
+    plan_before = ws.plan_path.read_text()
+
+    assert len(disk.release_run(run.run_id)) == 2                   # the run failed: its caps go
+    assert os.listdir(ws.path) == [] and os.listdir(ws.plan_path.parent) == ["Plan.md"]
+    assert ws.plan_path.read_text() == plan_before
+
+    ws.reset_worktree()                                             # what a resumed run does first
+    agent_sandbox_spec(ws, image="img", workspace_mode="rw", network="none", limits=limits, exec_timeout=60)
+    if disk.disk_backend().kind == "loop":
+        assert os.path.ismount(ws.path) and os.path.ismount(ws.plan_path.parent)
+    assert (ws.path / "src" / "app.py").read_text() == "print('changed')\n"
+    assert ws.plan_path.read_text().startswith(plan_before)
+    assert ws.isolation_findings() == []
+    assert run_git(ws.path, "status", "--porcelain") == ""
