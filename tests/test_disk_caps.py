@@ -62,7 +62,7 @@ def flood(path: str, mib: int) -> str:
 @pytest.mark.prefect
 @pytest.mark.parametrize("backend", ["loop", "monitor"])
 def test_floods_stop_at_their_caps_and_the_siblings_reach_the_review(backend, prefect_api, uw_home, tmp_path,
-                                                                     docker_client, capsys, monkeypatch):
+                                                                     docker_client, monkeypatch):
     """loop: the host never holds more than a cap; monitor (no loop devices): the step is stopped
     within seconds of crossing it, so the host holds the cap plus what was written meanwhile."""
     from ultrawork.sandbox import disk
@@ -86,10 +86,9 @@ def test_floods_stop_at_their_caps_and_the_siblings_reach_the_review(backend, pr
             "oracle": ["sh", "-c", flood("/agent/junk.bin", 1024)],         # 1 GiB into its scratch folder
         }})
     peaks = peak.stop()
-    with capsys.disabled():
-        print(f"\n{disk.disk_backend().sentence()}")
-        for name, used in sorted(peaks.items()):
-            print(f"peak host-disk use of {name}: {used / MiB:.1f} MiB")
+    print(f"\n{disk.disk_backend().sentence()}")                     # shown with -s
+    for name, used in sorted(peaks.items()):
+        print(f"peak host-disk use of {name}: {used / MiB:.1f} MiB")
 
     assert result.outcome == "review-timed-out"                      # the run reached its review
     by_role = {o.role: o for o in result.agents}
