@@ -75,7 +75,45 @@ def _probe() -> DiskBackend:
         return DiskBackend("monitor", "missing " + ", ".join(missing))
     if not os.path.exists("/dev/loop-control"):
         return DiskBackend("monitor", "no /dev/loop-control")
-    return DiskBackend("loop", "root, losetup, mkfs.ext4 and /dev/loop-control present")
+    daemon = _docker_daemon_pid()
+    if daemon is not None:
+        try:
+            if os.readlink(f"/proc/{daemon}/ns/mnt") != os.readlink("/proc/self/ns/mnt"):
+                return DiskBackend("monitor", "the Docker daemon runs in another mount namespace, "
+                                              "so it would not see a folder mounted here")
+        except OSError:
+            pass
+    try:
+        _try_mount()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return DiskBackend("monitor", f"mounting a loop image failed: {str(exc)[:200]}")
+    return DiskBackend("loop", "root, loop devices, mkfs.ext4 and mount work here")
+
+
+def _docker_daemon_pid() -> int | None:
+    for pidfile in ("/var/run/docker.pid", "/run/docker.pid"):
+        try:
+            return int(Path(pidfile).read_text().strip())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _try_mount() -> None:
+    """Make, mount and unmount a 4 MiB image once: being root does not always mean mounting works."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="ultrawork-disk-probe-"))
+    image, target = folder / "probe.img", folder / "mnt"
+    try:
+        target.mkdir()
+        _make_image(image, 4, 0)
+        _run(["mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(image), str(target)], timeout=20)
+        _run(["umount", str(target)], timeout=20)
+    finally:
+        if os.path.ismount(target):
+            subprocess.run([_tool("umount"), "-l", str(target)], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @lru_cache(maxsize=4)
@@ -194,6 +232,13 @@ def cap_folder(path: Path, size_mb: int, *, run_id: str, kind: str, keep: Iterab
     existing = record_for(path)
     if existing is not None and (existing.backend == "monitor" or _mounted(path)):
         return existing
+    if (existing is not None and existing.image is not None and existing.image.is_file()
+            and os.path.isdir(path) and not os.path.islink(path) and _empty_dir(path)):
+        try:                                  # its image outlived the mount (a reboot): mounted again as it was
+            _run(["mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(existing.image), str(path)])
+            return existing
+        except OSError:
+            pass
     if existing is not None:                  # recorded but not mounted (a crash between): start again
         release(existing)
     if not (not os.path.lexists(path) or _empty_dir(path)):
@@ -208,7 +253,7 @@ def cap_folder(path: Path, size_mb: int, *, run_id: str, kind: str, keep: Iterab
         path.mkdir(parents=True, exist_ok=True)
         gid = SANDBOX_UID if os.geteuid() == 0 else -1
         if cap.image is not None:
-            _make_image(cap.image, cap.size_mb, gid)
+            _make_image(cap.image, cap.size_mb, gid, inode_ratio=8192 if kind == "workspace" else None)
             _run(["mount", "-t", "ext4", "-o", MOUNT_OPTIONS, str(cap.image), str(path)])
             os.rmdir(path / "lost+found")
         if os.geteuid() == 0:
@@ -222,15 +267,17 @@ def cap_folder(path: Path, size_mb: int, *, run_id: str, kind: str, keep: Iterab
     return cap
 
 
-def _make_image(image: Path, size_mb: int, gid: int) -> None:
+def _make_image(image: Path, size_mb: int, gid: int, inode_ratio: int | None = None) -> None:
     image.unlink(missing_ok=True)
     fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.ftruncate(fd, size_mb << 20)   # sparse: takes blocks only as the agent writes
     finally:
         os.close(fd)
-    # -m 0: no blocks reserved for root; no journal: nothing to replay, less to write; small inode tables
-    _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal",
+    # -m 0: no blocks reserved for root; no journal: nothing to replay, less to write. A work tree gets
+    # one inode per 8 KiB (131072 for 1 GiB: a large repository's checkout fits; 3% of the image)
+    ratio = ["-i", str(inode_ratio)] if inode_ratio else []
+    _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal", *ratio,
           "-E", f"lazy_itable_init=1,root_owner=0:{max(gid, 0)}", str(image)])
 
 

@@ -244,3 +244,21 @@ def test_a_released_work_tree_is_checked_out_again_into_a_new_cap(ultrawork_home
     assert ws.plan_path.read_text().startswith(plan_before)
     assert ws.isolation_findings() == []
     assert run_git(ws.path, "status", "--porcelain") == ""
+
+
+def test_a_cap_whose_mount_went_away_is_mounted_again_with_its_files(uw_home):
+    """After a reboot the records and images are there but not the mounts: the folder is mounted
+    again as it was (the work tree it holds is not lost), not made anew."""
+    from ultrawork.sandbox import disk
+
+    if disk.disk_backend().kind != "loop":
+        pytest.skip(disk.disk_backend().sentence())
+    folder = uw_home / "runs" / "r1" / "agents" / "frontend"
+    cap = disk.cap_folder(folder, 16, run_id="r1", kind="workspace")
+    (folder / "work.txt").write_text("kept")
+    subprocess.run(["umount", str(folder)], check=True)
+    assert not os.path.ismount(folder) and os.listdir(folder) == []
+    again = disk.cap_folder(folder, 16, run_id="r1", kind="workspace")
+    assert again.key == cap.key and os.path.ismount(folder) and (folder / "work.txt").read_text() == "kept"
+    disk.release(again)
+    assert not os.path.ismount(folder) and not cap.image.exists()
