@@ -11,8 +11,8 @@ role) and its scratch folder at ``/agent`` (``agent_mb``). One way per host, cho
 * ``monitor`` -- no loop devices (not root, no ``losetup``): the folder is a plain one, and a bounded
   walk during each step stops the step within seconds of crossing the cap.
 
-Either way :func:`over_cap` tells whether a step hit a cap (a full filesystem, or a walk over the cap):
-the step then ends with ``DiskLimitExceeded``. A record per cap (``$ULTRAWORK_HOME/disk/caps/<key>.json``:
+Either way ``ultrawork.sandbox.disk_use.over_cap`` tells whether a step hit a cap (a full filesystem,
+or a walk over the cap): the step then ends with ``DiskLimitExceeded``. A record per cap (``$ULTRAWORK_HOME/disk/caps/<key>.json``:
 folder, size, image, run, the creating process) lets the run's end (:func:`release_run`), the engine's
 cleanup and the reaper (:func:`reap`) release every cap: unmounted, image removed, and of a Plan.md
 folder only Plan.md kept.
@@ -43,10 +43,6 @@ log = logging.getLogger("ultrawork.disk")
 
 BACKEND_ENV = "ULTRAWORK_DISK_BACKEND"     # "monitor" forces the fallback (tests, hosts without loop devices)
 KEEP_LIMIT = 16 << 20                      # most a kept file (Plan.md) may hold when its folder is released
-WALK_ENTRIES = 200_000                     # the monitor's walk stops counting there (and calls it over)
-FULL_FREE_BYTES = 2 << 20                  # a capped filesystem with less free is full: its cap was hit
-                                           # (ext4 refuses a write with up to ~1 MiB still shown free)
-FULL_FREE_INODES = 8
 MOUNT_OPTIONS = "loop,nosuid,nodev,noatime"
 
 
@@ -179,14 +175,14 @@ class DiskCap:
                       "keep": tuple(data.get("keep") or ())})
 
 
-def _record_path(key: str) -> Path:
+def record_path(key: str) -> Path:
     return disk_dir() / "caps" / f"{key}.json"
 
 
 def _save(cap: DiskCap) -> None:
-    tmp = _record_path(cap.key).with_suffix(".tmp")
+    tmp = record_path(cap.key).with_suffix(".tmp")
     tmp.write_text(json.dumps(cap.as_json()))
-    os.replace(tmp, _record_path(cap.key))
+    os.replace(tmp, record_path(cap.key))
 
 
 def records() -> list[DiskCap]:
@@ -206,7 +202,7 @@ def record_for(path: Path) -> DiskCap | None:
         return None
 
 
-def _mounted(path: Path) -> bool:
+def mounted(path: Path) -> bool:
     return os.path.ismount(path)
 
 
@@ -230,7 +226,7 @@ def cap_folder(path: Path, size_mb: int, *, run_id: str, kind: str, keep: Iterab
     start; as a non-root host it is made writable for others instead (as the grant would)."""
     path = Path(path)
     existing = record_for(path)
-    if existing is not None and (existing.backend == "monitor" or _mounted(path)):
+    if existing is not None and (existing.backend == "monitor" or mounted(path)):
         return existing
     if (existing is not None and existing.image is not None and existing.image.is_file()
             and os.path.isdir(path) and not os.path.islink(path) and _empty_dir(path)):
@@ -287,7 +283,7 @@ def move_into_cap(path: Path, size_mb: int, *, run_id: str, kind: str, keep: Ite
     folder released at a run's failure) is mounted again."""
     path = Path(path)
     existing = record_for(path)
-    if existing is not None and (existing.backend == "monitor" or _mounted(path)):
+    if existing is not None and (existing.backend == "monitor" or mounted(path)):
         return existing
     if not os.path.lexists(path) or _empty_dir(path):
         return cap_folder(path, size_mb, run_id=run_id, kind=kind, keep=keep)
@@ -298,7 +294,7 @@ def move_into_cap(path: Path, size_mb: int, *, run_id: str, kind: str, keep: Ite
         for entry in os.scandir(aside):
             shutil.move(entry.path, path / entry.name)
     except BaseException:
-        if not os.path.lexists(path) or (not _mounted(path) and _empty_dir(path)):
+        if not os.path.lexists(path) or (not mounted(path) and _empty_dir(path)):
             shutil.rmtree(path, ignore_errors=True)
             os.rename(aside, path)
         raise
@@ -362,7 +358,7 @@ def _write_kept(path: Path, kept: Mapping[str, tuple[bytes, int, int]]) -> None:
 
 
 def _unmount(path: Path) -> None:
-    if not _mounted(path):
+    if not mounted(path):
         return
     try:
         _run(["umount", str(path)])
@@ -370,7 +366,7 @@ def _unmount(path: Path) -> None:
         _run(["umount", "-l", str(path)])
 
 
-def _remove_all_but(path: Path, keep: Iterable[str]) -> None:
+def remove_all_but(path: Path, keep: Iterable[str]) -> None:
     keep = set(keep)
     try:
         entries = list(os.scandir(path))
@@ -400,18 +396,18 @@ def release(cap: DiskCap | Path, *, empty: bool | None = None) -> None:
         cap = found
     path = cap.path
     if cap.backend == "loop":
-        kept = _read_kept(path, cap.keep) if cap.keep and _mounted(path) else {}
+        kept = _read_kept(path, cap.keep) if cap.keep and mounted(path) else {}
         _unmount(path)
         if cap.image is not None:
             cap.image.unlink(missing_ok=True)
         if os.path.isdir(path) and not os.path.islink(path):
-            _remove_all_but(path, ())      # what a failed mount or an unmounted folder held
+            remove_all_but(path, ())      # what a failed mount or an unmounted folder held
             _write_kept(path, kept)
     elif cap.keep or (cap.kind == "scratch" if empty is None else empty):
-        _remove_all_but(path, cap.keep)
+        remove_all_but(path, cap.keep)
     if cap.kind == "scratch":
         shutil.rmtree(path, ignore_errors=True)
-    _record_path(cap.key).unlink(missing_ok=True)
+    record_path(cap.key).unlink(missing_ok=True)
 
 
 def release_key(key: str) -> None:
@@ -419,7 +415,7 @@ def release_key(key: str) -> None:
     if not key or not key.isalnum():
         return
     try:
-        data = json.loads(_record_path(key).read_text())
+        data = json.loads(record_path(key).read_text())
         release(DiskCap.from_json(data))
     except FileNotFoundError:
         return
@@ -433,18 +429,6 @@ def release_run(run_id: str, kinds: Iterable[str] = ("workspace", "plan")) -> li
     done = []
     for cap in records():
         if cap.run_id == run_id and cap.kind in kinds:
-            release(cap)
-            done.append(cap)
-    return done
-
-
-def release_under(folder: Path) -> list[DiskCap]:
-    """Release every cap at or below ``folder`` (before a tree holding mount points is removed)."""
-    top = os.path.realpath(folder)
-    done = []
-    for cap in records():
-        where = os.path.realpath(cap.path)
-        if where == top or where.startswith(top + os.sep):
             release(cap)
             done.append(cap)
     return done
@@ -465,118 +449,3 @@ def reap(stale: Callable[[DiskCap], bool]) -> list[DiskCap]:
 
 def owner_gone(cap: DiskCap) -> bool:
     return not owner_alive(cap.owner)
-
-
-# -- watching ------------------------------------------------------------------------------
-def _walk_bytes(path: Path, limit: int) -> int:
-    """Bytes allocated under ``path`` (st_blocks, links not followed), stopping once past ``limit``."""
-    total, entries, todo = 0, 0, [str(path)]
-    while todo and total <= limit:
-        try:
-            scan = list(os.scandir(todo.pop()))
-        except OSError:
-            continue
-        for entry in scan:
-            entries += 1
-            if entries > WALK_ENTRIES:
-                return limit + 1
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            total += st.st_blocks * 512
-            if stat.S_ISDIR(st.st_mode):
-                todo.append(entry.path)
-    return total
-
-
-def usage(cap: DiskCap) -> int:
-    """Bytes the folder holds on the host's disk now."""
-    if cap.backend == "loop" and cap.image is not None:
-        try:
-            return os.stat(cap.image).st_blocks * 512
-        except FileNotFoundError:
-            return 0
-    return _walk_bytes(cap.path, cap.size_mb << 20)
-
-
-def cap_holding(folder: Path) -> DiskCap | None:
-    """The cap ``folder`` is (or lies in: a sandbox may mount a subfolder of a capped work tree)."""
-    folder = Path(os.path.realpath(folder))
-    for candidate in [folder, *folder.parents][:8]:
-        cap = record_for(candidate)
-        if cap is not None:
-            return cap
-    return None
-
-
-def sandbox_folders(sandbox) -> dict[str, Path]:
-    """What ``sandbox`` can write on the host's disk: sandbox path -> host folder."""
-    spec = sandbox.spec
-    folders: dict[str, Path] = {}
-    if spec.workspace is not None and spec.workspace_mode == "rw":
-        folders["/workspace"] = Path(spec.workspace)
-    for mount in spec.mounts:
-        if not mount.read_only:
-            folders[mount.target] = Path(mount.source)
-    key = getattr(sandbox, "scratch", None)
-    if key and key.isalnum():
-        try:
-            folders["/agent"] = Path(json.loads(_record_path(key).read_text())["path"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-    return folders
-
-
-def over_cap(folders: Mapping[str, Path]) -> tuple[str, Path] | None:
-    """Which of ``folders`` (sandbox path -> host folder) reached its cap: (sentence, host folder), or None.
-
-    A loop-mounted folder reached it when its filesystem is full (space or inodes); a monitored
-    one when a bounded walk counts more than its size."""
-    for target, folder in folders.items():
-        cap = cap_holding(folder)
-        if cap is None:
-            continue
-        if cap.backend == "loop":
-            if not _mounted(cap.path):
-                continue
-            st = os.statvfs(cap.path)
-            if (st.f_bavail * st.f_frsize < min(FULL_FREE_BYTES, (cap.size_mb << 20) // 20)
-                    or st.f_favail < FULL_FREE_INODES):
-                return (f"{target} is full: it reached its {cap.size_mb} MiB cap (writes past it failed "
-                        "with 'No space left on device')"), cap.path
-        elif _walk_bytes(cap.path, cap.size_mb << 20) > cap.size_mb << 20:
-            return f"{target} holds more than its {cap.size_mb} MiB cap; the step was stopped", cap.path
-    return None
-
-
-def make_room(folder: Path) -> list[str]:
-    """After a step filled a folder that keeps only some files (the Plan.md folder): remove the rest,
-    and cut a kept file that alone fills the folder to half its cap, so the host can append its
-    notes. No sandbox process runs (each step's processes are killed when it ends). What was done,
-    as sentences."""
-    cap = cap_holding(folder)
-    if cap is None or not cap.keep:
-        return []
-    done = []
-    others = [e.name for e in os.scandir(cap.path) if e.name not in cap.keep]
-    if others:
-        _remove_all_but(cap.path, cap.keep)
-        done.append(f"removed what the agent wrote in the folder besides {', '.join(cap.keep)}: "
-                    f"{', '.join(sorted(others)[:5])}{' ...' if len(others) > 5 else ''}")
-    half = (cap.size_mb << 20) // 2
-    for name in cap.keep:
-        try:
-            fd = os.open(cap.path / name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
-            continue
-        try:
-            st = os.fstat(fd)
-            if stat.S_ISREG(st.st_mode) and st.st_size > half:
-                os.ftruncate(fd, half)
-                os.lseek(fd, 0, os.SEEK_END)
-                os.write(fd, f"\n\n[cut by the host: {name} filled its {cap.size_mb} MiB folder]\n".encode())
-                done.append(f"cut {name} to {half >> 20} MiB")
-        finally:
-            os.close(fd)
-    return done

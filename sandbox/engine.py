@@ -12,6 +12,7 @@ import os
 import secrets
 import socket
 import struct
+import subprocess
 import tarfile
 import threading
 import time
@@ -318,7 +319,10 @@ class SandboxEngine:
         }
         memory = f"{spec.limits.memory_mb}m"
         # /agent: a folder of its own capped at agent_mb on the host's disk (ultrawork.sandbox.disk)
-        scratch = disk.cap_scratch(spec.run_id, name, spec.limits.agent_mb)
+        try:
+            scratch = disk.cap_scratch(spec.run_id, name, spec.limits.agent_mb)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise SandboxError(f"making the sandbox's {AGENT_DIR} folder failed: {exc}") from None
         labels[LABEL_DISK] = scratch.key
         try:
             container = client.containers.create(

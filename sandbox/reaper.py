@@ -102,8 +102,9 @@ def reap(engine: SandboxEngine | None, all: bool = False, older_than: float | No
     report.disk_caps = reap_disk_caps(engine)
     runs = ultrawork_home() / "runs"
     for run_dir in sorted(runs.iterdir()) if runs.is_dir() else []:
-        agents = run_dir / "agents"
-        if not agents.is_dir() or not any(any(c.iterdir()) for c in agents.iterdir() if c.is_dir()):
+        agents, modules = run_dir / "agents", run_dir / ".git" / "modules"
+        if not ((agents.is_dir() and any(any(c.iterdir()) for c in agents.iterdir() if c.is_dir()))
+                or (modules.is_dir() and any(modules.iterdir()))):
             continue  # nothing to release (the common case once a run is done)
         if run_is_active(run_dir.name):
             continue

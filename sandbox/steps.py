@@ -2,7 +2,7 @@
 
 The execute loop of the seed, for one command: container-safety-enforcer before,
 resource-limit-monitor during, isolation-checker and plan-updater after. Each
-folder the sandbox can write is watched against its disk cap (``ultrawork.sandbox.disk``): a
+folder the sandbox can write is watched against its disk cap (``ultrawork.sandbox.disk``, ``disk_use``): a
 step that fills one is stopped and ends with ``DiskLimitExceeded``. The
 flows' ``run_step`` task and the MCP server both run a step through
 :func:`guarded_execute`, so a command passes the same hooks whichever drives it.
@@ -22,7 +22,7 @@ from ultrawork.workspace.errors import DiskLimitExceeded, ResourceLimitError
 from ultrawork.workspace.hooks import HookContext, HookPoint
 from ultrawork.workspace.plan import StepRecord
 
-from . import disk
+from . import disk, disk_use
 from .engine import ExecResult, Sandbox, SandboxEngine
 from .errors import ResourceLimitExceeded, SandboxError
 from .output import OutputLog
@@ -63,7 +63,7 @@ def _monitor(engine: SandboxEngine, sandbox: Sandbox, ws, stop: threading.Event,
     next_stats = time.monotonic() + interval
     while not stop.wait(tick):
         try:
-            hit = disk.over_cap(folders) if folders else None
+            hit = disk_use.over_cap(folders) if folders else None
         except OSError:
             hit = None
         if hit:
@@ -106,7 +106,7 @@ def guarded_execute(
     argv = list(argv)
     check_step(engine, sandbox, argv, ws)
     stop, reason = threading.Event(), []
-    folders = disk.sandbox_folders(sandbox)
+    folders = disk_use.sandbox_folders(sandbox)
     if ws is not None or folders:
         threading.Thread(target=_monitor, args=(engine, sandbox, ws, stop, reason, monitor_interval, folders),
                          name=f"monitor-{sandbox.name}", daemon=True).start()
@@ -142,7 +142,7 @@ def _disk_limit(folders: dict, ws, exc: BaseException | None = None) -> DiskLimi
     if isinstance(exc, ResourceLimitExceeded) and exc.resource == "disk":
         hit = (exc.detail, getattr(exc, "folder", None))
     try:
-        now = disk.over_cap(folders) if folders else None
+        now = disk_use.over_cap(folders) if folders else None
     except OSError:
         now = None
     hit = now or hit
@@ -151,7 +151,7 @@ def _disk_limit(folders: dict, ws, exc: BaseException | None = None) -> DiskLimi
     done = []
     if hit[1] is not None:
         try:
-            done += disk.make_room(hit[1])
+            done += disk_use.make_room(hit[1])
         except OSError as error:
             done.append(f"could not clear {hit[1].name}: {error.strerror}")
     error = DiskLimitExceeded(hit[0] + (f" ({'; '.join(done)})" if done else ""))

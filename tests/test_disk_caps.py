@@ -34,7 +34,7 @@ class PeakDisk(threading.Thread):
         self.run_id, self.peaks, self.done = run_id, {}, threading.Event()
 
     def run(self) -> None:
-        from ultrawork.sandbox import disk
+        from ultrawork.sandbox import disk, disk_use
 
         while not self.done.wait(0.1):
             for cap in disk.records():
@@ -42,7 +42,7 @@ class PeakDisk(threading.Thread):
                     continue
                 name = f"{cap.kind}:{cap.path.name}"
                 try:
-                    used = disk.usage(cap)
+                    used = disk_use.usage(cap)
                 except OSError:
                     continue
                 self.peaks[name] = max(self.peaks.get(name, 0), used)
@@ -65,7 +65,7 @@ def test_floods_stop_at_their_caps_and_the_siblings_reach_the_review(backend, pr
                                                                      docker_client, monkeypatch):
     """loop: the host never holds more than a cap; monitor (no loop devices): the step is stopped
     within seconds of crossing it, so the host holds the cap plus what was written meanwhile."""
-    from ultrawork.sandbox import disk
+    from ultrawork.sandbox import disk, disk_use
     from ultrawork.tasks.sandboxes import engine
 
     if backend == "monitor":
@@ -124,7 +124,7 @@ def test_floods_stop_at_their_caps_and_the_siblings_reach_the_review(backend, pr
 def test_a_plan_folder_keeps_only_plan_md_and_a_full_folder_is_named(uw_home):
     """The mechanism alone: a capped folder fills with ENOSPC at its size (or is seen over it by the
     walk), over_cap names it, make_room clears all but Plan.md, release keeps only Plan.md."""
-    from ultrawork.sandbox import disk
+    from ultrawork.sandbox import disk, disk_use
 
     folder = uw_home / "runs" / "r1" / "plans" / "explore"
     cap = disk.cap_folder(folder, 8, run_id="r1", kind="plan", keep=("Plan.md",))
@@ -138,11 +138,11 @@ def test_a_plan_folder_keeps_only_plan_md_and_a_full_folder_is_named(uw_home):
                           capture_output=True, text=True)
     if cap.backend == "loop":
         assert "No space left on device" in done.stderr
-        assert disk.usage(cap) <= 8 * MiB
-    hit = disk.over_cap({"/plan": folder})
+        assert disk_use.usage(cap) <= 8 * MiB
+    hit = disk_use.over_cap({"/plan": folder})
     assert hit is not None and "/plan" in hit[0] and hit[1] == folder
-    assert disk.make_room(folder) and sorted(os.listdir(folder)) == ["Plan.md"]
-    assert disk.over_cap({"/plan": folder}) is None
+    assert disk_use.make_room(folder) and sorted(os.listdir(folder)) == ["Plan.md"]
+    assert disk_use.over_cap({"/plan": folder}) is None
     (folder / "more").write_text("x")
     disk.release(cap)
     assert os.listdir(folder) == ["Plan.md"] and (folder / "Plan.md").read_text() == "# plan\n"
@@ -151,7 +151,7 @@ def test_a_plan_folder_keeps_only_plan_md_and_a_full_folder_is_named(uw_home):
 
 
 def test_without_loop_devices_the_monitor_sees_a_folder_over_its_cap(uw_home, monkeypatch):
-    from ultrawork.sandbox import disk
+    from ultrawork.sandbox import disk, disk_use
 
     monkeypatch.setenv(disk.BACKEND_ENV, "monitor")
     assert disk.disk_backend().kind == "monitor" and "monitor" in disk.disk_backend().sentence()
@@ -160,10 +160,10 @@ def test_without_loop_devices_the_monitor_sees_a_folder_over_its_cap(uw_home, mo
     assert cap.backend == "monitor" and cap.image is None and not os.path.ismount(folder)
     with open(folder / "a", "wb") as fh:
         fh.write(b"\0" * (3 * MiB))
-    assert disk.over_cap({"/workspace": folder / "."}) is None
+    assert disk_use.over_cap({"/workspace": folder / "."}) is None
     with open(folder / "b", "wb") as fh:
         fh.write(b"\0" * (2 * MiB))
-    assert "4 MiB cap" in disk.over_cap({"/workspace": folder})[0]
+    assert "4 MiB cap" in disk_use.over_cap({"/workspace": folder})[0]
     disk.release(cap)
     assert disk.record_for(folder) is None
 
@@ -171,7 +171,7 @@ def test_without_loop_devices_the_monitor_sees_a_folder_over_its_cap(uw_home, mo
 def test_the_reaper_releases_the_caps_of_a_process_that_died(uw_home):
     """A driver killed mid-run leaves its loop mounts; the reaper unmounts them and removes the images
     (Plan.md kept), and leaves the caps of live processes alone."""
-    from ultrawork.sandbox import disk
+    from ultrawork.sandbox import disk, disk_use
     from ultrawork.sandbox.reaper import reap_disk_caps
 
     mine = disk.cap_folder(uw_home / "runs" / "live" / "plans" / "oracle", 8, run_id="live", kind="plan",
@@ -179,7 +179,7 @@ def test_the_reaper_releases_the_caps_of_a_process_that_died(uw_home):
     script = textwrap.dedent(f"""
         import os, sys
         from pathlib import Path
-        from ultrawork.sandbox import disk
+        from ultrawork.sandbox import disk, disk_use
         folder = Path({str(uw_home)!r}) / "runs" / "dead" / "plans" / "explore"
         disk.cap_folder(folder, 8, run_id="dead", kind="plan", keep=("Plan.md",))
         (folder / "Plan.md").write_text("kept")
@@ -201,7 +201,7 @@ def test_the_reaper_releases_the_caps_of_a_process_that_died(uw_home):
 
 
 def test_a_kept_name_that_is_a_link_is_never_read_or_followed(uw_home, tmp_path):
-    from ultrawork.sandbox import disk
+    from ultrawork.sandbox import disk, disk_use
 
     secret = tmp_path / "host-secret"
     secret.write_text("host only")
@@ -219,7 +219,7 @@ def test_a_released_work_tree_is_checked_out_again_into_a_new_cap(ultrawork_home
     run checks the branch out again and moves the files into new caps (Plan.md kept throughout)."""
     from conftest_git import git as run_git
 
-    from ultrawork.sandbox import disk
+    from ultrawork.sandbox import disk, disk_use
     from ultrawork.sandbox.access import agent_sandbox_spec
     from ultrawork.sandbox.spec import Limits
 
@@ -249,7 +249,7 @@ def test_a_released_work_tree_is_checked_out_again_into_a_new_cap(ultrawork_home
 def test_a_cap_whose_mount_went_away_is_mounted_again_with_its_files(uw_home):
     """After a reboot the records and images are there but not the mounts: the folder is mounted
     again as it was (the work tree it holds is not lost), not made anew."""
-    from ultrawork.sandbox import disk
+    from ultrawork.sandbox import disk, disk_use
 
     if disk.disk_backend().kind != "loop":
         pytest.skip(disk.disk_backend().sentence())

@@ -151,18 +151,19 @@ def sandboxes_disk(
 ) -> None:
     """How this host bounds what agents write (loop-mounted images, or a monitor), and the caps in use."""
     from ultrawork.sandbox import disk
+    from ultrawork.sandbox.disk_use import usage
 
     backend, caps = disk.disk_backend(), disk.records()
     if as_json:
         print(json.dumps({"backend": backend.kind, "why": backend.why, "caps": [
             {"path": str(c.path), "kind": c.kind, "run": c.run_id, "size_mb": c.size_mb, "backend": c.backend,
-             "used_bytes": disk.usage(c)} for c in caps]}, indent=2))
+             "used_bytes": usage(c)} for c in caps]}, indent=2))
         return
     out.print(backend.sentence(), markup=False)
     if caps:
         table = Table("RUN", "KIND", "CAP", "USED", "FOLDER")
         for c in caps:
-            table.add_row(c.run_id, c.kind, f"{c.size_mb} MiB", f"{disk.usage(c) / 2**20:.1f} MiB", str(c.path))
+            table.add_row(c.run_id, c.kind, f"{c.size_mb} MiB", f"{usage(c) / 2**20:.1f} MiB", str(c.path))
         out.print(table)
 
 
