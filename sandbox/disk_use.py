@@ -103,13 +103,16 @@ def over_cap(folders: Mapping[str, Path]) -> tuple[str, Path] | None:
 
 
 def make_room(folder: Path) -> list[str]:
-    """After a step filled a folder that keeps only some files (the Plan.md folder): remove the rest,
-    and cut a kept file that alone fills the folder to half its cap, so the host can append its
-    notes. No sandbox process runs (each step's processes are killed when it ends). What was done,
-    as sentences."""
+    """After a step filled ``folder``: in a folder that keeps only some files (the Plan.md folder)
+    remove the rest, and cut a kept file that alone fills the folder to half its cap, so the host
+    can append its notes; in a monitored folder over its cap (the fallback lets a step write past
+    it for a moment) remove the largest files until it is under the cap again. No sandbox process
+    runs (each step's processes are killed when it ends). What was done, as sentences."""
     cap = cap_holding(folder)
-    if cap is None or not cap.keep:
+    if cap is None:
         return []
+    if not cap.keep:
+        return _shrink(cap) if cap.backend == "monitor" else []
     done = []
     others = [e.name for e in os.scandir(cap.path) if e.name not in cap.keep]
     if others:
@@ -132,3 +135,39 @@ def make_room(folder: Path) -> list[str]:
         finally:
             os.close(fd)
     return done
+
+
+def _shrink(cap: DiskCap) -> list[str]:
+    """Remove the largest regular files of a monitored folder until it holds no more than its cap."""
+    limit = cap.size_mb << 20
+    files, total, entries, todo = [], 0, 0, [str(cap.path)]
+    while todo and entries < WALK_ENTRIES:
+        try:
+            scan = list(os.scandir(todo.pop()))
+        except OSError:
+            continue
+        for entry in scan:
+            entries += 1
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            total += st.st_blocks * 512
+            if stat.S_ISDIR(st.st_mode):
+                todo.append(entry.path)
+            elif stat.S_ISREG(st.st_mode):
+                files.append((st.st_blocks * 512, entry.path))
+    removed = []
+    for size, path in sorted(files, reverse=True):
+        if total <= limit:
+            break
+        try:
+            os.unlink(path)
+        except OSError:
+            continue
+        total -= size
+        removed.append(os.path.relpath(path, cap.path))
+    if not removed:
+        return []
+    return [f"removed {len(removed)} file(s) to bring the folder back under its {cap.size_mb} MiB cap: "
+            f"{', '.join(removed[:5])}{' ...' if len(removed) > 5 else ''}"]

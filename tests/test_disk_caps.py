@@ -164,6 +164,8 @@ def test_without_loop_devices_the_monitor_sees_a_folder_over_its_cap(uw_home, mo
     with open(folder / "b", "wb") as fh:
         fh.write(b"\0" * (2 * MiB))
     assert "4 MiB cap" in disk_use.over_cap({"/workspace": folder})[0]
+    assert disk_use.make_room(folder) == ["removed 1 file(s) to bring the folder back under its 4 MiB cap: a"]
+    assert os.listdir(folder) == ["b"] and disk_use.over_cap({"/workspace": folder}) is None
     disk.release(cap)
     assert disk.record_for(folder) is None
 
