@@ -264,3 +264,32 @@ def test_a_cap_whose_mount_went_away_is_mounted_again_with_its_files(uw_home):
     assert again.key == cap.key and os.path.ismount(folder) and (folder / "work.txt").read_text() == "kept"
     disk.release(again)
     assert not os.path.ismount(folder) and not cap.image.exists()
+
+
+@pytest.mark.parametrize("stop", ["failure", "cancel", "pause"])
+def test_a_failed_or_cancelled_run_releases_its_caps_and_a_paused_one_keeps_them(stop, uw_home):
+    import asyncio
+
+    from prefect.exceptions import Pause
+
+    from ultrawork.sandbox import disk
+    from ultrawork.tasks.reaper import disk_released_on_failure
+
+    folder = uw_home / "runs" / "r1" / "plans" / "frontend"
+    disk.cap_folder(folder, 8, run_id="r1", kind="plan", keep=("Plan.md",))
+    (folder / "Plan.md").write_text("# plan\n")
+    raised = {"failure": RuntimeError("boom"), "cancel": asyncio.CancelledError(), "pause": Pause()}[stop]
+
+    async def run() -> None:
+        async with disk_released_on_failure("r1"):
+            raise raised
+
+    with pytest.raises(type(raised)):
+        asyncio.run(run())
+    kept = disk.record_for(folder)
+    if stop == "pause":                     # suspended for its review: the work trees are needed again
+        assert kept is not None
+        disk.release(kept)
+    else:
+        assert kept is None and not os.path.ismount(folder)
+    assert os.listdir(folder) == ["Plan.md"]
