@@ -4,18 +4,19 @@ The folders are an agent's work tree (``workspace_mb``), its Plan.md folder (``p
 role) and its scratch folder at ``/agent`` (``agent_mb``). One way per host, chosen once
 (:func:`disk_backend`, shown by ``ultrawork sandboxes disk`` and logged when a run starts):
 
-* ``loop`` -- root, ``losetup``, ``mkfs.ext4`` and ``/dev/loop-control``: each folder is a sparse ext4
-  image of exactly its cap, loop-mounted on the folder (``nosuid,nodev``). A write past the cap fails
-  with ENOSPC inside the sandbox, and the host's disk never holds more than the image's size. The
-  filesystem's root gets its owner and mode from ``mkfs`` (``root_owner``), before any sandbox mounts it.
-* ``monitor`` -- no loop devices (not root, no ``losetup``): the folder is a plain one, and a bounded
-  walk during each step stops the step within seconds of crossing the cap.
+* ``loop`` -- root, ``losetup``, ``mkfs.ext4``, ``/dev/loop-control``, mounting an image works and the
+  Docker daemon shares this process's mount namespace: each folder is a sparse ext4 image of exactly
+  its cap, loop-mounted on the folder (``nosuid,nodev``). A write past the cap fails with ENOSPC inside
+  the sandbox, and the host's disk never holds more than the image's size. The filesystem's root gets
+  its owner and mode from ``mkfs`` (``root_owner``) and ``chmod``, before any sandbox mounts it.
+* ``monitor`` -- anywhere else: the folder is a plain one; a bounded walk during each step stops the
+  step within seconds of crossing the cap, and the folder is then brought back under it.
 
 Either way ``ultrawork.sandbox.disk_use.over_cap`` tells whether a step hit a cap (a full filesystem,
-or a walk over the cap): the step then ends with ``DiskLimitExceeded``. A record per cap (``$ULTRAWORK_HOME/disk/caps/<key>.json``:
-folder, size, image, run, the creating process) lets the run's end (:func:`release_run`), the engine's
-cleanup and the reaper (:func:`reap`) release every cap: unmounted, image removed, and of a Plan.md
-folder only Plan.md kept.
+or a walk over the cap): the step then ends with ``DiskLimitExceeded``. A record per cap
+(``$ULTRAWORK_HOME/disk/caps/<key>.json``: folder, size, image, run, the creating process) lets the
+run's end (:func:`release_run`), the engine's cleanup and the reaper (:func:`reap`) release every
+cap: unmounted, image removed, and of a Plan.md folder only Plan.md kept.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class DiskBackend:
         if self.kind == "loop":
             return ("disk caps: each agent folder is a loop-mounted ext4 image of its cap; writes past it "
                     f"fail with ENOSPC ({self.why})")
-        return ("disk caps: no loop devices here, so a monitor stops a step within seconds of crossing a cap "
+        return ("disk caps: no loop-mounted images here, so a monitor stops a step within seconds of crossing a cap "
                 f"(the host's disk may briefly hold more; {self.why})")
 
 
