@@ -683,6 +683,8 @@ class SandboxEngine:
                 continue
             if m.get("Destination") == WORKSPACE_TARGET:
                 workspace, mode = Path(m["Source"]), "rw" if m.get("RW") else "ro"
+            elif m.get("Destination") == AGENT_DIR:      # the engine's own /agent folder (its label names it)
+                continue
             else:
                 mounts.append(Mount(source=Path(m["Source"]), target=m["Destination"], read_only=not m.get("RW")))
         spec = SandboxSpec(

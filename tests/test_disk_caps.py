@@ -105,8 +105,10 @@ def test_floods_stop_at_their_caps_and_the_siblings_reach_the_review(backend, pr
     for kind, mb in caps.items():
         if backend == "loop":
             assert seen[kind] <= mb * MiB, (kind, seen[kind])
-        else:   # stopped within seconds: well before the flood (3 GiB, 1 GiB, 1 GiB) is written
-            assert seen[kind] < mb * MiB + 1536 * MiB, (kind, seen[kind])
+    if backend == "monitor":   # stopped within a second or two of crossing (the peak then depends on the
+        # write rate and the machine's load: printed, not asserted), and brought back under the cap
+        assert any("removed 1 file(s) to bring the folder back under its 1024 MiB cap: big.bin" in e
+                   for e in by_role["frontend"].errors), by_role["frontend"].errors
 
     # the 3 GiB file is not on the branch; the Plan.md folder holds Plan.md and nothing else
     assert "big.bin" not in git(repo, "ls-tree", "-r", "--name-only", f"ultrawork/{run_id}/frontend")
@@ -293,3 +295,15 @@ def test_a_failed_or_cancelled_run_releases_its_caps_and_a_paused_one_keeps_them
     else:
         assert kept is None and not os.path.ismount(folder)
     assert os.listdir(folder) == ["Plan.md"]
+
+
+def test_the_policy_bounds_the_disk_caps_a_spec_may_ask_for(tmp_path):
+    from ultrawork.sandbox import SandboxPolicy, SandboxSpec, validate_spec
+    from ultrawork.sandbox.errors import SandboxPolicyError
+    from ultrawork.sandbox.spec import Limits
+
+    policy = SandboxPolicy(workspace_roots=[tmp_path])
+    validate_spec(SandboxSpec(role="frontend", run_id="r1"), policy)
+    for field, value in (("workspace_mb", 10 ** 7), ("plan_mb", 4096), ("agent_mb", 0), ("plan_mb", 1)):
+        with pytest.raises(SandboxPolicyError, match=f"limits.{field}"):
+            validate_spec(SandboxSpec(role="frontend", run_id="r1", limits=Limits(**{field: value})), policy)

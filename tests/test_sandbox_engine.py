@@ -224,3 +224,18 @@ def test_missing_image_names_the_build_command(engine, run_id, docker_client):
         engine.create(SandboxSpec(role="explore", run_id=run_id, image="ultrawork-sandbox:does-not-exist"))
     assert "ultrawork sandbox build" in str(info.value)
     assert managed_container_ids(docker_client) == before
+
+
+def test_an_attached_sandbox_knows_its_agent_folder_and_passes_the_policy(engine, run_id):
+    """Another process's view of a sandbox (``attach``): its /agent folder is the engine's own (named by
+    its label), not a mount the policy would refuse, and removing the sandbox releases that folder."""
+    from ultrawork.sandbox import disk, validate_spec
+
+    made = engine.create(SandboxSpec(role="oracle", run_id=run_id))
+    again = engine.attach(made.id)
+    assert again.scratch == made.scratch and all(m.target != "/agent" for m in again.spec.mounts)
+    validate_spec(again.spec, engine.policy)
+    folder = next(c.path for c in disk.records() if c.key == made.scratch)
+    assert engine.execute(again, ["sh", "-c", "echo x > /agent/x && cat /agent/x"]).stdout == "x\n"
+    assert engine.cleanup(again) is True
+    assert not os.path.exists(folder) and all(c.key != made.scratch for c in disk.records())
