@@ -307,3 +307,25 @@ def test_the_policy_bounds_the_disk_caps_a_spec_may_ask_for(tmp_path):
     for field, value in (("workspace_mb", 10 ** 7), ("plan_mb", 4096), ("agent_mb", 0), ("plan_mb", 1)):
         with pytest.raises(SandboxPolicyError, match=f"limits.{field}"):
             validate_spec(SandboxSpec(role="frontend", run_id="r1", limits=Limits(**{field: value})), policy)
+
+
+def test_an_inode_flood_fills_its_own_image_not_the_hosts(uw_home):
+    """Millions of empty files would exhaust the host's inodes; in a capped folder they exhaust the
+    image's own inode table, and that counts as the cap reached."""
+    from ultrawork.sandbox import disk, disk_use
+
+    if disk.disk_backend().kind != "loop":
+        pytest.skip(disk.disk_backend().sentence())
+    folder = uw_home / "runs" / "r1" / "plans" / "librarian"
+    cap = disk.cap_folder(folder, 4, run_id="r1", kind="plan", keep=("Plan.md",))
+    host_free = os.statvfs(uw_home).f_favail
+    made = 0
+    with pytest.raises(OSError) as full:
+        while made < 100_000:
+            (folder / f"f{made}").touch()
+            made += 1
+    assert full.value.errno == 28 and made < 5000, made          # ENOSPC after the image's few inodes
+    assert os.statvfs(uw_home).f_favail >= host_free - 10
+    hit = disk_use.over_cap({"/plan": folder})
+    assert hit is not None and "/plan is full" in hit[0]
+    disk.release(cap)
