@@ -18,7 +18,8 @@ With ``--network gateway`` the ultrawork side's agents run a Claude Code profile
 starts its egress gateway and each sandbox sits on its own internal network behind it.
 With more than four agents (up to 16: role instances such as frontend-2) a 4-agent run goes before each
 pair and the report holds the ratio of the two wall times (target <= 1.5) and the peak RSS of this
-process (the orchestrator) and the server (target <= 400 MB together).
+process (the orchestrator) and the server (target <= 400 MB together). ``disk_caps`` is what bounding an
+agent's disk costs it: making and releasing a writer's three capped folders.
 Usage: python bench/fanout.py [--workload 5] [--agents 4..16] [--repeat 1] [--network none|gateway]
 (uses $PREFECT_API_URL, else starts ultrawork's local Prefect server in a temporary home).
 """
@@ -84,6 +85,26 @@ def machine_cpu_seconds() -> float | None:
 def _spent(since: float | None) -> float | None:
     now = machine_cpu_seconds()
     return round(now - since, 2) if now is not None and since is not None else None
+
+
+def disk_cap_cost(folder: Path, repeat: int = 5) -> dict:
+    """What the disk caps cost one agent (``ultrawork.sandbox.disk``): making and releasing a writer's
+    three capped folders (work tree, Plan.md folder, /agent) at their default sizes, median of ``repeat``."""
+    from ultrawork.sandbox import disk
+    from ultrawork.sandbox.spec import Limits
+
+    limits, made, released = Limits(), [], []
+    for i in range(repeat):
+        sizes = (("workspace", limits.workspace_mb), ("plan", limits.plan_mb), ("scratch", limits.agent_mb))
+        t0 = time.perf_counter()
+        caps = [disk.cap_folder(folder / f"{kind}-{i}", mb, run_id="bench-disk", kind=kind) for kind, mb in sizes]
+        t1 = time.perf_counter()
+        for cap in caps:
+            disk.release(cap)
+        made.append(t1 - t0)
+        released.append(time.perf_counter() - t1)
+    return {"backend": disk.disk_backend().kind, "per_writer_make_ms": round(statistics.median(made) * 1000, 1),
+            "per_writer_release_ms": round(statistics.median(released) * 1000, 1)}
 
 
 def make_repo(path: Path) -> Path:
@@ -320,7 +341,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ultrawork.local_server.manager import ensure_server, stop_server
 
     own_server = not os.environ.get("PREFECT_API_URL")
-    pairs, four, memory = [], [], {}
+    pairs, four, memory, disk_cost = [], [], {}, {}
     try:
         ensure_server()
         repo = make_repo(work / "repo")
@@ -335,6 +356,7 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"pair {i + 1}/{args.repeat}: ratio {pairs[-1]['ratio']} (ultrawork "
                       f"{uw['wall_seconds']:.2f}s, baseline {raw['wall_seconds']:.2f}s)", file=sys.stderr)
         memory = memory_report()
+        disk_cost = disk_cap_cost(work / "disk-cost")
     finally:
         restore_signals(handlers)
         if own_server:
@@ -345,6 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"workload_seconds": args.workload, "agents": args.agents, "network": args.network, **typical,
               "ratio": round(statistics.median(ratios), 3), "target_ratio": 1.25}
     report["memory"] = memory
+    report["disk_caps"] = disk_cost
     if four:
         walls = [p["ultrawork"]["wall_seconds"] for p in pairs]
         report["versus_4_agents"] = {"wall_seconds_4": round(statistics.median(four), 3),

@@ -28,6 +28,7 @@ from ultrawork.flows.agent import agent
 from ultrawork.cli.request import check_request, new_run_id
 from ultrawork.flows.integrate import ended, finish_run
 from ultrawork.flows.revise import DEFAULT_ROUNDS, review_rounds
+from ultrawork.sandbox.disk import disk_backend
 from ultrawork.sandbox.procs import owner_token
 from ultrawork.runtime.artifacts import Progress, publish_plan, publish_results
 from ultrawork.runtime.config import load_config, use_config
@@ -36,7 +37,7 @@ from ultrawork.runtime.logs import get_logger
 from ultrawork.runtime.naming import agent_tags, continued_run_id, continues_flow_run, name_run
 from ultrawork.tasks.egress import check_egress, run_egress
 from ultrawork.runtime.mcp_servers import run_mcp_servers
-from ultrawork.tasks.reaper import reap_stale_work
+from ultrawork.tasks.reaper import disk_released_on_failure, reap_stale_work
 from ultrawork.tasks.team import check_model_agents, model_for_run, plan_run, record_plan, run_usage_line
 from ultrawork.runtime.together import together
 from ultrawork.untrusted import ARTIFACT_BYTES, Untrusted, install_log_escaping, read_agent_file
@@ -142,31 +143,32 @@ async def sisyphus(
               "check_command": check_command, "agent_profiles": agent_profiles,
               "model_settings": model_settings, "max_review_rounds": max_review_rounds, "role_models": role_models,
               "attempts": attempts, "attempt_profiles": attempt_profiles, "auto_select": auto_select}
-    async with run_egress(run_id, profiles):            # the egress gateway starts alongside the setup
-        ledger = await open_run(run_id, params, target, resume, github=config.github is not None)
-        plan = await record_plan(run_id, ledger, task, plan, profiles, model)      # ledger stage + artifact
-        async with run_mcp_servers(run_id, profiles):   # both stopped with the agents
-            outcomes = await run_agents(run_id, ledger, task, profiles, plan)   # research, then the writers
-    if run_usage_line(outcomes):
-        get_logger().info("run %s: %s", run_id, run_usage_line(outcomes))
-    await publish_results(run_id, outcomes)
-    rankings = []
-    if attempts > 1 or auto_select:                      # each attempt's checks on its branch, ranked
-        writers = {p.role for p in phases(profiles)[1]}
-        rankings = await rank_attempts(run_id, ledger, [o for o in outcomes if o.role in writers], check_command,
-                                       min_size=1 if auto_select else 2)
-    if auto_select:                                      # no person: the best attempt whose checks pass
-        return await ended(run_id, await select_automatically(run_id, ledger, task, outcomes, rankings,
-                                                              config.github, check_command))
-    review, outcomes = await review_rounds(run_id, ledger, task, outcomes, profiles, review_timeout,
-                                           checks=bool(check_command), max_rounds=max_review_rounds,
-                                           attempts=rankings)
-    if review.decided is None:
-        return await ended(run_id, review_timed_out(run_id, ledger, outcomes, review_timeout))
-    summary = await finish_run(run_id, ledger, task, outcomes, review.decided, config.github, check_command,
-                               review.open_anyway)
-    summary.attempts = [r.model_dump(mode="json") for r in rankings]
-    return await ended(run_id, summary)
+    async with disk_released_on_failure(run_id):          # failed or cancelled: its disk caps go
+        async with run_egress(run_id, profiles):            # the egress gateway starts alongside the setup
+            ledger = await open_run(run_id, params, target, resume, github=config.github is not None)
+            plan = await record_plan(run_id, ledger, task, plan, profiles, model)      # ledger stage + artifact
+            async with run_mcp_servers(run_id, profiles):   # both stopped with the agents
+                outcomes = await run_agents(run_id, ledger, task, profiles, plan)   # research, then the writers
+        if run_usage_line(outcomes):
+            get_logger().info("run %s: %s", run_id, run_usage_line(outcomes))
+        await publish_results(run_id, outcomes)
+        rankings = []
+        if attempts > 1 or auto_select:                      # each attempt's checks on its branch, ranked
+            writers = {p.role for p in phases(profiles)[1]}
+            rankings = await rank_attempts(run_id, ledger, [o for o in outcomes if o.role in writers],
+                                           check_command, min_size=1 if auto_select else 2)
+        if auto_select:                                      # no person: the best attempt whose checks pass
+            return await ended(run_id, await select_automatically(run_id, ledger, task, outcomes, rankings,
+                                                                  config.github, check_command))
+        review, outcomes = await review_rounds(run_id, ledger, task, outcomes, profiles, review_timeout,
+                                               checks=bool(check_command), max_rounds=max_review_rounds,
+                                               attempts=rankings)
+        if review.decided is None:
+            return await ended(run_id, review_timed_out(run_id, ledger, outcomes, review_timeout))
+        summary = await finish_run(run_id, ledger, task, outcomes, review.decided, config.github, check_command,
+                                   review.open_anyway)
+        summary.attempts = [r.model_dump(mode="json") for r in rankings]
+        return await ended(run_id, summary)
 
 
 async def select_automatically(run_id: str, ledger: RunLedger, task: str, outcomes: list[AgentOutcome],
@@ -207,6 +209,7 @@ async def open_run(run_id: str, params: dict, target: str, resume: bool, github:
                          f"{'run resumed' if resume else 'run plan'}: {', '.join(roles)} (flow run {flow_run.name})")
     get_logger().info("run %s: %d agent(s) %s on %s%s", run_id, len(roles), ", ".join(roles), params["repo"],
                       f" (resumed; cleaned up {len(reaped)} leftover(s))" if resume else "")
+    get_logger().info("run %s: %s", run_id, disk_backend().sentence())   # how this host bounds agents' disk
     return ledger
 
 

@@ -69,10 +69,12 @@ def agent_sandbox_spec(ws, *, image: str, workspace_mode: str, network: str, lim
     read-write work tree. Without it (an MCP session, while the agent lives) nothing on
     the host changes: what the role may write was granted when its clone was set up.
     """
+    from .disk import cap_agent_folders
     from .spec import Mount, SandboxSpec
 
     workspace = workspace or ws.path
     if grant:
+        cap_agent_folders(ws, limits, workspace_mode)   # mount sources capped on the host's disk first
         agent_tree.prepare_folder(ws.plan_path.parent, writable=True)
         if workspace_mode == "rw":
             grant_sandbox_access(workspace)

@@ -281,16 +281,16 @@ def remove_special_files(root: Path, *, skip_top: tuple[str, ...] = ()) -> list[
     return removed
 
 
-def remove_except(root: Path, keep: tuple[str, ...]) -> list[str]:
-    """Remove every top-level entry of ``root`` but ``keep`` (each by its folder's descriptor);
-    return what was removed."""
+def remove_except(root: Path, keep=()) -> list[str]:
+    """Remove every top-level entry of ``root`` but the regular files named in ``keep`` (a link or a
+    folder of that name goes too), each by its folder's descriptor; return what was removed."""
     removed = []
     with opened_root(root) as root_fd:
         for name in sorted(os.listdir(root_fd)):
-            if name in keep:
-                continue
             try:
                 st = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+                if name in keep and stat.S_ISREG(st.st_mode):
+                    continue
                 if stat.S_ISDIR(st.st_mode):
                     shutil.rmtree(name, dir_fd=root_fd)   # descriptor-based, never follows a link
                 else:
@@ -299,6 +299,49 @@ def remove_except(root: Path, keep: tuple[str, ...]) -> list[str]:
             except FileNotFoundError:
                 pass
     return removed
+
+
+def unlink_file(root: Path, rel: str) -> bool:
+    """Remove the regular file ``rel`` below ``root`` (every folder on the way opened with
+    ``O_NOFOLLOW``, the file unlinked in its folder's descriptor); False when it is not one."""
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        raise ValueError(f"{rel!r} is not a relative path below the tree")
+    with opened_root(root) as root_fd:
+        fd = os.dup(root_fd)
+        try:
+            for part in parts[:-1]:
+                try:
+                    nxt = os.open(part, _DIR, dir_fd=fd)
+                except OSError:
+                    return False
+                os.close(fd)
+                fd = nxt
+            try:
+                if not stat.S_ISREG(os.stat(parts[-1], dir_fd=fd, follow_symlinks=False).st_mode):
+                    return False
+                os.unlink(parts[-1], dir_fd=fd)
+                return True
+            except OSError:
+                return False
+        finally:
+            os.close(fd)
+
+
+def allocated_bytes(root: Path, limit: int, max_entries: int = MAX_ENTRIES) -> int:
+    """Bytes allocated below ``root`` (``st_blocks``, by descriptor), stopping once past ``limit``;
+    a tree past ``max_entries`` counts as ``limit + 1``."""
+    total = 0
+    try:
+        for entry in walk(root, max_entries=max_entries):
+            total += entry.stat.st_blocks * 512
+            if total > limit:
+                break
+    except TreeLimitExceeded:
+        return limit + 1
+    except OSError:
+        return total
+    return total
 
 
 def remove(path: Path) -> None:

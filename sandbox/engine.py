@@ -12,6 +12,7 @@ import os
 import secrets
 import socket
 import struct
+import subprocess
 import tarfile
 import threading
 import time
@@ -24,6 +25,7 @@ import docker.errors
 import requests
 from docker.types import Mount as DockerMount
 
+from . import disk
 from .deploy_files import add_directory
 from .errors import (
     ContainerGone,
@@ -44,6 +46,7 @@ from .spec import (
     HOME_TARGET,
     LABEL_AGENT,
     LABEL_CREATED,
+    LABEL_DISK,
     LABEL_HOME,
     LABEL_MANAGED,
     LABEL_MCP_BOUND,
@@ -186,6 +189,7 @@ class Sandbox:
     created_at: float = field(default_factory=time.time)
     counters: dict[str, int] = field(default_factory=dict)
     volumes: list[str] = field(default_factory=list)   # its scratch volumes, removed with it
+    scratch: str | None = None   # the disk cap (key) of its /agent folder; None: read from its label
 
     @property
     def role(self) -> str:
@@ -233,6 +237,7 @@ class SandboxInfo:
     image: str
     created: float
     owner: str
+    disk: str = ""      # the disk cap (key) of its /agent folder
 
     @property
     def age(self) -> float:
@@ -314,6 +319,12 @@ class SandboxEngine:
             LABEL_HOME: home_tag(),
         }
         memory = f"{spec.limits.memory_mb}m"
+        # /agent: a folder of its own capped at agent_mb on the host's disk (ultrawork.sandbox.disk)
+        try:
+            scratch = disk.cap_scratch(spec.run_id, name, spec.limits.agent_mb)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise SandboxError(f"making the sandbox's {AGENT_DIR} folder failed: {exc}") from None
+        labels[LABEL_DISK] = scratch.key
         try:
             container = client.containers.create(
                 spec.image,
@@ -332,9 +343,7 @@ class SandboxEngine:
                     "/tmp": "rw,nosuid,nodev,size=256m,mode=1777",
                     HOME_TARGET: f"rw,nosuid,nodev,size=256m,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0755",
                 },
-                mounts=[*mounts, DockerMount(AGENT_DIR, None, type="volume",   # labelled: see prune_volumes
-                                             labels={LABEL_MANAGED: "true", LABEL_RUN: spec.run_id,
-                                                     LABEL_HOME: labels[LABEL_HOME]})],
+                mounts=[*mounts, DockerMount(AGENT_DIR, str(scratch.path), type="bind")],
                 pids_limit=spec.limits.pids,
                 mem_limit=memory,
                 memswap_limit=memory,
@@ -342,11 +351,14 @@ class SandboxEngine:
                 init=True,
                 detach=True,
             )
-        except docker.errors.ImageNotFound:
-            raise ImageMissing(f"sandbox image {spec.image} is missing; build it with 'ultrawork sandbox build'") from None
-        except docker.errors.APIError as exc:
-            raise SandboxError(f"creating the sandbox failed: {exc.explanation or exc}") from None
-        sandbox = Sandbox(id=container.id, name=name, spec=spec,
+        except BaseException as exc:
+            disk.release(scratch)
+            if isinstance(exc, docker.errors.ImageNotFound):
+                raise ImageMissing(f"sandbox image {spec.image} is missing; build it with 'ultrawork sandbox build'") from None
+            if isinstance(exc, docker.errors.APIError):
+                raise SandboxError(f"creating the sandbox failed: {exc.explanation or exc}") from None
+            raise
+        sandbox = Sandbox(id=container.id, name=name, spec=spec, scratch=scratch.key,
                           volumes=[m["Name"] for m in container.attrs.get("Mounts") or []
                                    if m.get("Type") == "volume" and m.get("Name")])
         try:
@@ -672,6 +684,8 @@ class SandboxEngine:
                 continue
             if m.get("Destination") == WORKSPACE_TARGET:
                 workspace, mode = Path(m["Source"]), "rw" if m.get("RW") else "ro"
+            elif m.get("Destination") == AGENT_DIR:      # the engine's own /agent folder (its label names it)
+                continue
             else:
                 mounts.append(Mount(source=Path(m["Source"]), target=m["Destination"], read_only=not m.get("RW")))
         spec = SandboxSpec(
@@ -681,13 +695,19 @@ class SandboxEngine:
             limits=Limits(memory_mb=(host.get("Memory") or 0) // 2**20, cpus=(host.get("NanoCpus") or 0) / 1e9,
                           pids=host.get("PidsLimit") or 0),
         )
-        return Sandbox(id=container.id, name=container.name, spec=spec,
+        return Sandbox(id=container.id, name=container.name, spec=spec, scratch=labels.get(LABEL_DISK, ""),
                        created_at=float(labels.get(LABEL_CREATED) or 0) or time.time())
 
     # -- remove -----------------------------------------------------------
     def cleanup(self, sandbox: Sandbox | str) -> bool:
-        """Remove the container and its anonymous volumes; True if something was removed."""
+        """Remove the container, its anonymous volumes and its /agent folder; True if something was removed."""
         cid = sandbox.id if isinstance(sandbox, Sandbox) else sandbox
+        scratch = sandbox.scratch if isinstance(sandbox, Sandbox) else None
+        if scratch is None:
+            try:
+                scratch = (self.client.api.inspect_container(cid).get("Config") or {}).get("Labels", {}).get(LABEL_DISK)
+            except docker.errors.APIError:
+                scratch = None      # gone already: the reaper releases a folder whose sandbox is gone
         try:
             self.client.api.remove_container(cid, v=True, force=True)
             return True
@@ -701,7 +721,11 @@ class SandboxEngine:
         except docker.errors.APIError as exc:
             if exc.status_code == 409 and "already in progress" in str(exc):
                 return False
+            scratch = None
             raise SandboxError(f"removing sandbox {cid[:12]} failed: {exc.explanation or exc}") from None
+        finally:
+            if scratch:
+                disk.release_key(scratch)
 
     def reap(
         self,
@@ -760,6 +784,7 @@ def _info(container) -> SandboxInfo:
         image=(container.attrs.get("Config") or {}).get("Image", ""),
         created=created,
         owner=labels.get(LABEL_OWNER, ""),
+        disk=labels.get(LABEL_DISK, ""),
     )
 
 

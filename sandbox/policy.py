@@ -45,6 +45,9 @@ class SandboxPolicy(BaseModel):
     max_cpus: float = Field(float(os.cpu_count() or 1), description="Highest CPU quota a spec may ask for.")
     max_pids: int = Field(4096, description="Highest pids limit a spec may ask for.")
     max_exec_timeout: float = Field(6 * 3600.0, description="Longest command timeout a spec may ask for (s).")
+    max_workspace_mb: int = Field(16384, description="Largest disk cap of a read-write workspace a spec may ask for (MiB).")
+    max_plan_mb: int = Field(256, description="Largest disk cap of the Plan.md folder a spec may ask for (MiB).")
+    max_agent_mb: int = Field(4096, description="Largest disk cap of /agent a spec may ask for (MiB).")
     allowed_networks: list[str] = Field(
         default_factory=lambda: ["none", "bridge"], description="Network modes a spec may use."
     )
@@ -98,6 +101,10 @@ def validate_spec(spec: SandboxSpec, policy: SandboxPolicy | None = None) -> Non
         raise SandboxPolicyError("limits.cpus", f"{limits.cpus} is outside (0, {policy.max_cpus}]")
     if not 8 <= limits.pids <= policy.max_pids:
         raise SandboxPolicyError("limits.pids", f"{limits.pids} is outside 8..{policy.max_pids}")
+    for name, low, high in (("workspace_mb", 16, policy.max_workspace_mb), ("plan_mb", 4, policy.max_plan_mb),
+                            ("agent_mb", 4, policy.max_agent_mb)):
+        if not low <= getattr(limits, name) <= high:   # each a filesystem of that size on the host's disk
+            raise SandboxPolicyError(f"limits.{name}", f"{getattr(limits, name)} is outside {low}..{high}")
     if not 0 < spec.exec_timeout <= policy.max_exec_timeout:
         raise SandboxPolicyError("exec_timeout", f"{spec.exec_timeout} is outside (0, {policy.max_exec_timeout}]")
     allowed = set(spec.allow_env) | set(policy.allowed_secret_env)

@@ -7,7 +7,10 @@ Runs at the start of every run and on ``ultrawork sandboxes reap``:
 - temporary integration checkouts of runs that are not active;
 - scratch volumes of sandboxes that are gone (removed from outside without ``-v``);
 - egress gateways' networks and private rules folders of runs that are not active
-  (the gateway's container is a managed container like a sandbox, reaped above).
+  (the gateway's container is a managed container like a sandbox, reaped above);
+- disk caps (``ultrawork.sandbox.disk``): the /agent folder of a sandbox that is gone, and the
+  work trees and Plan.md folders of runs whose process died (unmounted, images removed,
+  Plan.md kept).
 
 Only what belongs to this ``$ULTRAWORK_HOME`` is touched: containers and volumes
 carry its tag (``ultrawork.home``), checkouts carry it in their name; another
@@ -24,6 +27,7 @@ import json
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +36,7 @@ from ultrawork.workspace.superproject import ultrawork_home
 
 import docker.errors
 
-from . import agent_tree
+from . import agent_tree, disk
 from .engine import SandboxEngine, SandboxInfo
 from .procs import owner_alive
 from .spec import LABEL_HOME, LABEL_MANAGED, LABEL_OWNER, LABEL_RUN, home_tag
@@ -49,11 +53,12 @@ class ReapReport:
     volumes: list[str] = field(default_factory=list)
     networks: list[str] = field(default_factory=list)
     gateway_dirs: list[Path] = field(default_factory=list)
+    disk_caps: list[Path] = field(default_factory=list)
 
     @property
     def total(self) -> int:
         return (len(self.containers) + len(self.clones) + len(self.checkouts) + len(self.volumes)
-                + len(self.networks) + len(self.gateway_dirs))
+                + len(self.networks) + len(self.gateway_dirs) + len(self.disk_caps))
 
 
 def run_owner(run_id: str) -> str | None:
@@ -74,6 +79,7 @@ def release_clones(run_dir: Path) -> list[Path]:
     """Empty ``agents/<role>`` and remove its git directory ``.git/modules/<role>`` (full clones of
     the target, whose branches are in the target already); the submodule entries stay."""
     removed = []
+    disk.release_run(run_dir.name)          # unmounted first; of a Plan.md folder only Plan.md stays
     agents = run_dir / "agents"
     for clone in sorted(agents.iterdir()) if agents.is_dir() else []:
         if clone.is_dir() and not clone.is_symlink() and _holds_anything(clone):
@@ -101,10 +107,12 @@ def reap(engine: SandboxEngine | None, all: bool = False, older_than: float | No
         report.volumes = engine.prune_volumes()
         report.networks = reap_gateway_networks(engine, all=all)
     report.gateway_dirs = reap_gateway_dirs(engine, all=all)
+    report.disk_caps = reap_disk_caps(engine)
     runs = ultrawork_home() / "runs"
     for run_dir in sorted(runs.iterdir()) if runs.is_dir() else []:
-        agents = run_dir / "agents"
-        if not agents.is_dir() or not any(_holds_anything(c) for c in agents.iterdir()):
+        agents, modules = run_dir / "agents", run_dir / ".git" / "modules"
+        if not ((agents.is_dir() and any(_holds_anything(c) for c in agents.iterdir()))
+                or (modules.is_dir() and any(modules.iterdir()))):
             continue  # nothing to release (the common case once a run is done)
         if run_is_active(run_dir.name):
             continue
@@ -120,6 +128,28 @@ def reap(engine: SandboxEngine | None, all: bool = False, older_than: float | No
             shutil.rmtree(checkout, ignore_errors=True)
             report.checkouts.append(checkout)
     return report
+
+
+SCRATCH_GRACE = 60.0    # seconds a sandbox's /agent folder may wait for its container to exist
+
+
+def reap_disk_caps(engine: SandboxEngine | None) -> list[Path]:
+    """Release the disk caps nothing needs any more: a sandbox's /agent folder once its container is
+    gone, and a run's work trees and Plan.md folders once the process that made them died and the run
+    is not active (a resumed run mounts them again)."""
+    try:
+        live = {info.disk for info in engine.list(home=home_tag())} if engine is not None else None
+    except Exception:  # noqa: BLE001 - no engine answer: only what dead processes left goes
+        live = None
+
+    def stale(cap: disk.DiskCap) -> bool:
+        if cap.kind == "scratch":
+            if live is None:
+                return disk.owner_gone(cap)
+            return cap.key not in live and (disk.owner_gone(cap) or time.time() - cap.created > SCRATCH_GRACE)
+        return disk.owner_gone(cap) and not run_is_active(cap.run_id)
+
+    return [cap.path for cap in disk.reap(stale)]
 
 
 def checkout_run(name: str, runs: Path) -> str | None:

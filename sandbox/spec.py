@@ -41,6 +41,7 @@ LABEL_AGENT = "ultrawork.agent"
 LABEL_OWNER = "ultrawork.owner"  # host:pid:start-ticks of the process that created it
 LABEL_CREATED = "ultrawork.created"  # unix seconds
 LABEL_HOME = "ultrawork.home"  # home_tag() of the $ULTRAWORK_HOME it belongs to: a reaper removes only its own
+LABEL_DISK = "ultrawork.disk"  # the disk cap of its /agent folder (see ultrawork.sandbox.disk)
 LABEL_MCP_BOUND = "ultrawork.mcp-bound"  # "true": made by an MCP server bound to a run, kept while that server lives
 
 
@@ -61,8 +62,12 @@ class Limits(BaseModel):
     pids: int = Field(256, description="Maximum number of processes and threads.")
     file_mb: int = Field(50, description="Largest file the host commits from the workspace, in MiB; "
                                          "a larger one is left out of the commit and named.")
-    workspace_mb: int = Field(1024, description="Most the workspace (without .git) may hold when the "
-                                                "host commits it, in MiB; more fails the agent.")
+    workspace_mb: int = Field(1024, description="Most a read-write workspace (without .git) may hold on the "
+                                                "host's disk while the agent writes and when the host commits "
+                                                "it, in MiB; reaching it fails the step (DiskLimitExceeded).")
+    plan_mb: int = Field(32, description="Most the Plan.md folder (/plan) may hold while the agent writes, in "
+                                         "MiB; only Plan.md is kept when the run ends.")
+    agent_mb: int = Field(256, description="Most the sandbox's scratch folder /agent may hold, in MiB.")
 
 
 class Mount(BaseModel):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import asynccontextmanager
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from ultrawork.sandbox import disk
 from ultrawork.sandbox.reaper import reap, release_clones
 from ultrawork.workspace.superproject import RunSuperproject
 
@@ -30,3 +32,21 @@ async def reap_stale_work() -> list[str]:
 async def release_run_clones(run_id: str) -> int:
     """A finished run keeps its branches and Plan.md files; its full clones go."""
     return len(await asyncio.to_thread(release_clones, RunSuperproject.open(run_id).path))
+
+
+@asynccontextmanager
+async def disk_released_on_failure(run_id: str):
+    """Around a run: if it fails or is cancelled (not when it pauses for its review), its work trees
+    and Plan.md folders are unmounted and their images removed (Plan.md kept); a resumed run mounts
+    them again and checks the work trees out anew."""
+    from prefect.exceptions import Pause
+
+    try:
+        yield
+    except Pause:
+        raise
+    except BaseException:
+        released = await asyncio.shield(asyncio.to_thread(disk.release_run, run_id))
+        if released:
+            get_logger().info("run %s stopped: released %d disk cap(s)", run_id, len(released))
+        raise

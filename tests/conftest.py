@@ -171,3 +171,20 @@ def browser():
             yield chromium
         finally:
             chromium.close()
+
+
+@pytest.fixture(autouse=True)
+def _disk_caps_released(monkeypatch):
+    """What a test's agents capped on disk (loop mounts, images) is released when the test ends, as
+    the end of their run would (a unit test's run never ends)."""
+    import time as _time
+
+    started = _time.time()
+    yield
+    from ultrawork.sandbox import disk
+    from ultrawork.sandbox.procs import owner_token
+
+    me = owner_token()
+    for cap in disk.records():
+        if cap.owner == me and cap.created >= started:
+            disk.release(cap)

@@ -153,6 +153,7 @@ def test_an_mcp_server_bound_to_the_agent_creates_sandboxes_under_the_race_witho
     finally:
         session.close()
         engine.cleanup(agent)
+    assert box["result"].stdout.startswith("swaps"), box["result"]
     assert int(box["result"].stdout.split()[1]) > 100 and created == 3, (box["result"].stdout, created)
     assert _unchanged(canary), oct(os.lstat(canary).st_mode)
 
@@ -191,6 +192,12 @@ HOST_ONLY = {
     "sandbox/access.py:agent_file_mounts": "the agent's inbox, host-owned, each file mounted read-only",
     "ultrawork/backlog/store.py": "the backlog's own folder",
     "ultrawork/evaluation/taskset.py": "a task set's folders, copied before any run (no sandbox writes them)",
+    "sandbox/disk.py:disk_dir": "$ULTRAWORK_HOME/disk, host-private",
+    "sandbox/disk.py:_try_mount": "the backend probe's own scratch folder",
+    "sandbox/disk.py:records": "the caps' records, host-private",
+    "sandbox/disk.py:_empty_dir": "whether a host-made folder is empty before it is capped (one entry read)",
+    "sandbox/disk.py:cap_folder": "the root of a capped folder the host has just mounted, before any sandbox",
+    "sandbox/disk.py:move_into_cap": "a resumed agent's files moved into a new cap before its sandbox starts",
     "sandbox/image.py": "the image build's own root file system",
     "sandbox/agent_image.py": "the agent image's build context",
     "sandbox/procs.py": "/proc",

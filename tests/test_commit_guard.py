@@ -157,3 +157,24 @@ def test_build_and_cache_outputs_stay_out_named_in_plan_and_not_counted(run):
     plan = ws.plan_path.read_text()
     for name in ("src/__pycache__/", ".pytest_cache/", "web/node_modules/.cache/", ".mypy_cache/", "old.pyc"):
         assert name in ws.left_out and name in plan
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("backend", ["loop", "monitor"])
+def test_a_check_that_floods_its_workspace_fails_at_its_cap(backend, run, target_repo, docker_client, monkeypatch):
+    """The repository's check runs code the agents wrote: its clone is capped like an agent's work
+    tree, a flood fails the check with DiskLimitExceeded, and the mount and image are gone after."""
+    from ultrawork.sandbox import SandboxEngine, disk
+    from ultrawork.sandbox.checks import run_check
+    from ultrawork.sandbox.spec import Limits
+
+    if backend == "monitor":
+        monkeypatch.setenv(disk.BACKEND_ENV, "monitor")
+    elif disk.disk_backend().kind != "loop":
+        pytest.skip(disk.disk_backend().sentence())
+    engine = SandboxEngine(client=docker_client)
+    flood = ["sh", "-c", "dd if=/dev/zero of=/workspace/flood bs=1M count=3072 2>&1 | tail -1; true"]
+    result = run_check(engine, run, run.base_sha, flood, timeout=120, limits=Limits(workspace_mb=64))
+    assert not result.passed and "DiskLimitExceeded: /workspace" in result.output_tail, result.output_tail
+    assert disk.record_for(run.path / "checks") is None and not os.path.ismount(run.path / "checks")
+    assert engine.list(run_id=run.run_id) == []

@@ -161,11 +161,19 @@ def test_container_removed_from_outside_is_reported(engine, run_id, docker_clien
     docker_client.api.remove_container(sb.id, force=True)     # like `docker rm -f`: its volume stays
     with pytest.raises(ContainerGone):
         engine.execute(sb, ["true"])
-    mine = {"label": [f"ultrawork.run={run_id}"], "dangling": ["true"]}
-    leftover = [v["Name"] for v in docker_client.api.volumes(filters=mine)["Volumes"] or []]
-    assert len(leftover) == 1, "the sandbox's scratch volume is labelled with its run"
-    assert set(leftover) <= set(engine.prune_volumes())
-    assert not docker_client.api.volumes(filters=mine)["Volumes"], "the reaper removes leftover volumes"
+    # its /agent folder (a disk cap of its own) stays until the reaper finds its container gone
+    from ultrawork.sandbox import disk
+    from ultrawork.sandbox.reaper import SCRATCH_GRACE, reap_disk_caps
+
+    cap = disk.record_for(disk.disk_dir() / "scratch" / next(
+        c.path.name for c in disk.records() if c.key == sb.scratch))
+    assert cap is not None and cap.kind == "scratch" and os.path.isdir(cap.path)
+    assert cap.path not in reap_disk_caps(engine), "a container still being created keeps its folder"
+    cap.created -= SCRATCH_GRACE + 1
+    disk._save(cap)
+    assert cap.path in reap_disk_caps(engine)
+    assert not os.path.exists(cap.path) and disk.record_for(cap.path) is None
+    assert cap.image is None or not cap.image.exists()
 
 
 def test_reap_removes_the_sandbox_of_a_killed_process(engine, sandbox_root, run_id, tmp_path):
@@ -216,3 +224,18 @@ def test_missing_image_names_the_build_command(engine, run_id, docker_client):
         engine.create(SandboxSpec(role="explore", run_id=run_id, image="ultrawork-sandbox:does-not-exist"))
     assert "ultrawork sandbox build" in str(info.value)
     assert managed_container_ids(docker_client) == before
+
+
+def test_an_attached_sandbox_knows_its_agent_folder_and_passes_the_policy(engine, run_id):
+    """Another process's view of a sandbox (``attach``): its /agent folder is the engine's own (named by
+    its label), not a mount the policy would refuse, and removing the sandbox releases that folder."""
+    from ultrawork.sandbox import disk, validate_spec
+
+    made = engine.create(SandboxSpec(role="oracle", run_id=run_id))
+    again = engine.attach(made.id)
+    assert again.scratch == made.scratch and all(m.target != "/agent" for m in again.spec.mounts)
+    validate_spec(again.spec, engine.policy)
+    folder = next(c.path for c in disk.records() if c.key == made.scratch)
+    assert engine.execute(again, ["sh", "-c", "echo x > /agent/x && cat /agent/x"]).stdout == "x\n"
+    assert engine.cleanup(again) is True
+    assert not os.path.exists(folder) and all(c.key != made.scratch for c in disk.records())

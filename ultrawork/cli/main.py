@@ -146,8 +146,33 @@ def sandboxes_reap(
         out.print(f"removed sandbox {info.name} (run {info.run_id}, agent {info.role})")
     for path in report.clones + report.checkouts:
         out.print(f"removed {path}")
+    for path in report.disk_caps:
+        out.print(f"released the disk cap of {path}")
     out.print(f"{len(report.containers)} sandbox(es), {len(report.clones)} clone(s), "
-              f"{len(report.checkouts)} checkout(s), {len(report.volumes)} leftover volume(s) removed")
+              f"{len(report.checkouts)} checkout(s), {len(report.volumes)} leftover volume(s) removed, "
+              f"{len(report.disk_caps)} disk cap(s) released")
+
+
+@sandboxes_app.command("disk")
+def sandboxes_disk(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """How this host bounds what agents write (loop-mounted images, or a monitor), and the caps in use."""
+    from ultrawork.sandbox import disk
+    from ultrawork.sandbox.disk_use import usage
+
+    backend, caps = disk.disk_backend(), disk.records()
+    if as_json:
+        print(json.dumps({"backend": backend.kind, "why": backend.why, "caps": [
+            {"path": str(c.path), "kind": c.kind, "run": c.run_id, "size_mb": c.size_mb, "backend": c.backend,
+             "used_bytes": usage(c)} for c in caps]}, indent=2))
+        return
+    out.print(backend.sentence(), markup=False)
+    if caps:
+        table = Table("RUN", "KIND", "CAP", "USED", "FOLDER")
+        for c in caps:
+            table.add_row(c.run_id, c.kind, f"{c.size_mb} MiB", f"{usage(c) / 2**20:.1f} MiB", str(c.path))
+        out.print(table)
 
 
 def start_run(repo: str, task: str, agents: Optional[list[str]], base: str, commands: dict[str, list[str]],

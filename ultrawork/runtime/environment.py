@@ -12,6 +12,7 @@ clones again, the sandbox started ahead is removed and a new one starts on the n
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -109,6 +110,8 @@ class AgentEnvironment:
 
     def _prepare(self, new: bool) -> SandboxSpec:
         """What is left to do (git and file work, off the event loop the sibling agents share)."""
+        if not new and not os.path.lexists(self.ws.path / ".git"):   # its disk cap was released (the run
+            self.ws.reset_worktree()                                    # stopped): the branch checked out again
         if not new and self.ws.reached(Stage.CHANGES_COMMITTED):     # resumed: the work is in
             self.commits = [c.sha for c in self.ws.commits()]
         else:

@@ -31,7 +31,10 @@ def branch_name_validator(ctx: "HookContext") -> None:
 
 
 def pre_task_branch_creator(ctx: "HookContext") -> None:
-    """Claim ``agents/<role>`` atomically, clone the target there, create the branch."""
+    """Claim ``agents/<role>`` atomically, cap its disk, clone the target there, create the branch.
+
+    The Plan.md folder and (for a read-write sandbox) the work tree get their disk caps before
+    the clone (``ultrawork.sandbox.disk``): the clone is written into the capped folder."""
     ws = ctx.workspace
     ws.path.parent.mkdir(exist_ok=True)
     try:
@@ -39,6 +42,12 @@ def pre_task_branch_creator(ctx: "HookContext") -> None:
     except FileExistsError:
         raise WorkspaceError(f"agent workspace {ws.path} already exists") from None
     ctx.data["claimed"] = True  # from here on a failed setup cleans up after itself
+    if ctx.sandbox_spec is not None:
+        from ultrawork.sandbox.disk import cap_agent_folders
+        from ultrawork.sandbox.spec import Limits
+
+        cap_agent_folders(ws, Limits(**(ctx.sandbox_spec.get("limits") or {})),
+                          ctx.sandbox_spec.get("workspace_mode", "ro"))
     shutil.rmtree(ws.git_dir, ignore_errors=True)   # what a setup that died before its cleanup left
     clone_on_branch(ws.run.target, ws.clone, ws.branch, ws.run.base_sha)
     ws.save_baseline()

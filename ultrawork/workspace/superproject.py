@@ -233,12 +233,16 @@ class RunSuperproject:
 
     def _discard_partial_agent(self, ws: AgentWorkspace) -> None:
         """Best-effort undo of a failed setup: remove what no superproject commit records."""
+        from ultrawork.sandbox import disk
+
         if self.recorded_commit(ws.role) is None:
+            disk.release(ws.path)                       # its disk cap, unmounted before the folder goes
             agent_tree.remove(ws.path)                  # the agent's work tree
             shutil.rmtree(ws.git_dir, ignore_errors=True)
             shutil.rmtree(ws.state_dir, ignore_errors=True)
         plan_rel = os.path.relpath(ws.plan_path, self.path)
         if self._git(["cat-file", "-e", f"HEAD:{plan_rel}"], check=False).returncode != 0:
+            disk.release(ws.plan_path.parent)
             agent_tree.remove(ws.plan_path.parent)      # its Plan.md folder
 
     def agent(self, role: str) -> AgentWorkspace:
