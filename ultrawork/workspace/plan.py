@@ -12,6 +12,7 @@ marker-like text inside task, output or error text is neutralised first.
 from __future__ import annotations
 
 import json
+import errno
 import os
 import re
 import shlex
@@ -236,7 +237,18 @@ class PlanDocument:
             os.close(fd)
 
     def _append(self, markdown: str, *, create: bool = False) -> None:
-        """Append without clobbering; a non-regular Plan.md (symlink, fifo, folder) is replaced."""
+        """Append without clobbering; a non-regular Plan.md (symlink, fifo, folder) is replaced, also
+        when it is swapped for one between the check and the open (the open never follows it)."""
+        for _ in range(3):
+            try:
+                return self._append_once(markdown, create=create)
+            except OSError as exc:
+                if create or exc.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ENOTDIR,
+                                               errno.EEXIST, errno.ENOENT):
+                    raise
+        return self._append_once(markdown, create=create)
+
+    def _append_once(self, markdown: str, *, create: bool = False) -> None:
         flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | (os.O_CREAT | os.O_EXCL if create else 0)
         prefix = ""
         if not create:
