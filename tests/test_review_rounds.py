@@ -14,8 +14,9 @@ pytestmark = [pytest.mark.docker, pytest.mark.prefect]
 
 COMMENT = "Add a docstring to make_widget, please."
 RETRY = "look again at the layout"
-# each round the writer keeps the prompt it got and adds one line to a file on its branch
-WRITER = ["sh", "-c", "cat /agent/prompt.md >> /plan/prompts.log && echo '=====' >> /plan/prompts.log "
+# each round the writer keeps the prompt it got and adds one line to a file on its branch (what it
+# writes in /plan besides Plan.md is removed when the run ends)
+WRITER = ["sh", "-c", "cat /agent/prompt.md >> widgets/prompts.log && echo '=====' >> widgets/prompts.log "
                       "&& echo round >> widgets/rounds.txt"]
 # the researcher fails unless its prompt asks it to look again
 RESEARCHER = ["sh", "-c", f"grep -q '{RETRY}' /agent/prompt.md || {{ echo 'nothing found' >&2; exit 3; }}"]
@@ -63,7 +64,7 @@ def test_a_revised_writer_runs_again_with_the_comment_and_a_failed_agent_is_retr
 
     # the writer's second prompt carries the comment; its first did not
     run_dir = uw_home / "runs" / run_id
-    prompts = (run_dir / "plans" / "frontend" / "prompts.log").read_text().split("=====\n")
+    prompts = git(repo, "show", f"ultrawork/{run_id}/frontend:widgets/prompts.log").split("=====")
     assert len([p for p in prompts if p.strip()]) == 2
     assert COMMENT not in prompts[0] and COMMENT in prompts[1] and "# Review, round 2" in prompts[1]
     # it continued on its branch: round two's line follows round one's
