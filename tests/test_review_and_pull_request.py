@@ -98,7 +98,7 @@ def test_pull_request_is_opened_once_and_the_token_stays_on_the_host(prefect_api
         monkeypatch.setenv("ULTRAWORK_GITHUB_TOKEN", stub.token)
         monkeypatch.setenv("ULTRAWORK_GITHUB_API_URL", stub.url)
         monkeypatch.setenv("ULTRAWORK_GITHUB_PUSH_URL", str(remote))
-        dump_env = ["sh", "-c", "env | sort > /plan/env.txt; env >> /plan/Plan.md; "
+        dump_env = ["sh", "-c", "env | sort >> /plan/Plan.md; "
                     "exec python3 /agent/builtin_agent.py explore"]
         result = run_sisyphus({"task": TASK, "repo": str(repo), "agents": ["explore", "frontend"],
                                "run_id": run_id, "agent_commands": {"explore": dump_env}},
@@ -128,7 +128,7 @@ def test_pull_request_is_opened_once_and_the_token_stays_on_the_host(prefect_api
         assert any(method == "POST" for method, _ in stub.requests)
         token = stub.token
     # ... and never a sandbox, a Plan.md, the run's files or the run's logs.
-    env_dump = (uw_home / "runs" / run_id / "plans" / "explore" / "env.txt").read_text()
+    env_dump = (uw_home / "runs" / run_id / "plans" / "explore" / "Plan.md").read_text()   # only Plan.md stays
     assert "HOME=/home/agent" in env_dump and token not in env_dump and "GITHUB" not in env_dump
     for path in (uw_home / "runs" / run_id).rglob("*"):
         if path.is_file():
