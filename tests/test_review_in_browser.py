@@ -26,9 +26,8 @@ ROLES = ["explore", "librarian", "oracle", "frontend"]
 DECISIONS = {"explore": "approve", "librarian": "reject", "oracle": "reject", "frontend": "approve"}
 COMMENT = ("oracle", "Findings noted; nothing to merge from a read-only review.")
 REVISE = "Also say in the guide that an empty name raises."
-# the writer keeps each prompt it gets; its second round adds the line the reviewer asked for
-WRITER = ["sh", "-c", "cat /agent/prompt.md >> /plan/prompts.log && echo ===== >> /plan/prompts.log && "
-                      "if grep -q 'Review, round 2' /agent/prompt.md; then echo 'An empty name raises.' >> docs/guide.md; "
+# the writer's second round (its prompt carries the review) adds the line the reviewer asked for
+WRITER = ["sh", "-c", "if grep -q 'Review, round 2' /agent/prompt.md; then echo 'An empty name raises.' >> docs/guide.md; "
                       "else exec python3 /agent/builtin_agent.py frontend; fi"]
 TASK = """Fix the TODO in widgets/core.py and document the check.
 
@@ -253,8 +252,9 @@ def test_review_in_the_prefect_ui(prefect_api, uw_home, tmp_path, docker_client,
     assert git(repo, "rev-list", "--no-merges", f"{base}..{integration}").split() == frontend
     assert git(repo, "diff", "--name-only", f"ultrawork/{run_id}/frontend", integration) == ""
     # the writer's second round: its prompt carried the reviewer's comment, its work followed it
-    prompts = (uw_home / "runs" / run_id / "plans" / "frontend" / "prompts.log").read_text().split("=====\n")
-    assert REVISE not in prompts[0] and REVISE in prompts[1]
+    # (the run's host-owned inbox holds the prompt of its last round: the first, then the review)
+    prompts = (uw_home / "runs" / run_id / "inbox" / "frontend" / "prompt.md").read_text().split("# Review, round 2")
+    assert len(prompts) == 2 and REVISE not in prompts[0] and REVISE in prompts[1]
     assert "An empty name raises." in git(repo, "show", f"{integration}:docs/guide.md")
     assert {o.role: o.round for o in result.agents} == {"explore": 1, "librarian": 1, "oracle": 1, "frontend": 2}
     for rejected in ("librarian", "oracle"):
