@@ -18,8 +18,9 @@ With ``--network gateway`` the ultrawork side's agents run a Claude Code profile
 starts its egress gateway and each sandbox sits on its own internal network behind it.
 With more than four agents (up to 16: role instances such as frontend-2) a 4-agent run goes before each
 pair and the report holds the ratio of the two wall times (target <= 1.5) and the peak RSS of this
-process (the orchestrator) and the server (target <= 400 MB together). ``disk_caps`` is what bounding an
-agent's disk costs it: making and releasing a writer's three capped folders.
+process (the orchestrator) and the server (target <= 400 MB together): over the whole benchmark, and
+(on Linux, the peaks reset before each run) of each run with that many agents, with their median.
+``disk_caps`` is what bounding an agent's disk costs it: making and releasing a writer's three capped folders.
 Usage: python bench/fanout.py [--workload 5] [--agents 4..16] [--repeat 1] [--network none|gateway]
 (uses $PREFECT_API_URL, else starts ultrawork's local Prefect server in a temporary home).
 """
@@ -61,12 +62,29 @@ def rss_mb(pid: int) -> dict[str, float] | None:
     return {"rss_mb": round(kb("VmRSS") / 1024, 1), "peak_mb": round(kb("VmHWM") / 1024, 1)}
 
 
-def memory_report() -> dict:
-    """This process (the orchestrator) and ultrawork's local Prefect server, peak RSS in MB."""
+def _server_pid() -> int | None:
     from ultrawork.local_server.manager import _read_record, server_home
 
     record = _read_record(server_home())
-    server = rss_mb(record["pid"]) if record else None
+    return record["pid"] if record else None
+
+
+def reset_peaks() -> bool:
+    """Start the peak RSS of this process and the server anew (Linux: ``clear_refs`` 5), so a peak
+    read after a run is that run's; False where the kernel does not allow it."""
+    try:
+        for pid in (os.getpid(), _server_pid()):
+            if pid:
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_report() -> dict:
+    """This process (the orchestrator) and ultrawork's local Prefect server, peak RSS in MB."""
+    pid = _server_pid()
+    server = rss_mb(pid) if pid else None
     orchestrator = rss_mb(os.getpid())
     total = (orchestrator or {}).get("peak_mb", 0) + (server or {}).get("peak_mb", 0)
     return {"orchestrator": orchestrator, "server": server, "peak_total_mb": round(total, 1), "target_mb": 400}
@@ -341,14 +359,17 @@ def main(argv: list[str] | None = None) -> dict:
     from ultrawork.local_server.manager import ensure_server, stop_server
 
     own_server = not os.environ.get("PREFECT_API_URL")
-    pairs, four, memory, disk_cost = [], [], {}, {}
+    pairs, four, memory, disk_cost, runs_memory = [], [], {}, {}, []
     try:
         ensure_server()
         repo = make_repo(work / "repo")
         for i in range(args.repeat):
             if args.agents > 4:                  # the 4-agent run the larger fan-out is held against
                 four.append(ultrawork(repo, args.workload, 4, args.network)["wall_seconds"])
+            per_run = reset_peaks()
             uw = ultrawork(repo, args.workload, args.agents, args.network)
+            if per_run:                            # this run's own peak (else the process's, below)
+                runs_memory.append(memory_report())
             raw = baseline(repo, work / f"baseline-{i}", args.workload, args.agents)
             pairs.append({"ultrawork": uw, "baseline": raw,
                           "ratio": round(uw["wall_seconds"] / raw["wall_seconds"], 3)})
@@ -368,6 +389,11 @@ def main(argv: list[str] | None = None) -> dict:
               "ratio": round(statistics.median(ratios), 3), "target_ratio": 1.25}
     report["memory"] = memory
     report["disk_caps"] = disk_cost
+    if runs_memory:                               # each run of --agents, peaks reset before it
+        totals = [m["peak_total_mb"] for m in runs_memory]
+        report["memory"] = {**memory, "per_run_peak_total_mb": totals,
+                            "median_peak_total_mb": round(statistics.median(totals), 1),
+                            "max_peak_total_mb": max(totals), "per_run": runs_memory}
     if four:
         walls = [p["ultrawork"]["wall_seconds"] for p in pairs]
         report["versus_4_agents"] = {"wall_seconds_4": round(statistics.median(four), 3),

@@ -25,8 +25,8 @@ from ultrawork.untrusted import Untrusted, bounded_list, byte_len
 from ultrawork.workspace.integration import integration_branch
 
 Choice = Literal["approve", "reject"]
-Revisable = Literal["approve", "reject", "revise"]            # a finished agent, with rounds left
-FailedChoice = Literal["retry", "reject", "approve", "abort"]     # a failed agent (reject: continue without it)
+Revisable = Literal["approve", "reject", "revise", "later"]     # a finished agent, with rounds left
+FailedChoice = Literal["retry", "reject", "approve", "abort", "later"]   # a failed agent (reject: continue without it)
 FailedLastRound = Literal["reject", "approve", "abort"]
 SUMMARY_LIMIT = 1500      # characters of one agent's Plan.md summary in the form
 SHORT_SUMMARY = 400       # summaries up to this long (and a few lines) are shown open
@@ -138,7 +138,8 @@ def review_form(run_id: str, task: str, outcomes: list[AgentOutcome], checks: bo
     """A RunInput class with one choice and one comment per agent that ran.
 
     With ``rounds_left`` a finished agent can be sent back (revise) and a failed one retried;
-    the comment is then added to its prompt. With ``attempts`` (each writer's ranked attempts,
+    the comment is then added to its prompt. Any agent can then also be left for the next
+    round's review (later): it does not run again, and is decided with the others next round. With ``attempts`` (each writer's ranked attempts,
     ``agents.attempts.AttemptRanking``) the ranking is shown and the best attempt of each writer
     is pre-selected (approve), the others rejected: the reviewer may pick another."""
     from ultrawork.agents.attempts import ranking_markdown
@@ -180,9 +181,10 @@ def verdicts(decision: BaseModel, roles: list[str]) -> list[Verdict]:
 def review_input(roles: list[str], approve: list[str], reject: list[str], comment: str = "",
                  again: dict[str, tuple[str, str]] | None = None, abort: bool = False,
                  failed: list[str] | None = None) -> dict[str, str]:
-    """The run input for a review given on the command line; every role must be decided once.
+    """The run input for a review given on the command line; every role is decided at most once.
 
-    ``again``: role -> ("revise" or "retry", its comment) for the agents sent back;
+    ``again``: role -> ("revise" or "retry", its comment) for the agents sent back; with one sent
+    back, the roles not decided here are left for the next round's review ("later");
     ``abort``: the run is aborted -- a decision of the agents that ``failed`` (the others are rejected)."""
     again = again or {}
     if abort:
@@ -198,9 +200,10 @@ def review_input(roles: list[str], approve: list[str], reject: list[str], commen
     if twice:
         raise ValueError(f"agent(s) {', '.join(twice)} decided more than once")
     missing = [r for r in roles if r not in chosen]
-    if missing:
-        raise ValueError(f"agent(s) {', '.join(missing)} neither approved nor rejected")
-    data = {r: ("approve" if r in approve else "reject") for r in roles if r not in again}
+    if missing and not again:
+        raise ValueError(f"agent(s) {', '.join(missing)} neither approved nor rejected (or send one back with "
+                         "revise or retry: the others are then decided in the next round)")
+    data = {r: ("approve" if r in approve else "reject" if r in reject else "later") for r in roles if r not in again}
     data.update({r: kind for r, (kind, _) in again.items()})
     if comment:
         data.update({f"{r}_comment": comment for r in roles})
@@ -242,7 +245,7 @@ def decision_subject(decided: list[Verdict]) -> str:
     """The ledger's line for a decision: who was approved, rejected, sent back."""
     parts = []
     for choice, word in (("approve", "approved"), ("reject", "rejected"), ("revise", "sent back"),
-                         ("retry", "retried"), ("abort", "aborted by")):
+                         ("retry", "retried"), ("later", "left for the next round"), ("abort", "aborted by")):
         roles = [v.role for v in decided if v.choice == choice]
         if roles or choice in ("approve", "reject"):
             parts.append(f"{word} {', '.join(roles) or 'none'}")

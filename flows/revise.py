@@ -1,6 +1,7 @@
 """Review rounds: a reviewer sends an agent back with a comment (revise), or runs a failed one again
 (retry); that agent runs again on its branch with the comment added to its prompt, and the run
-pauses for review again.
+pauses for review again, with every agent to decide: an agent a reviewer left for later ("later")
+is not run again, it is decided in that next review.
 
 Every round is in the run's ledger (``rounds.json``: the round and who runs again with which
 comment; ``outcomes/<role>.json`` carries the round its outcome belongs to), so a run resumed in
@@ -105,7 +106,8 @@ async def review_rounds(run_id: str, ledger: RunLedger, task: str, outcomes: lis
                         profiles: dict[str, AgentProfile], timeout: float, checks: bool = False,
                         max_rounds: int = DEFAULT_ROUNDS,
                         attempts: list | None = None) -> tuple[ReviewOutcome, list[AgentOutcome]]:
-    """Review until every agent is approved, rejected or the run aborted (or nobody reviews in time)."""
+    """Review until every agent is approved, rejected or the run aborted (or nobody reviews in time);
+    a review that sends agents back or leaves some for later is followed by another round."""
     round_no = ledger.read("rounds").get("round", 1)
     outcomes = await run_round(run_id, ledger, outcomes, profiles)      # a round a crash interrupted
     while True:
@@ -114,10 +116,10 @@ async def review_rounds(run_id: str, ledger: RunLedger, task: str, outcomes: lis
         if review.decided is None or any(v.choice == "abort" for v in review.decided):
             return review, outcomes
         again = {v.role: v.comment for v in review.decided if v.choice in ("revise", "retry")}
-        if not again:
-            return review, outcomes
+        if not again and not any(v.choice == "later" for v in review.decided):
+            return review, outcomes                  # every agent decided: approved or rejected
         round_no += 1
         history = ledger.read("rounds").get("history", []) + [{"round": round_no, "again": again}]
         await ledger.arecord("rounds", {"round": round_no, "again": again, "history": history},
-                             f"round {round_no}: {', '.join(again)} again")
+                             f"round {round_no}: {', '.join(again) or 'nobody'} again")
         outcomes = await run_round(run_id, ledger, outcomes, profiles)

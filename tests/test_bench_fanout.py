@@ -24,3 +24,7 @@ def test_fanout_benchmark_runs_and_reports(prefect_api, docker_client, monkeypat
     assert report["baseline"]["wall_seconds"] >= 1.0
     assert report["ultrawork"]["wall_seconds"] >= 1.0
     assert set(report["ultrawork"]["agent_durations"]) == {"explore", "librarian", "oracle", "frontend"}
+    # the memory of each run (peaks reset before it) and of the whole benchmark
+    memory = report["memory"]
+    assert len(memory["per_run_peak_total_mb"]) == 1 and memory["target_mb"] == 400
+    assert 0 < memory["per_run"][0]["orchestrator"]["peak_mb"] <= memory["orchestrator"]["peak_mb"]

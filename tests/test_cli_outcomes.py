@@ -104,3 +104,67 @@ def test_a_stopped_run_ends_with_one_line_saying_how_to_resume_it(signum, prefec
     assert f"continue it with 'ultrawork resume {run_id}'" in stderr
     assert "Traceback" not in stdout + stderr, stderr
     assert engine.list(run_id=run_id) == [], "no sandbox outlives the stopped run"
+
+
+def test_logs_follow_ends_when_the_agent_ends_and_for_the_run_when_it_pauses_for_review(
+        prefect_api, uw_home, tmp_path, docker_client):
+    """`logs RUN ROLE -f` ends a few seconds after that agent's end (its last lines printed) while the
+    run goes on; `logs RUN -f` ends once the run waits for its review."""
+    import uuid
+
+    from flowkit import FlowThread
+
+    from ultrawork.cli.runs import submit_review
+    from ultrawork.sandbox import SandboxEngine
+
+    repo = make_target_repo(tmp_path / "widgets")
+    run_id = f"lf-{uuid.uuid4().hex[:6]}"
+    flow = FlowThread({"task": "Map and fix the code.", "repo": str(repo), "agents": ["explore", "frontend"],
+                       "run_id": run_id, "review_timeout": 300,
+                       "agent_commands": {"explore": ["sh", "-c", "sleep 5; echo explored"],
+                                          "frontend": ["sh", "-c", "sleep 20; echo edited >> widgets/core.py"]}})
+    flow.start()
+    engine, deadline = SandboxEngine(), time.monotonic() + 180
+    while not any(i.role == "explore" for i in engine.list(run_id=run_id)):
+        assert flow.is_alive() and time.monotonic() < deadline, "explore's sandbox never started"
+        time.sleep(0.2)
+    follow = lambda *args: subprocess.Popen([ULTRAWORK, "logs", run_id, *args, "-f"], stdout=subprocess.PIPE,  # noqa: E731
+                                            stderr=subprocess.PIPE, text=True, env=env(), stdin=subprocess.DEVNULL)
+    agent, whole = follow("explore"), follow()
+    ended: dict = {}
+
+    def note_end(name: str, proc: subprocess.Popen) -> None:
+        proc.wait()
+        ended[name] = time.time()
+
+    import threading
+
+    for name, proc in (("agent", agent), ("whole", whole)):
+        threading.Thread(target=note_end, args=(name, proc), daemon=True).start()
+    try:
+        agent_out, agent_err = agent.communicate(timeout=120)
+        agent_done = ended.get("agent") or time.time()
+        explore = json.loads((uw_home / "runs" / run_id / "outcomes" / "explore.json").read_text())
+        assert agent.returncode == 0, agent_err
+        assert agent_done - explore["ended_at"] < 8, f"ended {agent_done - explore['ended_at']:.1f}s after the agent"
+        assert "explore agent succeeded" in agent_out and "frontend agent succeeded" not in agent_out
+        assert whole.poll() is None and review_state(run_id) is None, "the run itself goes on"
+
+        while review_state(run_id) != "requested":
+            assert flow.is_alive() and time.monotonic() < deadline + 120, "the run never asked for review"
+            time.sleep(0.2)
+        asked = time.time()
+        whole_out, whole_err = whole.communicate(timeout=120)
+        assert whole.returncode == 0, whole_err
+        done = ended.get("whole") or time.time()
+        assert done - asked < 10, f"ended {done - asked:.1f}s after the run paused"
+        assert "frontend agent succeeded" in whole_out and "paused for review" in whole_out
+    finally:
+        for proc in (agent, whole):
+            if proc.poll() is None:
+                proc.kill()
+        if flow.is_alive():
+            submit_review(run_id, [], ["explore", "frontend"])
+    assert flow.wait(120).outcome == "nothing-approved"
+    unknown = cli("logs", run_id, "backend", "-f", timeout=60)
+    assert unknown.returncode == 2 and "has no agent 'backend'" in unknown.stderr, unknown.stderr

@@ -110,12 +110,13 @@ def test_with_rounds_left_a_finished_agent_can_be_sent_back_and_a_failed_one_ret
 
     form = review_form("r1", "task", OUTCOMES, rounds_left=True)
     props = form.model_json_schema()["properties"]
-    assert props["frontend"]["enum"] == ["approve", "reject", "revise"]
-    assert props["frontend"]["title"] == "Frontend: approve, reject or revise"
-    assert props["librarian"]["enum"] == ["retry", "reject", "approve", "abort"]
+    assert props["frontend"]["enum"] == ["approve", "reject", "revise", "later"]
+    assert props["frontend"]["title"] == "Frontend: approve, reject, revise or later"
+    assert props["librarian"]["enum"] == ["retry", "reject", "approve", "abort", "later"]
     assert "Failed with AgentCommandError" in props["librarian"]["description"]
     last = review_form("r1", "task", OUTCOMES, rounds_left=False).model_json_schema()["properties"]
     assert "revise" not in last["frontend"]["enum"] and "retry" not in last["librarian"]["enum"]
+    assert "later" not in last["frontend"]["enum"] and "later" not in last["librarian"]["enum"]
 
     data = review_input([o.role for o in OUTCOMES], ["explore", "oracle"], [],
                         again={"frontend": ("revise", "add a test"), "librarian": ("retry", "")})
@@ -123,6 +124,13 @@ def test_with_rounds_left_a_finished_agent_can_be_sent_back_and_a_failed_one_ret
     assert [(v.role, v.choice, v.approved, v.comment) for v in decided] == [
         ("explore", "approve", True, ""), ("librarian", "retry", False, ""), ("oracle", "approve", True, ""),
         ("frontend", "revise", False, "add a test")]
+    # one agent sent back, nobody else decided: the others are left for the next round's review
+    alone = review_input([o.role for o in OUTCOMES], [], [], again={"frontend": ("revise", "add a test")})
+    assert alone == {"explore": "later", "librarian": "later", "oracle": "later", "frontend": "revise",
+                     "frontend_comment": "add a test"}
+    form.model_validate(alone)
+    with pytest.raises(ValueError, match="neither approved nor rejected"):
+        review_input([o.role for o in OUTCOMES], ["explore"], [])
     aborted = review_input([o.role for o in OUTCOMES], [], [], abort=True, failed=["librarian"])
     assert aborted == {"explore": "reject", "librarian": "abort", "oracle": "reject", "frontend": "reject"}
     form.model_validate(aborted)

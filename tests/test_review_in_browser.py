@@ -84,7 +84,7 @@ def decide(page, dialog, role: str, choice: str) -> None:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect
 
-    select = dialog.get_by_label(f"{role.capitalize()}: approve, reject or revise")
+    select = dialog.get_by_label(f"{role.capitalize()}: approve, reject, revise or later")
     option = page.get_by_role("option", name=choice, exact=True)
     for _ in range(5):
         if not option.is_visible():
@@ -140,7 +140,7 @@ def test_review_in_the_prefect_ui(prefect_api, uw_home, tmp_path, docker_client,
         page.goto(f"{ui}/runs/flow-run/{fr}")
         page.get_by_role("button", name="Resume").click()
         for role in ROLES:
-            expect(page.get_by_text(f"{role.capitalize()}: approve, reject or revise")).to_be_visible()
+            expect(page.get_by_text(f"{role.capitalize()}: approve, reject, revise or later")).to_be_visible()
         page.get_by_role("button", name="Submit").click()
         for role in ROLES:
             expect(page.get_by_text(f"'{role}' is a required property")).to_be_visible()

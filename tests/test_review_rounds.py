@@ -172,3 +172,69 @@ def test_aborting_on_a_failed_agent_ends_the_run_with_nothing_merged(prefect_api
     assert not result.merged
     assert subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"refs/heads/ultrawork/{run_id}/integration"],
                           cwd=repo, capture_output=True).returncode != 0
+
+
+def test_review_revise_alone_leaves_the_others_to_the_next_round_which_decides_every_agent(
+        prefect_api, uw_home, tmp_path, docker_client):
+    """`ultrawork review RUN --revise frontend=...` with nothing else: explore is not run again;
+    the run pauses after frontend's round, both are approved there and the run integrates."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from collections import Counter
+    from pathlib import Path
+
+    from ultrawork.cli.runs import run_status, wait_for_review_form
+
+    repo = make_target_repo(tmp_path / "widgets")
+    run_id = f"ra-{uuid.uuid4().hex[:6]}"
+    ultrawork = str(Path(sys.executable).with_name("ultrawork"))
+    seen: dict = {}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([ultrawork, "review", run_id, *args], capture_output=True, text=True,
+                              env=os.environ.copy(), timeout=120, stdin=subprocess.DEVNULL)
+
+    def review(rid: str) -> None:
+        wait_for_review_form(run_status(rid, with_state=False).flow_run_id)
+        seen["bad"] = cli("--revise", "backend=add tests")           # no such agent: refused, nothing sent
+        seen["alone"] = cli("--revise", f"frontend={COMMENT}")
+        deadline = time.monotonic() + 180
+        while not ((s := run_status(rid, with_state=False)).review == "requested" and s.review_round == 2):
+            assert time.monotonic() < deadline, "the run did not ask for its second review"
+            time.sleep(0.3)
+        seen["second"] = {a.role: a.outcome for a in s.agents}
+        wait_for_review_form(s.flow_run_id)
+        seen["partial"] = cli("--approve", "explore")                  # frontend undecided, nobody sent back
+        seen["both"] = cli("--approve", "explore,frontend", "--json")
+
+    result = run_sisyphus({"task": "Document make_widget.", "repo": str(repo), "agents": ["explore", "frontend"],
+                           "run_id": run_id, "review_timeout": 300,
+                           "agent_commands": {"frontend": WRITER}}, review)
+    bad, alone, partial, both = seen["bad"], seen["alone"], seen["partial"], seen["both"]
+    assert bad.returncode == 2 and "backend did not run in this run" in bad.stderr, bad.stdout + bad.stderr
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    assert "sent back frontend" in alone.stdout and "left for the next round's review: explore" in alone.stdout
+    assert partial.returncode == 2 and "frontend neither approved nor rejected" in partial.stderr, partial.stderr
+    assert json.loads(both.stdout)["decision"] == {"explore": "approve", "frontend": "approve"}
+    assert seen["second"] == {"explore": "succeeded", "frontend": "succeeded"}
+
+    assert result.outcome == "integrated", result.message
+    assert [(v.role, v.choice) for v in result.verdicts] == [("explore", "approve"), ("frontend", "approve")]
+    by_role = {o.role: o for o in result.agents}
+    assert by_role["frontend"].round == 2 and by_role["explore"].round == 1
+    assert git(repo, "show", f"ultrawork/{run_id}/integration:widgets/rounds.txt") == "round\nround"
+    # explore ran once; frontend twice (each run of an agent is a subflow tagged with its role)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    with get_client(sync_client=True) as client:
+        subflows = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            tags=FlowRunFilterTags(all_=[f"run:{run_id}"])))
+    roles = Counter(t.removeprefix("role:") for r in subflows for t in r.tags if t.startswith("role:"))
+    assert roles == Counter({"explore": 1, "frontend": 2}), roles
+    run_dir = uw_home / "runs" / run_id
+    history = git(run_dir, "log", "--reverse", "--format=%s").splitlines()
+    assert any("sent back frontend" in s and "left for the next round explore" in s for s in history), history
+    assert json.loads((run_dir / "rounds.json").read_text())["again"] == {"frontend": COMMENT}

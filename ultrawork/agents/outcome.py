@@ -59,12 +59,12 @@ def outcome_in_message(message: str | None) -> "RunOutcome | None":
     return RunOutcome(word) if word in RunOutcome._value2member_map_ else None
 
 
-Decision = Literal["approve", "reject", "revise", "retry", "abort"]
+Decision = Literal["approve", "reject", "revise", "retry", "abort", "later"]
 
 
 class Verdict(BaseModel):
     """One reviewer decision: approve or reject the agent's branch; revise (run it again with the
-    comment) or retry (a failed agent, again); abort the whole run."""
+    comment) or retry (a failed agent, again); abort the whole run; later: decide it in the next round."""
 
     role: str
     approved: bool

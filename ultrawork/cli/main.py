@@ -562,15 +562,18 @@ def review_command(
     reject_all: Annotated[bool, typer.Option("--reject-all")] = False,
     comment: Annotated[str, typer.Option(help="A comment recorded with every decision.")] = "",
     revise: Annotated[Optional[list[str]], typer.Option(
-        help="ROLE=COMMENT: send the agent back; it runs again on its branch with the comment (repeatable).")] = None,
+        help="ROLE=COMMENT: send the agent back; it runs again on its branch with the comment (repeatable). "
+             "Agents not approved or rejected here are left to the next round's review: they do not run "
+             "again, and are decided with the others when the run pauses for review after the round.")] = None,
     retry: Annotated[Optional[list[str]], typer.Option(
-        help="ROLE or ROLE=COMMENT: run a failed agent again (repeatable).")] = None,
+        help="ROLE or ROLE=COMMENT: run a failed agent again (repeatable); the others as with --revise.")] = None,
     abort: Annotated[bool, typer.Option("--abort", help="A failed agent's decision: end the run; nothing is "
                                                         "merged, branches are kept.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the decision sent as JSON.")] = False,
 ) -> None:
     """Decide each agent of a run paused for review: approve, reject, revise (with a comment) or retry;
-    or abort the run. With agents sent back the run pauses for review again after their new round."""
+    or abort the run. With agents sent back the run pauses for review again after their new round,
+    and every agent not approved or rejected now is decided then (it is not run again)."""
     from ultrawork.cli.runs import find_run_status, submit_review
     from ultrawork.local_server.manager import ensure_server
 
@@ -594,15 +597,23 @@ def review_command(
             again[role.strip()] = (kind, text.strip())
     approved = [r for r in approved if r not in again]
     rejected = [r for r in rejected if r not in again]
-    sent = submit_review(run_id, approved, rejected, comment, again=again, abort=abort)
+    from ultrawork.cli.runs import ReviewInputInvalid
+
+    try:
+        sent = submit_review(run_id, approved, rejected, comment, again=again, abort=abort)
+    except ReviewInputInvalid as exc:
+        fail(str(exc), 2)
+    later = [r for r in roles if sent.get(r) == "later"]
     if as_json:
         print(json.dumps({"run_id": run_id, "decision": sent, "approved": approved, "rejected": rejected,
                           "again": {r: {"decision": k, "comment": c} for r, (k, c) in again.items()},
-                          "aborted": abort, "ui": run_url(run_id)}, indent=2))
+                          "later": later, "aborted": abort, "ui": run_url(run_id)}, indent=2))
         return
     out.print(f"run {run_id} resumed: " + ("aborted" if abort else
               f"approved {', '.join(approved) or 'none'}; rejected {', '.join(rejected) or 'none'}"
-              + (f"; sent back {', '.join(again)}" if again else "")))
+              + (f"; sent back {', '.join(again)}" if again else "")
+              + (f"; left for the next round's review: {', '.join(later)}" if later else "")), markup=False,
+              soft_wrap=True)
     out.print(f"UI: {run_url(run_id)}", highlight=False)
 
 

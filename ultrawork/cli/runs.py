@@ -26,6 +26,11 @@ class ReviewRejected(UltraworkError):
     """The review input was refused; the run stays paused."""
 
 
+class ReviewInputInvalid(ReviewRejected):
+    """The decisions themselves are wrong (an unknown agent, one decided twice, none decided);
+    found before the run is touched."""
+
+
 @dataclass
 class AgentStatus:
     role: str
@@ -272,7 +277,7 @@ def submit_review(run_id: str, approve: list[str], reject: list[str], comment: s
         data = review_input(roles, approve, reject, comment, again=again, abort=abort,
                             failed=[a.role for a in status.agents if a.outcome == "failed"])
     except ValueError as exc:
-        raise ReviewRejected(str(exc)) from None
+        raise ReviewInputInvalid(str(exc)) from None
     if not status.flow_run_id:
         raise ReviewRejected(f"run {run_id} has no flow run recorded yet")
     wait_for_review_form(status.flow_run_id, wait)

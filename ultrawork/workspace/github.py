@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
-from github import Auth, Github, GithubException
 from pydantic import BaseModel, Field, SecretStr
 
 from .errors import UltraworkError
@@ -51,12 +50,16 @@ class PullRequestRef:
     created: bool
 
 
-def _client(target: GitHubTarget) -> Github:
+def _client(target: GitHubTarget) -> "Github":  # noqa: F821
+    from github import Auth, Github      # here: PyGithub and its crypto cost a run ~20 MB; most runs never call it
+
     return Github(auth=Auth.Token(target.token.get_secret_value()), base_url=target.api_url, retry=None, timeout=30)
 
 
 def open_pull_request(target: GitHubTarget, head: str, title: str, body: str) -> PullRequestRef:
     """Open a pull request from ``head``, or return the open one that already exists."""
+    from github import GithubException
+
     gh = _client(target)
     try:
         repo = gh.get_repo(target.repository)
