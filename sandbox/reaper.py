@@ -136,7 +136,7 @@ SCRATCH_GRACE = 60.0    # seconds a sandbox's /agent folder may wait for its con
 def reap_disk_caps(engine: SandboxEngine | None) -> list[Path]:
     """Release the disk caps nothing needs any more: a sandbox's /agent folder once its container is
     gone, and a run's work trees and Plan.md folders once the process that made them died and the run
-    is not active (a resumed run mounts them again)."""
+    is neither active nor resumable (a finished run's are released with its clones)."""
     try:
         live = {info.disk for info in engine.list(home=home_tag())} if engine is not None else None
     except Exception:  # noqa: BLE001 - no engine answer: only what dead processes left goes
@@ -147,9 +147,21 @@ def reap_disk_caps(engine: SandboxEngine | None) -> list[Path]:
             if live is None:
                 return disk.owner_gone(cap)
             return cap.key not in live and (disk.owner_gone(cap) or time.time() - cap.created > SCRATCH_GRACE)
-        return disk.owner_gone(cap) and not run_is_active(cap.run_id)
+        return disk.owner_gone(cap) and not run_is_active(cap.run_id) and not _resumable(cap.run_id)
 
     return [cap.path for cap in disk.reap(stale)]
+
+
+def _resumable(run_id: str) -> bool:
+    """A run that is not finished can be resumed: its work trees keep their caps (and what its agents
+    wrote that is not committed yet, which a resumed model agent's conversation goes on from)."""
+    run_dir = ultrawork_home() / "runs" / run_id
+    if not (run_dir / "run.json").is_file():       # no run (any more): nothing to resume
+        return False
+    try:
+        return not run_finished(run_dir)
+    except RunInconsistent:      # left for a human, with its files
+        return True
 
 
 def checkout_run(name: str, runs: Path) -> str | None:
