@@ -133,6 +133,23 @@ def flush_prefect_workers(timeout: float = 20.0) -> None:
         worker.drain_all(timeout=timeout)
 
 
+@pytest.fixture(autouse=True)
+def _no_mount_outlives_its_test(tmp_path):
+    """A disk cap a test left mounted (a run it killed on purpose keeps its caps to be resumed) is
+    unmounted when the test ends, so loop devices never pile up over the session."""
+    yield
+    import subprocess
+
+    base = str(tmp_path) + "/"
+    try:
+        points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    except OSError:
+        return
+    for point in reversed(points):
+        if point.startswith(base):
+            subprocess.run(["umount", "-l", point], capture_output=True)
+
+
 @pytest.fixture
 def uw_home(tmp_path, monkeypatch) -> Path:
     """A private $ULTRAWORK_HOME for one test."""
