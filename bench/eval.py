@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"concurrency {level}: {wall:.1f} s for {args.tasks} tasks", file=sys.stderr)
     finally:
         if own_server:
-            from prefect.logging.handlers import APILogHandler
+            from prefect.logging.handlers import APILogWorker
 
-            APILogHandler.flush()          # the runs' last log lines, while the server still answers
+            APILogWorker.drain_all(timeout=10)   # the runs' last log lines, while the server still answers
             stop_server()
         shutil.rmtree(work, ignore_errors=True)
     sequential = next((r["wall_seconds"] for r in results if r["concurrency"] == 1), None)
