@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
             os.environ.pop("ULTRAWORK_HOME", None)
         else:
             os.environ["ULTRAWORK_HOME"] = saved_home
+        from ultrawork.sandbox.disk import unmount_under
+
+        unmount_under(work)             # the disk caps a killed run left mounted there
         shutil.rmtree(work, ignore_errors=True)
     report = {
         "runs": args.runs, "seed": args.seed,

@@ -329,8 +329,11 @@ def restore_signals(before: dict) -> None:
 
 def remove_scratch(work: Path, wait: float = 15.0) -> None:
     """Delete the scratch folder; after a stop, a cancelled run's last git writes may still land in it."""
+    from ultrawork.sandbox.disk import unmount_under
+
     deadline = time.monotonic() + wait
     while True:
+        unmount_under(work)             # the disk caps a stopped run left mounted there
         shutil.rmtree(work, ignore_errors=True)
         if not work.exists() or time.monotonic() > deadline:
             return

@@ -421,6 +421,24 @@ def _unmount(path: Path) -> None:
             raise OSError(error, f"unmounting {path} failed: {os.strerror(error)}")
 
 
+def unmount_under(folder: Path) -> list[str]:
+    """Unmount every capped folder below ``folder`` (deepest first): what a killed process left there,
+    before the folder itself is removed (a scratch home, a benchmark's or a test's)."""
+    base = os.path.realpath(folder) + os.sep
+    try:
+        points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    except OSError:
+        return []
+    done = []
+    for point in sorted((p for p in points if p.startswith(base)), key=len, reverse=True):
+        try:
+            _unmount(Path(point))
+            done.append(point)
+        except OSError:
+            pass
+    return done
+
+
 class _LoopInfo64(ctypes.Structure):
     _fields_ = [("lo_device", ctypes.c_uint64), ("lo_inode", ctypes.c_uint64), ("lo_rdevice", ctypes.c_uint64),
                 ("lo_offset", ctypes.c_uint64), ("lo_sizelimit", ctypes.c_uint64), ("lo_number", ctypes.c_uint32),
