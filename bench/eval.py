@@ -78,10 +78,12 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"concurrency {level}: {wall:.1f} s for {args.tasks} tasks", file=sys.stderr)
     finally:
         if own_server:
-            from prefect.logging.handlers import APILogWorker
+            try:
+                from prefect.logging.handlers import APILogWorker
 
-            APILogWorker.drain_all(timeout=10)   # the runs' last log lines, while the server still answers
-            stop_server()
+                APILogWorker.drain_all(timeout=10)   # the runs' last log lines, while the server still answers
+            finally:
+                stop_server()
         shutil.rmtree(work, ignore_errors=True)
     sequential = next((r["wall_seconds"] for r in results if r["concurrency"] == 1), None)
     for r in results:
