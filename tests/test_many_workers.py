@@ -117,7 +117,9 @@ def test_three_workers_with_their_own_homes_sweep_twelve_issues(prefect_pg_api, 
         assert sandboxes_of(docker_client, run_ids.values()) == []
         for worker in workers:
             assert worker.runs() == {ours[i] for i in ran_on[worker.name]}, worker.name
-            assert {p.name for p in worker.home.iterdir()} <= {"runs", "repos"}, worker.name
+            assert {p.name for p in worker.home.iterdir()} <= {"runs", "repos", "disk"}, worker.name
+            caps = worker.home / "disk" / "caps"          # every run's disk caps were released with it
+            assert not caps.is_dir() or not any(caps.iterdir()), (worker.name, sorted(caps.iterdir()))
             caches = {p.name for p in (worker.home / "repos").iterdir() if p.suffix == ".git"}
             assert len(caches) == 1 and caches.pop().startswith("widgets-"), "one cache clone: the remote's"
         assert not (reviewer_home / "runs").exists() or not any((reviewer_home / "runs").iterdir())
