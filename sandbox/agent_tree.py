@@ -228,9 +228,10 @@ def prepare_folder(path: Path, *, writable: bool) -> Path:
     return path
 
 
-def read_bytes(root: Path, rel: str, limit: int) -> tuple[bytes, bool] | None:
-    """At most ``limit`` bytes of the regular file ``rel`` below ``root`` (every folder on the way
-    opened with ``O_NOFOLLOW``), and whether it held more; None when it is not a regular file."""
+@contextmanager
+def opened_parent(root: Path, rel: str) -> Iterator[tuple[int, str, int] | None]:
+    """``(folder_fd, name, root_dev)`` of ``rel`` below ``root``, every folder on the way opened with
+    ``O_NOFOLLOW`` relative to the one before; None when a folder on the way is not one."""
     parts = [p for p in rel.split("/") if p not in ("", ".")]
     if not parts or ".." in parts:
         raise ValueError(f"{rel!r} is not a relative path below the tree")
@@ -242,12 +243,20 @@ def read_bytes(root: Path, rel: str, limit: int) -> tuple[bytes, bool] | None:
                 try:
                     nxt = os.open(part, _DIR, dir_fd=fd)
                 except OSError:
-                    return None
+                    yield None
+                    return
                 os.close(fd)
                 fd = nxt
-            file_fd = _open_regular(parts[-1], fd, root_dev)
+            yield fd, parts[-1], root_dev
         finally:
             os.close(fd)
+
+
+def read_bytes(root: Path, rel: str, limit: int) -> tuple[bytes, bool] | None:
+    """At most ``limit`` bytes of the regular file ``rel`` below ``root`` (every folder on the way
+    opened with ``O_NOFOLLOW``), and whether it held more; None when it is not a regular file."""
+    with opened_parent(root, rel) as found:
+        file_fd = _open_regular(found[1], found[0], found[2]) if found is not None else None
     if file_fd is None:
         return None
     try:
@@ -304,28 +313,17 @@ def remove_except(root: Path, keep=()) -> list[str]:
 def unlink_file(root: Path, rel: str) -> bool:
     """Remove the regular file ``rel`` below ``root`` (every folder on the way opened with
     ``O_NOFOLLOW``, the file unlinked in its folder's descriptor); False when it is not one."""
-    parts = [p for p in rel.split("/") if p not in ("", ".")]
-    if not parts or ".." in parts:
-        raise ValueError(f"{rel!r} is not a relative path below the tree")
-    with opened_root(root) as root_fd:
-        fd = os.dup(root_fd)
+    with opened_parent(root, rel) as found:
+        if found is None:
+            return False
+        fd, name, _ = found
         try:
-            for part in parts[:-1]:
-                try:
-                    nxt = os.open(part, _DIR, dir_fd=fd)
-                except OSError:
-                    return False
-                os.close(fd)
-                fd = nxt
-            try:
-                if not stat.S_ISREG(os.stat(parts[-1], dir_fd=fd, follow_symlinks=False).st_mode):
-                    return False
-                os.unlink(parts[-1], dir_fd=fd)
-                return True
-            except OSError:
+            if not stat.S_ISREG(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
                 return False
-        finally:
-            os.close(fd)
+            os.unlink(name, dir_fd=fd)
+            return True
+        except OSError:
+            return False
 
 
 def allocated_bytes(root: Path, limit: int, max_entries: int = MAX_ENTRIES) -> int:
