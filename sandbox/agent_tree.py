@@ -260,17 +260,23 @@ def read_bytes(root: Path, rel: str, limit: int) -> tuple[bytes, bool] | None:
     if file_fd is None:
         return None
     try:
-        chunks, size = [], 0
-        while size <= limit:
-            chunk = os.read(file_fd, min(1 << 20, limit + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
+        data = read_capped(file_fd, limit)
     finally:
         os.close(file_fd)
-    data = b"".join(chunks)
     return data[:limit], len(data) > limit
+
+
+def read_capped(fd: int, limit: int) -> bytes:
+    """What the open file ``fd`` holds, read no further than ``limit + 1`` bytes (one more than kept
+    tells that it held more)."""
+    chunks, size = [], 0
+    while size <= limit:
+        chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def remove_special_files(root: Path, *, skip_top: tuple[str, ...] = ()) -> list[str]:

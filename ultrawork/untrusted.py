@@ -101,18 +101,13 @@ def read_bounded(path: str | os.PathLike, limit: int) -> Bounded | None:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
+    from ultrawork.sandbox.agent_tree import read_capped
+
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
-        chunks, size = [], 0
-        while size <= limit:
-            chunk = os.read(fd, min(1 << 16, limit + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        data = b"".join(chunks)
+        data = read_capped(fd, limit)
     finally:
         os.close(fd)
     cut = len(data) > limit or st.st_size > limit
