@@ -27,6 +27,13 @@ class EvalError(ValueError):
     """A tasks or settings file that cannot be evaluated, refused before anything starts."""
 
 
+def _short_name(kind: str, value: str) -> str:
+    """A task's or setting's name: it names a run id, files and report columns."""
+    if not NAME.fullmatch(value):
+        raise ValueError(f"{kind} name {value!r}: use lower case letters, digits and '-' (at most 24)")
+    return value
+
+
 def _argv(value):
     if isinstance(value, str):
         return shlex.split(value)
@@ -47,12 +54,7 @@ class EvalTask(BaseModel):
     def _split(cls, value):          # a string is split as a shell would (no shell ever runs it)
         return _argv(value)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not NAME.fullmatch(value):
-            raise ValueError(f"task name {value!r}: use lower case letters, digits and '-' (at most 24)")
-        return value
+    _name = field_validator("name")(classmethod(lambda cls, value: _short_name("task", value)))
 
     @field_validator("checks")
     @classmethod
@@ -71,12 +73,7 @@ class EvalSetting(BaseModel):
     model_settings: str | None = None
     agent_commands: dict[str, list[str]] | None = Field(None, description="Role (or attempt) -> the command it runs.")
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not NAME.fullmatch(value):
-            raise ValueError(f"setting name {value!r}: use lower case letters, digits and '-' (at most 24)")
-        return value
+    _name = field_validator("name")(classmethod(lambda cls, value: _short_name("setting", value)))
 
 
 def _load(path: Path, key: str, model):
