@@ -22,11 +22,17 @@ from ultrawork.agents.outcome import AgentOutcome
 from ultrawork.agents.profiles import AgentProfile
 from ultrawork.tasks.egress import note_egress
 from ultrawork.runtime.environment import AgentEnvironment
+from ultrawork.runtime.naming import untagged_tasks
 from ultrawork.tasks.model import cite_research, is_model_agent, prepare_model_agent, run_model_agent, with_model_record
 
 
 @flow(name="agent", flow_run_name="{run_id}-{profile.role}", validate_parameters=False)
 async def agent(run_id: str, profile: AgentProfile, prompt: str, round_no: int = 1):
+    with untagged_tasks():                          # its task runs are found by their flow run, not by tags
+        return await _agent(run_id, profile, prompt, round_no)
+
+
+async def _agent(run_id: str, profile: AgentProfile, prompt: str, round_no: int):
     env = AgentEnvironment(run_id, profile, prompt)
     env.round_no = round_no                         # a model agent continues its earlier round's conversation
     prepare_model_agent(env)                        # a model agent's file tool joins the files at /agent

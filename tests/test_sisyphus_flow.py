@@ -225,3 +225,23 @@ def test_bad_input_is_refused_before_anything_is_created(prefect_api, uw_home, t
             asyncio.run(sisyphus(**params, return_state=False))
     assert not (uw_home / "runs").exists() or list((uw_home / "runs").iterdir()) == []
     assert git(clean, "branch", "--list", "ultrawork/*") == ""
+
+
+def test_a_process_that_runs_run_after_run_keeps_no_threads_of_earlier_runs(prefect_api, uw_home, tmp_path,
+                                                                             docker_client):
+    """A worker runs runs for days: each run's agents must leave no thread (nor the API client it holds)
+    behind. Prefect keeps a tag-concurrency service per distinct tag set of a task run for the process's
+    life, so tasks tagged with their run would leave one per agent per run."""
+    import threading
+
+    repo = make_target_repo(tmp_path / "widgets")
+    counts = []
+    for i in range(3):
+        run_id = f"threads-{i}-{uuid.uuid4().hex[:6]}"
+        result = run_sisyphus({"task": "Map the code", "repo": str(repo), "agents": ["explore", "librarian"],
+                               "run_id": run_id, "review_timeout": 1,
+                               "agent_commands": {r: ["true"] for r in ("explore", "librarian")}})
+        assert [a.status for a in result.agents] == ["succeeded", "succeeded"], result.message
+        time.sleep(1)                                # the run's own threads (log workers, slots) have ended
+        counts.append(threading.active_count())
+    assert counts[2] <= counts[0], f"threads after each run: {counts} ({sorted(t.name for t in threading.enumerate())})"

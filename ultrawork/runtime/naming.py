@@ -3,7 +3,10 @@ agent's subflow is ``<run-id>-<role>``, tagged ``run:<id>`` and ``role:<role>``.
 
 from __future__ import annotations
 
+import contextlib
+
 from prefect import tags
+from prefect.context import TagsContext
 
 
 def run_tag(run_id: str) -> str:
@@ -17,6 +20,18 @@ def role_tag(role: str) -> str:
 def agent_tags(run_id: str, role: str):
     """The tags context an agent's subflow is called in."""
     return tags(run_tag(run_id), role_tag(role))
+
+
+@contextlib.contextmanager
+def untagged_tasks():
+    """Task runs inside carry no tags of the run's (the subflow itself keeps them).
+
+    Prefect's task engine takes tag concurrency slots for every tagged task run through one
+    acquisition service per distinct tag set (a thread and an API client), kept for the
+    life of the process: with ``run:<id>`` and ``role:<role>`` on every task, a worker would
+    keep one more per agent of every run it ever ran."""
+    with TagsContext(current_tags=set()):
+        yield
 
 
 async def name_run(run_id: str) -> None:
