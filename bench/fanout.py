@@ -186,6 +186,7 @@ def ultrawork(repo: Path, workload: float, agents: int, network: str = "none") -
 
     from ultrawork.cli.runs import submit_review
     from ultrawork.flows.sisyphus import sisyphus
+    from ultrawork.gateway.run import gateway_seconds
 
     roles = agent_names(agents)
     run_id = f"bench-{int(time.time())}-{os.urandom(2).hex()}"
@@ -239,6 +240,9 @@ def ultrawork(repo: Path, workload: float, agents: int, network: str = "none") -
     marks["end"] = time.monotonic()
     if "paused" not in marks:
         raise RuntimeError(f"the run ended without asking for its review: {result.outcome}: {result.message}")
+    failed = [f"{o.role}: {(o.errors or ['?'])[-1][:200]}" for o in result.agents if o.status != "succeeded"]
+    if failed:                       # a run whose agents did not do the work measures nothing
+        raise RuntimeError(f"{len(failed)} agent(s) did not run their workload: " + "; ".join(failed))
     starts = [o.started_at for o in result.agents]
     ends = [o.ended_at for o in result.agents]
     t0 = marks["start"]
@@ -255,6 +259,7 @@ def ultrawork(repo: Path, workload: float, agents: int, network: str = "none") -
         },
         "agent_durations": {o.role: round(o.duration, 3) for o in result.agents},
         "outcome": result.outcome,
+        **({"gateway_seconds": gateway_seconds(run_id)} if network == "gateway" else {}),
     }
 
 
@@ -357,6 +362,11 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     if args.network == "gateway":   # the gateway starts only with the secret its profile names (never sent anywhere)
         os.environ.setdefault("ANTHROPIC_API_KEY", "bench-placeholder-not-a-key")
+        from ultrawork.gateway.image import build_gateway_image
+        from ultrawork.sandbox.agent_image import build_agent_image
+
+        build_agent_image("claude-code", say=lambda line: print(line, file=sys.stderr))   # a no-op once built
+        build_gateway_image(say=lambda line: print(line, file=sys.stderr))
     work = Path(tempfile.mkdtemp(prefix="ultrawork-bench-"))
     os.environ["ULTRAWORK_HOME"] = str(work / "home")
     from ultrawork.local_server.manager import ensure_server, stop_server
@@ -403,6 +413,13 @@ def main(argv: list[str] | None = None) -> dict:
                                      f"wall_seconds_{args.agents}": round(statistics.median(walls), 3),
                                      "ratio": round(statistics.median(walls) / statistics.median(four), 3),
                                      "target_ratio": 1.5}
+    if args.network == "gateway":   # what the runs waited for: start (alongside setup) plus stop; removal after
+        lifecycles = [p["ultrawork"]["gateway_seconds"] for p in pairs]
+        report["gateway"] = {
+            "start_plus_stop_seconds": [round(g["start"] + g["stop"], 3) for g in lifecycles],
+            "median_start_plus_stop_seconds": round(statistics.median(g["start"] + g["stop"] for g in lifecycles), 3),
+            "median_removal_seconds": round(statistics.median(g.get("removal", 0.0) for g in lifecycles), 3),
+            "target_seconds": 1.5}
     if len(pairs) > 1:
         report.update(ratios=ratios, ratio_min=min(ratios), ratio_max=max(ratios), pairs=pairs)
     print(json.dumps(report, indent=2))

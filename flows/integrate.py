@@ -14,6 +14,7 @@ from prefect.states import Completed
 
 from ultrawork.agents.outcome import AgentOutcome, CheckResult, RunOutcome, RunResult, Verdict, outcome_message
 from ultrawork.tasks.checks import run_checks
+from ultrawork.tasks.egress import gateway_removed
 from ultrawork.runtime.config import load_config, use_config
 from ultrawork.failpoints import failpoint
 from ultrawork.tasks.integration import integrate_branches, open_pull_request_task
@@ -91,6 +92,7 @@ async def ended(run_id: str, summary: RunResult):
     The Completed message starts with the outcome; after an expired pause Prefect fails
     the run whatever it returns, so that result stays a plain value."""
     await release_run_clones(run_id)
+    await gateway_removed(run_id)                     # its gateway was removed alongside the review
     get_logger().info("run %s: %s", run_id, summary.message)
     if summary.outcome == RunOutcome.REVIEW_TIMED_OUT:
         return summary

@@ -290,6 +290,9 @@ async def review_run(run_id: str, ledger, task: str, outcomes: list[AgentOutcome
         form = review_form(run_id, task, outcomes, checks, changes, rounds_left=rounds_left, attempts=attempts)
         key = "review" if round_no == 1 else f"review-{round_no}"
         if frees_the_worker():
+            from ultrawork.tasks.egress import gateway_removed
+
+            await gateway_removed(run_id)          # nothing of the run's is left being removed when it ends
             # the process ends here; the review reschedules the run, which continues from the ledger
             # and gets the decision from this same call (the same key)
             decision = await suspend_flow_run(wait_for_input=form, timeout=round(timeout), key=key)

@@ -24,7 +24,7 @@ from ultrawork.agents.profiles import AgentProfile
 from ultrawork.gateway import EgressSummary, GatewayError, SecretUnavailable
 from ultrawork.gateway.rules import secret_source
 from ultrawork.gateway.run import (
-    egress_rules, run_egress as registered, start_run_egress, stop_run_egress, summary_markdown,
+    egress_rules, removal_left, run_egress as registered, start_run_egress, stop_run_egress, summary_markdown,
 )
 from ultrawork.runtime.artifacts import artifact_key
 from ultrawork.runtime.logs import get_logger
@@ -134,8 +134,9 @@ async def start_egress(run_id: str, profiles: dict[str, AgentProfile]) -> list[s
     values = await host_secrets(refs)
     egress = await asyncio.to_thread(start_run_egress, run_id, rules, values.__getitem__, **gateway_options)
     del values
-    get_logger().info("egress gateway of run %s serves %s", run_id,
-                      ", ".join(f"{a} ({', '.join(r.host for r in p.allow)})" for a, p in rules.agents.items()))
+    get_logger().info("egress gateway of run %s serves %s (started in %.2f s)", run_id,
+                      ", ".join(f"{a} ({', '.join(r.host for r in p.allow)})" for a, p in rules.agents.items()),
+                      egress.seconds.get("start", 0.0))
     return list(egress.gateway.networks.values())
 
 
@@ -165,6 +166,14 @@ async def stop_egress(run_id: str) -> dict[str, dict]:
         except Exception as exc:  # noqa: BLE001 - the record of egress is in the log already
             log.warning("the egress artifact of run %s was not written: %s", run_id, exc)
     return {agent: vars(s) for agent, s in summaries.items()}
+
+
+async def gateway_removed(run_id: str) -> None:
+    """Wait until the run's stopped gateway is removed (its removal runs alongside the review's
+    start); a removal that left something behind is said, and the reaper removes it later."""
+    left = await asyncio.to_thread(removal_left, run_id)
+    if left:
+        get_logger().warning("run %s: %s", run_id, left)
 
 
 @contextlib.asynccontextmanager

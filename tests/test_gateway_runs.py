@@ -12,7 +12,9 @@ pytestmark = pytest.mark.docker
 def test_a_spec_naming_another_agents_gateway_network_is_refused(docker_client, tmp_path, monkeypatch):
     from ultrawork.agents.profiles import CLI_EGRESS
     from ultrawork.gateway import GatewayRulesError
-    from ultrawork.gateway.run import egress_rules, gateway_networks, start_run_egress, stop_run_egress, through_gateway
+    from ultrawork.gateway.run import (
+        egress_rules, gateway_networks, removal_left, start_run_egress, stop_run_egress, through_gateway,
+    )
     from ultrawork.sandbox import SandboxSpec
 
     monkeypatch.setenv("ULTRAWORK_HOME", str(tmp_path / "home"))
@@ -34,6 +36,7 @@ def test_a_spec_naming_another_agents_gateway_network_is_refused(docker_client, 
         stop_run_egress(run_a)
         stop_run_egress(run_b)
     assert gateway_networks() == []
+    assert removal_left(run_a) is None and removal_left(run_b) is None
     assert docker_client.networks.list(filters={"label": f"ultrawork.run={run_a}"}) == []
 
 

@@ -1,6 +1,9 @@
 """The mitmproxy addon inside the gateway container: deny by default, inject credentials, record.
 
 Loaded by ``mitmdump -s``; reads the rules file named by ``$ULTRAWORK_GATEWAY_RULES``.
+The agents' subnets come in a second file beside it (``agents.json``), which the host
+writes once it has made the agents' networks, while mitmproxy starts: until it is read,
+no request is from a known agent, and only then does the gateway say it is ready.
 The agent is known by the address a connection comes from (each agent network has
 its own subnet), never by anything the agent sends. Everything a request says is
 hostile: on a route the upstream's scheme, host, port and authority are the route's
@@ -31,6 +34,8 @@ from policy import (  # noqa: E402
 from record import UNKNOWN, RecordWriter  # noqa: E402
 
 PREFIX = "ultrawork gateway"
+SUBNETS_FILE = "agents.json"
+SUBNETS_POLL = 0.01       # seconds between looks for the agents' subnets while starting
 SMALL_BODY = 64 * 1024    # a refused request's body is read and dropped up to this; a larger one closes the connection
 
 
@@ -79,9 +84,27 @@ class EgressRules:
         self.connections: dict[str, set] = {}
         self.tunnels: dict[str, tuple[str, int]] = {}    # client connection id -> its CONNECT host and port
         http1_bounds.install(int(limits.get("head_bytes", 64 << 10)), self._connection_refused)
+        self.subnets_file = os.path.join(os.path.dirname(os.environ["ULTRAWORK_GATEWAY_RULES"]), SUBNETS_FILE)
+        self.subnets_known = self._load_subnets()
+
+    def _load_subnets(self) -> bool:
+        """The agents' subnets (and the addresses they add to the blocked ones), once the host wrote them."""
+        try:
+            with open(self.subnets_file) as fh:
+                subnets = json.load(fh)
+        except FileNotFoundError:
+            return False
+        for agent, subnet in subnets["agents"].items():
+            if agent in self.agents:
+                self.agents[agent]["subnet"] = subnet
+        self.hard_blocked = self.hard_blocked + list(subnets.get("hard_blocked", []))
+        return True
 
     # -- connections ----------------------------------------------------------
-    def running(self) -> None:
+    async def running(self) -> None:
+        while not self.subnets_known:            # the host makes the agents' networks while this starts
+            await asyncio.sleep(SUBNETS_POLL)
+            self.subnets_known = self._load_subnets()
         _emit({"event": "ready", "time": time.time(), "agents": sorted(self.agents)})
 
     def done(self) -> None:

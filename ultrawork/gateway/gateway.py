@@ -21,6 +21,7 @@ import json
 import os
 import secrets
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ GATEWAY_ALIAS = "gateway"        # the gateway's name on every agent network
 CONFIG_DIR = "/etc/ultrawork-gateway"   # rules and upstream CA, read-only
 RECORD_DIR = "/var/lib/ultrawork-gateway/record"   # the run's record, written by the gateway
 CODE_DIR = "/opt/ultrawork-gateway/addon"
+SUBNETS_FILE = "agents.json"            # the agents' subnets, written once their networks exist (see addon.py)
 ADDON_FILES = ("addon.py", "policy.py", "record.py", "http1_bounds.py")
 _CODE = Path(__file__).parent
 _LAUNCH = (
@@ -131,7 +133,12 @@ class EgressGateway:
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> "EgressGateway":
-        """Start the gateway (a no-op while it runs). Anything half made is removed on failure."""
+        """Start the gateway (a no-op while it runs). Anything half made is removed on failure.
+
+        mitmproxy takes most of a second to start, so it starts first, on the upstream network
+        alone; the agents' networks are made meanwhile, their subnets handed to it in a file of
+        their own (``agents.json``) and the container connected to them. It says it is ready
+        only once it knows every agent's subnet."""
         if self.container_id is not None:
             self.check()
             return self
@@ -139,37 +146,43 @@ class EgressGateway:
                     for agent, profile in self.rules.agents.items()}   # a missing secret: nothing started yet
         try:
             self.image = self.image or build_gateway_image()
-            self._make_networks()
+            if self.upstream_network is None:
+                self._make_networks([None])
             self._write_config(resolved)
             del resolved
-            self._start_container()
+            with ThreadPoolExecutor(max_workers=2) as pool:   # the container starts while the networks are made
+                started = pool.submit(self._create_container, True)
+                made = pool.submit(self._make_networks, list(self.rules.agents))
+                started.result()
+                made.result()
+            self._write_subnets()
+            self._connect_networks()
+            self._wait_ready()
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _make_networks(self) -> None:
+    def _make_networks(self, agents: list[str | None]) -> None:
+        """The upstream network (None) and the agents' internal networks, one engine call each, side by side."""
         client = self.client
         base = f"ultrawork-gw-{self.run_id}-{self.token}"[:60]
-        made: dict[str, str] = {}
 
-        def make(agent: str | None) -> None:    # one engine call each, side by side
+        def make(agent: str | None) -> None:
             if agent is None:
                 self.upstream_network = client.networks.create(
                     f"{base}-upstream", driver="bridge", labels=self._labels()).name
                 return
             client.networks.create(f"{base}-{agent}", driver="bridge", internal=True, labels=self._labels(agent),
                                    options={"com.docker.network.bridge.inhibit_ipv4": "true"})
-            made[agent] = f"{base}-{agent}"
+            self.networks[agent] = f"{base}-{agent}"      # what was made is removed by stop(), whatever failed
 
-        jobs = ([None] if self.upstream_network is None else []) + list(self.rules.agents)
         try:
-            with ThreadPoolExecutor(max_workers=min(8, len(jobs))) as pool:
-                list(pool.map(make, jobs))
+            with ThreadPoolExecutor(max_workers=min(8, len(agents))) as pool:
+                list(pool.map(make, agents))
         except docker.errors.APIError as exc:
             raise GatewayError(f"creating the gateway's networks failed: {exc.explanation or exc}") from None
-        finally:   # what was made is removed by stop(), whatever failed
-            self.networks = {agent: made[agent] for agent in self.rules.agents if agent in made}
+        self.networks = {agent: self.networks[agent] for agent in self.rules.agents if agent in self.networks}
 
     def _subnet(self, network: str) -> str:
         configs = (self.client.networks.get(network).attrs.get("IPAM") or {}).get("Config") or []
@@ -179,13 +192,12 @@ class EgressGateway:
         return subnets[0]
 
     def _write_config(self, resolved: dict[str, list[dict]]) -> None:
+        """The rules file (allowlists, credentials, routes, bounds); the agents' subnets follow in
+        :meth:`_write_subnets` once their networks exist."""
         agents = {}
         hard_blocked = list(host_addresses())
         for agent, profile in self.rules.agents.items():
-            subnet = self._subnet(self.networks[agent])
-            hard_blocked.append(subnet)
-            agents[agent] = {"subnet": subnet, "allow": [r.model_dump() for r in profile.allow],
-                             "credentials": resolved[agent]}
+            agents[agent] = {"allow": [r.model_dump() for r in profile.allow], "credentials": resolved[agent]}
         upstream = self.client.networks.get(self.upstream_network).attrs.get("IPAM") or {}
         hard_blocked += [c["Gateway"] for c in upstream.get("Config") or [] if c.get("Gateway")]
         config = {"agents": agents, "routes": {str(port): up for up, port in self.ports.items()},
@@ -203,13 +215,25 @@ class EgressGateway:
         folder.mkdir(mode=0o700)
         self.config_dir = folder
         for name, text in (("rules.json", json.dumps(config)), ("upstream-ca.pem", self.rules.upstream_ca or "")):
-            fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-            if os.geteuid() == 0:
-                os.chown(folder / name, owner, owner)
+            self._private_file(name, text)
         if os.geteuid() == 0:
             os.chown(folder, owner, owner)   # mounted as a folder: its own owner must be able to enter it
+
+    def _private_file(self, name: str, text: str) -> None:
+        """``name`` in the config folder, readable by the gateway's user alone, whole when it appears."""
+        owner = GATEWAY_UID if os.geteuid() == 0 else os.getuid()
+        partial = self.config_dir / f".{name}.partial"
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            if os.geteuid() == 0:
+                os.fchown(fh.fileno(), owner, owner)
+        os.rename(partial, self.config_dir / name)
+
+    def _write_subnets(self) -> None:
+        """Each agent's subnet (by which the gateway knows it; also blocked as a destination)."""
+        subnets = {agent: self._subnet(network) for agent, network in self.networks.items()}
+        self._private_file(SUBNETS_FILE, json.dumps({"agents": subnets, "hard_blocked": sorted(subnets.values())}))
 
     def _command(self) -> list[str]:
         argv = ["python3", "-c", _LAUNCH, "-s", f"{CODE_DIR}/addon.py", "--set", "connection_strategy=lazy",
@@ -222,8 +246,9 @@ class EgressGateway:
             argv += ["--set", f"ssl_verify_upstream_trusted_ca={CONFIG_DIR}/upstream-ca.pem"]
         return argv
 
-    def _start_container(self) -> None:
-        client, api = self.client, self.client.api
+    def _create_container(self, start: bool) -> None:
+        """The gateway's container on the upstream network (started when ``start``)."""
+        client = self.client
         owner = GATEWAY_UID if os.geteuid() == 0 else os.getuid()
         memory = f"{self.memory_mb}m"
         try:
@@ -239,17 +264,42 @@ class EgressGateway:
                 pids_limit=self.pids, mem_limit=memory, memswap_limit=memory, nano_cpus=int(1e9), init=True,
                 log_config=LogConfig(type="json-file", config={"max-size": "20m", "max-file": "2"}), detach=True)
             self.container_id = container.id
-            for agent, network in self.networks.items():
-                api.connect_container_to_network(container.id, network, aliases=[GATEWAY_ALIAS])
-            container.start()
+            if start:
+                container.start()
         except docker.errors.APIError as exc:
             raise GatewayError(f"starting the gateway failed: {exc.explanation or exc}") from None
+
+    def _connect_networks(self) -> None:
+        """The container joins each agent's network, as ``gateway`` there."""
+        api = self.client.api
+
+        def connect(network: str) -> None:
+            api.connect_container_to_network(self.container_id, network, aliases=[GATEWAY_ALIAS])
+
+        try:
+            with ThreadPoolExecutor(max_workers=min(8, len(self.networks) or 1)) as pool:
+                list(pool.map(connect, self.networks.values()))
+        except docker.errors.APIError as exc:
+            raise GatewayError(f"connecting the gateway to its agents' networks failed: {exc.explanation or exc}") \
+                from None
+
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout
         while not any(e.get("event") == "ready" for e in self._live_events()):
             self.check()
             if time.monotonic() > deadline:
                 raise GatewayError(f"the gateway was not ready within {self.ready_timeout:g}s")
-            time.sleep(0.05)
+            time.sleep(0.02)
+
+    def _start_container(self) -> None:
+        """A new container on networks and rules that exist (a restart): connected, then started."""
+        self._create_container(start=False)
+        self._connect_networks()
+        try:
+            self.client.api.start(self.container_id)
+        except docker.errors.APIError as exc:
+            raise GatewayError(f"starting the gateway failed: {exc.explanation or exc}") from None
+        self._wait_ready()
 
     def check(self) -> None:
         """Raise :class:`GatewayError` unless the gateway's container is running."""
@@ -353,6 +403,19 @@ class EgressGateway:
             pass
         self.container_id = None
 
+    def halt(self) -> None:
+        """Freeze the gateway's processes (``docker pause``, a few milliseconds): it serves nothing more
+        and its record is final. :meth:`stop` removes it."""
+        if self.container_id is None:
+            return
+        try:
+            self.client.api.pause(self.container_id)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if "is not running" not in str(exc) and "already paused" not in str(exc):
+                raise GatewayError(f"stopping the gateway failed: {exc.explanation or exc}") from None
+
     def stop(self) -> None:
         """Remove the container, the networks it made and its rules file. Safe to call again."""
         errors = []
@@ -374,9 +437,12 @@ class EgressGateway:
             except Exception as exc:
                 errors.append(f"network {name}: {exc}")
 
-        if owned:
-            with ThreadPoolExecutor(max_workers=min(8, len(owned))) as pool:   # one engine call each, side by side
-                list(pool.map(remove, owned))
+        # one engine call each, side by side; plain threads, as this may run while the interpreter exits
+        removals = [threading.Thread(target=remove, args=(name,), name=f"remove {name}") for name in owned]
+        for thread in removals:
+            thread.start()
+        for thread in removals:
+            thread.join()
         self.networks = {}
         if self._upstream_given is None:
             self.upstream_network = None

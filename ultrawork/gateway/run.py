@@ -11,10 +11,12 @@ the sandbox policy allows exactly the networks of running gateways. No Prefect.
     spec = through_gateway(spec)          # network + ANTHROPIC_BASE_URL, placeholder key
     ...
     summaries = stop_run_egress("run-1")   # per agent: allowed / refused counts and hosts
+    removal_left("run-1")                  # its container and networks are gone (removed in the background)
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +30,9 @@ GATEWAY_NETWORK = "gateway"     # what a profile's ``network`` says to get its e
 
 _LOCK = threading.Lock()
 _RUNS: dict[str, "RunEgress"] = {}
+_REMOVING: dict[str, threading.Thread] = {}     # run id -> the removal of its stopped gateway
+_REMOVAL_ERRORS: dict[str, str] = {}
+_TIMINGS: dict[str, dict[str, float]] = {}      # run id -> its gateway's start, stop and removal seconds
 
 
 @dataclass
@@ -41,6 +46,7 @@ class RunEgress:
     lock: threading.Lock = field(default_factory=threading.Lock)
     ready: threading.Event = field(default_factory=threading.Event)   # set when its start ended
     failed: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)   # "start", "stop", "removal": how long each took
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Wait for a gateway still starting (a run starts it alongside its agents' setup)."""
@@ -101,8 +107,10 @@ def start_run_egress(run_id: str, rules: GatewayRules, resolver: Resolver = env_
             raise GatewayError(f"run {run_id} already has a gateway")
         egress = RunEgress(run_id, EgressGateway(run_id, rules, resolver=resolver, **gateway_options))
         _RUNS[run_id] = egress
+    started = time.monotonic()
     try:
         egress.gateway.start()
+        egress.seconds["start"] = round(time.monotonic() - started, 3)
     except BaseException as exc:
         egress.failed = f"{type(exc).__name__}: {exc}"
         with _LOCK:
@@ -119,17 +127,69 @@ def run_egress(run_id: str) -> RunEgress | None:
 
 
 def stop_run_egress(run_id: str) -> dict[str, EgressSummary]:
-    """Stop ``run_id``'s gateway (container, networks, rules file); its agents' summaries."""
+    """Stop ``run_id``'s gateway; its agents' summaries.
+
+    The container is killed first (the run's agents are gone: it serves nothing more and its
+    record is final) and the summaries read; removing the container, its networks and its
+    rules file, most of a second of engine work, then goes on in a thread of its own while
+    the run goes on to its review. :func:`removal_left` waits for it; the process does too
+    before it exits (the thread is not a daemon), and a killed process's leftovers are the
+    reaper's."""
     with _LOCK:
         egress = _RUNS.pop(run_id, None)
     if egress is None:
         return {}
+    stopping = time.monotonic()
     try:
-        egress.gateway._remove_container()   # keeps the request log for the summaries
-    finally:
-        summaries = {agent: egress.gateway.summary(agent) for agent in egress.gateway.rules.agents}
+        egress.gateway.halt()
+    except BaseException:
         egress.gateway.stop()
+        raise
+    summaries = {agent: egress.gateway.summary(agent) for agent in egress.gateway.rules.agents}
+    egress.seconds["stop"] = round(time.monotonic() - stopping, 3)
+    _remember(run_id, egress.seconds)
+
+    def remove() -> None:
+        removing = time.monotonic()
+        try:
+            egress.gateway.stop()
+            egress.seconds["removal"] = round(time.monotonic() - removing, 3)
+        except Exception as exc:  # noqa: BLE001 - said by removal_left and the log; labelled for the reaper
+            _REMOVAL_ERRORS[run_id] = str(exc)
+            logging.getLogger("ultrawork.gateway").warning("run %s: %s", run_id, exc)
+
+    thread = threading.Thread(target=remove, name=f"gateway-removal {run_id}", daemon=False)
+    with _LOCK:
+        _REMOVING[run_id] = thread
+    thread.start()
     return summaries
+
+
+def _remember(run_id: str, seconds: dict[str, float]) -> None:
+    with _LOCK:
+        _TIMINGS[run_id] = seconds
+        while len(_TIMINGS) > 64:                   # the newest runs' only
+            _TIMINGS.pop(next(iter(_TIMINGS)))
+
+
+def gateway_seconds(run_id: str) -> dict[str, float]:
+    """How long ``run_id``'s gateway took to start, to stop (what the run waited for) and to be removed
+    (in the background, while the run went on); empty for a run without a gateway in this process."""
+    with _LOCK:
+        return dict(_TIMINGS.get(run_id, {}))
+
+
+def removal_left(run_id: str, timeout: float = 120.0) -> str | None:
+    """Wait until ``run_id``'s stopped gateway is removed; what its removal left behind, if anything."""
+    with _LOCK:
+        thread = _REMOVING.get(run_id)
+    if thread is not None:
+        thread.join(timeout)
+        if thread.is_alive():
+            return f"the gateway of run {run_id} was still being removed after {timeout:g}s"
+        with _LOCK:
+            _REMOVING.pop(run_id, None)
+    return _REMOVAL_ERRORS.pop(run_id, None)
 
 
 def gateway_networks() -> list[str]:
