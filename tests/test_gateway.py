@@ -466,3 +466,62 @@ def test_a_killed_gateway_is_a_gateway_error_and_stop_leaves_nothing(docker_clie
     assert docker_client.containers.list(all=True, filters=label) == []
     assert docker_client.networks.list(filters=label) == []
     assert list((tmp_path / "home" / "gateway" / "runs").iterdir()) == []
+
+
+@pytest.mark.docker
+def test_a_request_before_the_gateway_knows_the_agents_subnets_gets_no_key(lab, docker_client):
+    """The gateway starts before the agents' networks exist and learns their subnets from a second
+    file. A request that arrives in between (a sandbox started early, or another container put on
+    the network) is from no known agent: refused, recorded, and the upstream never sees the key.
+    The gateway says it is ready only once it knows every subnet."""
+    run_id = f"tgw{secrets.token_hex(4)}"
+    rules = GatewayRules(agents={"frontend": _profiles()["frontend"]}, upstream_ca=lab["ca_pem"],
+                         allowed_private=lab["gateway"].rules.allowed_private)
+    gateway = EgressGateway(run_id, rules, resolver={KEY_NAME: lab["real_key"]}.__getitem__,
+                            upstream_network=lab["upstream"], client=docker_client, ready_timeout=120)
+    held, release = threading.Event(), threading.Event()
+    write_subnets, connect = gateway._write_subnets, gateway._connect_networks
+
+    def late_subnets() -> None:              # the window, held open: networks made and joined, subnets not given
+        connect()
+        held.set()
+        assert release.wait(120)
+        write_subnets()
+
+    gateway._write_subnets, gateway._connect_networks = late_subnets, (lambda: None)
+    starting = threading.Thread(target=gateway.start, daemon=True)
+    engine = lab["engine"]
+    sandbox = None
+    try:
+        starting.start()
+        assert held.wait(120)
+        ready_early = any(e.get("event") == "ready" for e in gateway._live_events())
+        engine.policy = SandboxPolicy(workspace_roots=[lab["home"]], allowed_networks=["none", gateway.networks["frontend"]])
+        sandbox = engine.create(SandboxSpec(role="frontend", run_id=run_id, network=gateway.networks["frontend"],
+                                            ))
+        marker = f"/v1/messages/{secrets.token_hex(4)}"
+        url = gateway.route_url(API) + marker
+        deadline = time.monotonic() + 60
+        while True:                          # mitmproxy may still be starting: wait until it answers
+            result = engine.execute(sandbox, ["python3", "-c", CLIENT, "POST", url, "{}"], timeout=60)
+            reply = json.loads(result.stdout.strip().splitlines()[-1]) if result.stdout.strip() else {}
+            if reply.get("status") or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert not ready_early, "the gateway said it was ready before it knew the agents' subnets"
+        assert reply.get("status") == 403 and "not from a known agent" in reply.get("body", ""), reply
+        assert _standin_saw(lab, marker) == []
+        release.set()
+        starting.join(120)
+        assert not starting.is_alive()
+        reply = json.loads(engine.execute(sandbox, ["python3", "-c", CLIENT, "POST", url, "{}"],
+                                          timeout=60).stdout.strip().splitlines()[-1])
+        assert reply.get("status") == 200, reply          # the same agent, once known, is served
+        [early] = [r for r in gateway.requests(None) if r.get("path") == marker and r["status"] == 403]
+        assert early["decision"] == "refused" and early["agent"] != "frontend"
+    finally:
+        release.set()
+        starting.join(120)
+        if sandbox is not None:
+            engine.cleanup(sandbox)
+        gateway.stop()
