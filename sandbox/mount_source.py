@@ -14,6 +14,7 @@ directory.
 from __future__ import annotations
 
 import os
+import time
 import pwd
 import stat
 from pathlib import Path
@@ -40,7 +41,23 @@ HOME_MARKERS = (
 )
 
 
-def _homes() -> set[Path]:
+_HOMES_SECONDS = 10.0       # home folders change rarely; every mount checks them
+_HOMES_SEEN: dict[str, tuple[float, frozenset[Path]]] = {}
+
+
+def _homes() -> frozenset[Path]:
+    """Every user's home folder, resolved (read again after ``_HOMES_SECONDS``: it is asked for each
+    mount of each sandbox, and resolving every home of the password file costs more than a mount)."""
+    key = os.environ.get("HOME", "")
+    seen = _HOMES_SEEN.get(key)
+    if seen is not None and time.monotonic() - seen[0] < _HOMES_SECONDS:
+        return seen[1]
+    homes = _read_homes()
+    _HOMES_SEEN[key] = (time.monotonic(), homes)
+    return homes
+
+
+def _read_homes() -> frozenset[Path]:
     homes = {Path("/root"), Path.home()}
     if os.environ.get("HOME"):
         homes.add(Path(os.environ["HOME"]))
@@ -48,7 +65,7 @@ def _homes() -> set[Path]:
         homes |= {Path(entry.pw_dir) for entry in pwd.getpwall() if entry.pw_dir not in ("", "/")}
     except OSError:
         pass
-    return {Path(os.path.realpath(h)) for h in homes}
+    return frozenset(Path(os.path.realpath(h)) for h in homes)
 
 
 def _holds(outer: Path, inner: Path) -> bool:

@@ -84,12 +84,34 @@ def _synced() -> None:
         _SYNCED[url] = time.monotonic()
 
 
+_CLIENTS: dict[str, object] = {}        # API URL -> the one client every slot of this process uses
+_CLIENTS_LOCK = threading.Lock()
+
+
+def _client():
+    """This process's client for the slots' lease calls, made once per API URL: a client costs
+    an SSL context and a connection pool, and a run takes and gives back a slot per sandbox."""
+    from prefect.client.orchestration import get_client
+
+    url = api_url() or ""
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(url)
+        if client is None:
+            client = _CLIENTS[url] = get_client(sync_client=True).__enter__()
+        return client
+
+
 class SandboxSlot:
     """One held slot of ``ultrawork-sandboxes``: taken by :meth:`take`, given back by :meth:`release`.
 
-    Prefect's ``concurrency()`` holds it (and renews its lease) in a thread of its own, so the
-    slot outlives the task or call that took it: it belongs to the sandbox, not to a step.
+    The slot is a lease of Prefect's global concurrency limit, taken, renewed and released through
+    the server's lease endpoints by a thread of its own, so the slot outlives the task or call that
+    took it: it belongs to the sandbox, not to a step. Every slot of the process shares one client
+    (Prefect's ``concurrency()`` makes two per slot, most of the CPU a sandbox's setup cost here).
     """
+
+    WAIT_LOG_SECONDS = 30.0     # a waiting slot says so this often
+    MAX_RETRY_AFTER = 5.0       # a full cap is asked again at least this often
 
     def __init__(self, label: str):
         self.label = label
@@ -112,7 +134,7 @@ class SandboxSlot:
                                         name=f"sandbox-slot {label}")
         started = time.monotonic()
         slot._thread.start()
-        while not slot._taken.wait(30):
+        while not slot._taken.wait(slot.WAIT_LOG_SECONDS):
             if not slot._thread.is_alive():
                 break
             get_logger().info("%s: waiting %.0f s for one of the %s slots", label, time.monotonic() - started,
@@ -122,19 +144,47 @@ class SandboxSlot:
         get_logger().info("%s: holds a %s slot (after %.1f s)", label, LIMIT_NAME, time.monotonic() - started)
         return slot
 
-    def _hold(self) -> None:
-        from prefect.concurrency.context import ConcurrencyContext
-        from prefect.concurrency.sync import concurrency
+    def _acquire(self, client) -> str:
+        """The lease id of one slot, asking again while the cap is full (the server says when)."""
+        import httpx
 
-        try:   # a context of its own: the task that took the slot would release it when it ends
-            with ConcurrencyContext(), concurrency(LIMIT_NAME, occupy=1, lease_duration=LEASE_SECONDS, strict=True,
-                             raise_on_lease_renewal_failure=False):
-                self._taken.set()
-                self._release.wait()
+        while not self._release.is_set():
+            try:
+                response = client.increment_concurrency_slots_with_lease(
+                    names=[LIMIT_NAME], slots=1, mode="concurrency", lease_duration=LEASE_SECONDS)
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != 423:           # 423 Locked: every slot is held
+                    raise
+                try:
+                    wait = float(exc.response.headers.get("Retry-After", 1.0))
+                except ValueError:
+                    wait = 1.0
+                self._release.wait(min(max(wait, 0.1), self.MAX_RETRY_AFTER))
+                continue
+            body = response.json()
+            if not body.get("limits"):
+                raise SlotUnavailable(f"the global concurrency limit {LIMIT_NAME} does not exist")
+            return str(body["lease_id"])
+        raise SlotUnavailable("released before a slot was free")
+
+    def _hold(self) -> None:
+        try:
+            client = _client()
+            lease = self._acquire(client)
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
-            if not self._taken.is_set():
-                self._error = exc
-            else:
+            self._error = exc
+            return
+        self._taken.set()
+        try:
+            while not self._release.wait(LEASE_SECONDS * 0.75):
+                try:
+                    client.renew_concurrency_lease(lease, lease_duration=LEASE_SECONDS)
+                except Exception as exc:  # noqa: BLE001 - the sandbox goes on; the lease may lapse
+                    get_logger().warning("%s: renewing its %s lease failed (%s)", self.label, LIMIT_NAME, exc)
+        finally:
+            try:
+                client.release_concurrency_slots_with_lease(lease)
+            except Exception as exc:  # noqa: BLE001 - the lease frees it
                 get_logger().warning("%s: releasing its %s slot failed (%s); its lease frees it within %.0f s",
                                      self.label, LIMIT_NAME, exc, LEASE_SECONDS)
 
