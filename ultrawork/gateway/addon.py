@@ -1,6 +1,6 @@
 """The mitmproxy addon inside the gateway container: deny by default, inject credentials, record.
 
-Loaded by ``mitmdump -s``; reads the rules file named by ``$ULTRAWORK_GATEWAY_RULES``.
+Loaded by the script loader of ``launch.py``; reads the rules file named by ``$ULTRAWORK_GATEWAY_RULES``.
 The agents' subnets come in a second file beside it (``agents.json``), which the host
 writes once it has made the agents' networks, while mitmproxy starts: until it is read,
 no request is from a known agent, and only then does the gateway say it is ready.

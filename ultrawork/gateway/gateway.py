@@ -50,14 +50,8 @@ CONFIG_DIR = "/etc/ultrawork-gateway"   # rules and upstream CA, read-only
 RECORD_DIR = "/var/lib/ultrawork-gateway/record"   # the run's record, written by the gateway
 CODE_DIR = "/opt/ultrawork-gateway/addon"
 SUBNETS_FILE = "agents.json"            # the agents' subnets, written once their networks exist (see addon.py)
-ADDON_FILES = ("addon.py", "policy.py", "record.py", "http1_bounds.py")
+ADDON_FILES = ("launch.py", "addon.py", "policy.py", "record.py", "http1_bounds.py")
 _CODE = Path(__file__).parent
-_LAUNCH = (
-    "import sys\n"
-    "from mitmproxy.tools.main import mitmdump\n"
-    "sys.argv[0] = 'mitmdump'\n"
-    "sys.exit(mitmdump())\n"
-)
 
 
 @dataclass
@@ -236,15 +230,14 @@ class EgressGateway:
         self._private_file(SUBNETS_FILE, json.dumps({"agents": subnets, "hard_blocked": sorted(subnets.values())}))
 
     def _command(self) -> list[str]:
-        argv = ["python3", "-c", _LAUNCH, "-s", f"{CODE_DIR}/addon.py", "--set", "connection_strategy=lazy",
-                "--set", "flow_detail=0", "--set", "termlog_verbosity=warn", "--set", "confdir=/tmp/mitmproxy",
-                "--set", f"body_size_limit={self.limits['body_bytes']}",
-                "--set", "http2=false"]   # HTTP/1 only, where request heads are bounded (http1_bounds)
-        for upstream, port in sorted(self.ports.items(), key=lambda kv: kv[1]):
-            argv += ["--mode", f"reverse:{upstream}@{port}"]
+        settings = {"scripts": [f"{CODE_DIR}/addon.py"], "connection_strategy": "lazy", "termlog_verbosity": "warn",
+                    "confdir": "/tmp/mitmproxy", "body_size_limit": str(self.limits["body_bytes"]),
+                    "http2": False,   # HTTP/1 only, where request heads are bounded (http1_bounds)
+                    "mode": [f"reverse:{upstream}@{port}"
+                             for upstream, port in sorted(self.ports.items(), key=lambda kv: kv[1])] or ["regular"]}
         if self.rules.upstream_ca:
-            argv += ["--set", f"ssl_verify_upstream_trusted_ca={CONFIG_DIR}/upstream-ca.pem"]
-        return argv
+            settings["ssl_verify_upstream_trusted_ca"] = f"{CONFIG_DIR}/upstream-ca.pem"
+        return ["python3", f"{CODE_DIR}/launch.py", json.dumps(settings)]
 
     def _create_container(self, start: bool) -> None:
         """The gateway's container on the upstream network (started when ``start``)."""

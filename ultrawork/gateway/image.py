@@ -6,7 +6,7 @@ project's): it is installed on the host with the machine's pip into a folder
 configuration) and COPYed onto ``ultrawork-sandbox:0.1.0``, whose python3 is
 Debian bookworm's 3.11. The tag carries a hash of the inputs and the base
 image's id, so building again is a no-op until one of them changes. After a
-build the image is checked: mitmdump must start in it.
+build the image is checked: mitmproxy must import in it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,59 @@
+"""The gateway's mitmproxy process: a master with only the addons the gateway needs.
+
+``mitmdump`` loads about thirty addons, several with heavy imports of their own (Flask
+for the onboarding app that serves ``mitm.it``, LDAP for proxy authentication, the
+playback and export tools): about 0.4 s of a gateway's start, and surface it never uses.
+This loads mitmproxy's ``addons`` package without its ``__init__`` (which imports them
+all) and adds, in mitmdump's order, those that serve an HTTP/1 reverse or regular proxy:
+core, block (no clients from public addresses), disable_h2c, the proxy server, the
+script loader (which loads the gateway's addon), next_layer, TLS, Alt-Svc rewriting for
+reverse mode, and errorcheck (a startup error ends the process). Warnings go to stderr.
+
+    python3 launch.py '{"scripts": ["/opt/.../addon.py"], "mode": ["reverse:https://api...@8081"], ...}'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import types
+
+
+def _addons_package() -> None:
+    import mitmproxy
+
+    package = types.ModuleType("mitmproxy.addons")
+    package.__path__ = [os.path.join(os.path.dirname(mitmproxy.__file__), "addons")]
+    package.__package__ = "mitmproxy.addons"
+    sys.modules["mitmproxy.addons"] = package
+
+
+async def main(settings: dict) -> None:
+    from mitmproxy import master, options
+    from mitmproxy.addons import (
+        block, core, disable_h2c, errorcheck, next_layer, proxyserver, script, tlsconfig, update_alt_svc,
+    )
+
+    logging.getLogger().setLevel(logging.DEBUG)     # as mitmdump: termlog filters by termlog_verbosity
+    for noisy in ("asyncio", "hpack", "quic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    opts = options.Options()
+    proxy = master.Master(opts, with_termlog=True)
+    proxy.addons.add(core.Core(), block.Block(), disable_h2c.DisableH2C(), proxyserver.Proxyserver(),
+                     script.ScriptLoader(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
+                     update_alt_svc.UpdateAltSvc(), errorcheck.ErrorCheck())
+    opts.update(**settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, proxy.shutdown)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    await proxy.run()
+
+
+if __name__ == "__main__":
+    _addons_package()
+    asyncio.run(main(json.loads(sys.argv[1])))
