@@ -43,11 +43,32 @@ def dockerfile(base: str = BASE_IMAGE) -> str:
     ]) + "\n"
 
 
+_ENGINE = []     # one Docker API client for the image lookups (each run's gateway start makes two)
+
+
+def _inspected_id(name: str) -> str | None:
+    """The image id of ``name``, None when there is no such image (asked of the engine's API:
+    a ``docker image inspect`` process costs more than the answer)."""
+    import docker
+    import docker.errors
+
+    if not _ENGINE:
+        _ENGINE.append(docker.APIClient(**docker.utils.kwargs_from_env(), version="auto", timeout=60))
+    try:
+        return _ENGINE[0].inspect_image(name)["Id"]
+    except docker.errors.ImageNotFound:
+        return None
+    except docker.errors.APIError as exc:
+        if exc.status_code == 404:
+            return None
+        raise GatewayImageError(f"the Docker engine did not answer about image {name}: {exc}") from None
+
+
 def _base_id(base: str) -> str:
-    proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", base], capture_output=True, text=True)
-    if proc.returncode != 0:
+    found = _inspected_id(base)
+    if found is None:
         raise GatewayImageError(f"base image {base} is missing; build it first with 'ultrawork sandbox build'")
-    return proc.stdout.strip()
+    return found
 
 
 def gateway_image(base: str = BASE_IMAGE) -> str:
@@ -57,8 +78,7 @@ def gateway_image(base: str = BASE_IMAGE) -> str:
 
 
 def _image_id(tag: str) -> str | None:
-    proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else None
+    return _inspected_id(tag)
 
 
 def _run(argv: list[str], what: str, env: dict | None = None) -> str:
