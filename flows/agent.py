@@ -38,6 +38,7 @@ async def _agent(run_id: str, profile: AgentProfile, prompt: str, round_no: int)
     prepare_model_agent(env)                        # a model agent's file tool joins the files at /agent
     try:
         await env.set_up()                          # branch -> submodule -> Plan.md (the sandbox starts ahead)
+        await env.prompt_arrives()                  # a writer set up during the research: its findings
         if round_no > 1:                            # a review round (ultrawork.flows.revise): run it again
             env.steps = [profile.argv(run_id)]
         await cite_research(env)                    # a writer's Plan.md names the research it starts from

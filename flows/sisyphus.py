@@ -36,6 +36,7 @@ from ultrawork.failpoints import failpoint
 from ultrawork.runtime.logs import get_logger
 from ultrawork.runtime.naming import agent_tags, continued_run_id, continues_flow_run, name_run
 from ultrawork.tasks.egress import check_egress, run_egress
+from ultrawork.runtime.prompts import PENDING, deliver, expect, expect_research, forget, seated, withdraw
 from ultrawork.runtime.mcp_servers import run_mcp_servers
 from ultrawork.tasks.reaper import disk_released_on_failure, reap_stale_work
 from ultrawork.tasks.team import check_model_agents, model_for_run, plan_run, record_plan, run_usage_line
@@ -216,7 +217,9 @@ async def open_run(run_id: str, params: dict, target: str, resume: bool, github:
 async def run_agents(run_id: str, ledger: RunLedger, task: str, profiles: dict[str, AgentProfile],
                      plan: RunPlan | None = None) -> list[AgentOutcome]:
     """The research agents side by side, then the writers side by side with their findings in the prompt;
-    an agent that finished in an earlier attempt is not rerun."""
+    an agent that finished in an earlier attempt is not rerun. The writers' branches, clones, Plan.md
+    and (when the sandbox cap has room) sandboxes are made while the research runs: only their
+    prompts wait for the findings (``ultrawork.runtime.prompts``)."""
     progress = Progress(len(profiles))
     progress.start(run_id)                                      # created alongside the agents' start
     research, writers = phases(profiles)
@@ -224,10 +227,31 @@ async def run_agents(run_id: str, ledger: RunLedger, task: str, profiles: dict[s
     def prompt(p: AgentProfile, found: str = "") -> str:
         return agent_prompt(prompt_for(task, p, run_id), p.role, plan, found)
 
-    found = list(await asyncio.gather(*(_one_agent(run_id, ledger, prompt(p), p, progress) for p in research)))
-    section = research_section(found)
-    return found + list(await asyncio.gather(*(_one_agent(run_id, ledger, prompt(p, section), p, progress)
-                                               for p in writers)))
+    if not research:
+        return list(await asyncio.gather(*(_one_agent(run_id, ledger, prompt(p), p, progress) for p in writers)))
+    expect_research(run_id, [p.role for p in research])
+    for p in writers:                   # the writers set up alongside the research; their prompt waits for it
+        expect(run_id, p.role)
+    writing = [asyncio.ensure_future(_one_agent(run_id, ledger, PENDING, p, progress)) for p in writers]
+    try:
+        found = list(await asyncio.gather(*(_researcher(run_id, ledger, prompt(p), p, progress) for p in research)))
+        section = research_section(found)
+        for p in writers:
+            deliver(run_id, p.role, prompt(p, section))
+        return found + list(await asyncio.gather(*writing))
+    finally:                            # research that did not end: no prompt comes, the writers end too
+        withdraw(run_id, [p.role for p in writers], "the research did not end")
+        forget(run_id)
+        await asyncio.shield(asyncio.gather(*writing, return_exceptions=True))
+
+
+async def _researcher(run_id: str, ledger: RunLedger, prompt: str, profile: AgentProfile,
+                      progress: Progress) -> AgentOutcome:
+    """A research agent; once it has ended it needs no slot of the sandbox cap (see ``run_agents``)."""
+    try:
+        return await _one_agent(run_id, ledger, prompt, profile, progress)
+    finally:
+        seated(run_id, profile.role)
 
 
 async def _one_agent(run_id: str, ledger: RunLedger, prompt: str, profile: AgentProfile,

@@ -69,7 +69,7 @@ def test_sigkill_after_two_agents_then_resume_completes_without_rerunning_them(
     base = git(repo, "rev-parse", "HEAD")
     run_id = f"kill-{uuid.uuid4().hex[:6]}"
     roles = ["explore", "librarian", "oracle", "frontend"]
-    commands = {"librarian": once_slow("librarian")}     # the writer waits for the research: it has not started
+    commands = {"librarian": once_slow("librarian")}     # the writer, set up alongside, waits for the research
     env = {**os.environ, "ULTRAWORK_FAULTS_STATE": str(tmp_path / "faults.json"),
            "ULTRAWORK_FAULTS": json.dumps([{"at": "stage:agent-finished", "after": 1, "action": "kill_process"}])}
     started = time.time()
@@ -79,7 +79,8 @@ def test_sigkill_after_two_agents_then_resume_completes_without_rerunning_them(
     outcomes = sorted(p.stem for p in (uw_home / "runs" / run_id / "outcomes").glob("*.json"))
     assert outcomes == ["explore", "oracle"], "the two quick agents finished before the kill"
     at_kill = {i.role for i in engine().list(run_id=run_id)}
-    assert at_kill == {"librarian"}, f"killed while the slow agent ran: {at_kill}"
+    assert at_kill == {"librarian", "frontend"}, f"killed while the slow agent ran (the writer's sandbox " \
+                                                 f"ready for its prompt): {at_kill}"
 
     status = json.loads(subprocess.run([ULTRAWORK, "status", run_id, "--json"], capture_output=True,
                                        text=True, env=os.environ.copy()).stdout)
@@ -93,8 +94,9 @@ def test_sigkill_after_two_agents_then_resume_completes_without_rerunning_them(
     assert "integrated" in resumed.stdout
 
     created = created_containers(docker_client, run_id, started)
-    # finished agents: one sandbox ever; the slow one: one more in the resumed run; the writer: only then
-    expected = {"explore": 1, "oracle": 1, "librarian": 2, "frontend": 1}
+    # finished agents: one sandbox ever; the slow one and the writer waiting for its prompt: one more each
+    # in the resumed run
+    expected = {"explore": 1, "oracle": 1, "librarian": 2, "frontend": 2}
     assert created == Counter(expected), created
     assert engine().list(run_id=run_id) == [], "the killed attempt's sandboxes were reaped"
     history = subprocess.run(["git", "log", "--format=%s"], cwd=uw_home / "runs" / run_id,

@@ -133,3 +133,42 @@ def test_the_integration_check_waits_for_a_slot_of_the_cap(prefect_pg_api, docke
             "default", overwrite=True)
         caps._SYNCED.clear()
     assert not docker_client.containers.list(all=True, filters={"label": f"ultrawork.run={run_id}"})
+
+
+def test_writers_set_up_during_the_research_never_hold_the_slot_the_research_needs(
+        prefect_pg_api, docker_client, uw_home, tmp_path, monkeypatch):
+    """With one slot, a writer prepared during the research must not take it before the research
+    does: the research would wait for it, and the writer for the research. The writer starts its
+    sandbox ahead only once the research holds its own, and only if a slot is free then."""
+    from ultrawork.blocks import SandboxSettings
+    from ultrawork.runtime import caps
+
+    import json
+
+    SandboxSettings(max_sandboxes=1).save("default", overwrite=True)
+    caps._SYNCED.clear()
+    # the research's setup is retried once (a git error): the writer's clone is ready first
+    monkeypatch.setenv("ULTRAWORK_FAULTS", json.dumps([{"at": "git:create-workspace", "role": "explore", "times": 1,
+                                                        "action": "git_error"}]))
+    monkeypatch.setenv("ULTRAWORK_FAULTS_STATE", str(tmp_path / "faults.json"))
+    repo = make_target_repo(tmp_path / "repo")
+    run_id = f"cap1-{uuid.uuid4().hex[:8]}"
+    roles = ["explore", "frontend"]
+    flow = FlowThread({"task": "wait a little", "repo": str(repo), "agents": roles, "run_id": run_id,
+                       "review_timeout": 1, "agent_commands": {r: ["sh", "-c", "sleep 2"] for r in roles}})
+    sampler = Sampler(docker_client, [run_id])
+    sampler.start()
+    flow.start()
+    try:
+        result = flow.wait(timeout=120)
+    finally:
+        if flow.is_alive():                  # stuck on the cap: its sandboxes go, so the flow ends
+            from ultrawork.tasks.sandboxes import engine
+            engine().remove_run(run_id)
+        sampler.stop.set()
+        sampler.join(5)
+        SandboxSettings(max_sandboxes=SandboxSettings.model_fields["max_sandboxes"].default).save(
+            "default", overwrite=True)
+        caps._SYNCED.clear()
+    assert [a.status for a in result.agents] == ["succeeded", "succeeded"], result.message
+    assert 0 < sampler.peak <= 1, f"{sampler.peak} sandboxes at once, cap 1"

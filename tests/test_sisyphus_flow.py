@@ -70,14 +70,20 @@ def test_four_agents_in_parallel_then_review_then_integration(prefect_api, uw_ho
     assert result.outcome == "integrated", result.message
     assert [o.status for o in result.agents] == ["succeeded"] * 4
 
-    # Four subflows: the three research ones overlap; the writer starts after them, with their findings.
+    # Four subflows: the three research ones overlap; the writer's is set up alongside them, but its
+    # command runs only after they ended, with their findings in the prompt its sandbox has mounted.
     runs = subflow_runs(orchestration(uw_home, run_id)["flow_run_id"])
     assert sorted(r.name for r in runs) == sorted(f"{run_id}-{role}" for role in roles)
     assert all({f"run:{run_id}", f"role:{r.name.rsplit('-', 1)[1]}"} <= set(r.tags) for r in runs)
     research = [r for r in runs if not r.name.endswith("-frontend")]
     writer = next(r for r in runs if r.name.endswith("-frontend"))
     assert max(r.start_time for r in research) < min(r.end_time for r in research), "research subflows must overlap"
-    assert writer.start_time >= max(r.end_time for r in research), "the writer starts after the research"
+    assert writer.start_time < max(r.end_time for r in research), "the writer is set up during the research"
+    outcomes = {o.role: o for o in result.agents}
+    assert outcomes["frontend"].started_at >= max(outcomes[r].ended_at for r in roles if r != "frontend"), \
+        "the writer's command runs after the research ended"
+    prompt = (uw_home / "runs" / run_id / "inbox" / "frontend" / "prompt.md").read_text()
+    assert "# Research findings" in prompt and "## explore" in prompt, prompt[:500]
 
     # Four branches, four Plan.md files, no container left.
     for role in roles:
@@ -245,3 +251,19 @@ def test_a_process_that_runs_run_after_run_keeps_no_threads_of_earlier_runs(pref
         time.sleep(1)                                # the run's own threads (log workers, slots) have ended
         counts.append(threading.active_count())
     assert counts[2] <= counts[0], f"threads after each run: {counts} ({sorted(t.name for t in threading.enumerate())})"
+
+
+def test_a_writer_set_up_during_the_research_reads_the_findings_in_its_first_step(prefect_api, uw_home, tmp_path,
+                                                                                    docker_client):
+    """The writer's sandbox starts while the research runs, with a placeholder at /agent/prompt.md; the
+    prompt with the findings is written into that same mounted file before the writer's first step."""
+    repo = make_target_repo(tmp_path / "widgets")
+    run_id = f"prep-{uuid.uuid4().hex[:6]}"
+    result = run_sisyphus({
+        "task": EDIT_TASK, "repo": str(repo), "agents": ["explore", "frontend"], "run_id": run_id, "review_timeout": 1,
+        "agent_commands": {"explore": sleepy("explore", 3),
+                           "frontend": ["sh", "-c", "cp /agent/prompt.md /workspace/seen-prompt.md"]}})
+    assert [o.status for o in result.agents] == ["succeeded", "succeeded"], result.message
+    seen = git(repo, "show", f"ultrawork/{run_id}/frontend:seen-prompt.md")
+    assert "# Research findings" in seen and "## explore" in seen, seen[:400]
+    assert "not in yet" not in seen

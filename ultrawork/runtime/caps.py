@@ -31,6 +31,10 @@ class SlotUnavailable(RuntimeError):
     """The sandbox cap could not be taken (the limit is missing or the server refused)."""
 
 
+class CapFull(SlotUnavailable):
+    """No slot is free now (asked with ``wait=False``)."""
+
+
 def api_url() -> str | None:
     from prefect.settings import get_current_settings
 
@@ -113,22 +117,24 @@ class SandboxSlot:
     WAIT_LOG_SECONDS = 30.0     # a waiting slot says so this often
     MAX_RETRY_AFTER = 5.0       # a full cap is asked again at least this often
 
-    def __init__(self, label: str):
+    def __init__(self, label: str, wait: bool = True):
         self.label = label
+        self.wait = wait
         self._taken = threading.Event()
         self._release = threading.Event()
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def take(cls, label: str) -> "SandboxSlot | None":
-        """Wait for a free slot (as long as it takes); None when no Prefect API is configured."""
+    def take(cls, label: str, wait: bool = True) -> "SandboxSlot | None":
+        """Wait for a free slot (as long as it takes); None when no Prefect API is configured.
+        With ``wait=False`` a cap with no free slot now raises :class:`CapFull` at once."""
         if not api_url():
             get_logger().warning("%s: no Prefect API configured: this sandbox is outside the %s cap",
                                  label, LIMIT_NAME)
             return None
         _synced()
-        slot = cls(label)
+        slot = cls(label, wait)
         context = contextvars.copy_context()      # this run's Prefect settings
         slot._thread = threading.Thread(target=context.run, args=(slot._hold,), daemon=True,
                                         name=f"sandbox-slot {label}")
@@ -139,6 +145,8 @@ class SandboxSlot:
                 break
             get_logger().info("%s: waiting %.0f s for one of the %s slots", label, time.monotonic() - started,
                               LIMIT_NAME)
+        if isinstance(slot._error, CapFull):
+            raise CapFull(f"{label}: every slot of {LIMIT_NAME} is held")
         if slot._error is not None or not slot._taken.is_set():
             raise SlotUnavailable(f"{label}: no slot of {LIMIT_NAME}: {slot._error}") from slot._error
         get_logger().info("%s: holds a %s slot (after %.1f s)", label, LIMIT_NAME, time.monotonic() - started)
@@ -155,6 +163,8 @@ class SandboxSlot:
             except httpx.HTTPStatusError as exc:
                 if exc.response.status_code != 423:           # 423 Locked: every slot is held
                     raise
+                if not self.wait:
+                    raise CapFull("every slot is held") from None
                 try:
                     wait = float(exc.response.headers.get("Retry-After", 1.0))
                 except ValueError:

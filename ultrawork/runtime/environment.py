@@ -7,6 +7,11 @@ One optimisation lives here, out of the flow's way: the sandbox starts as soon a
 agent's clone exists, while the run's superproject (which takes its agents one at a time)
 still commits the submodule and Plan.md. If that setup then fails, or is retried and
 clones again, the sandbox started ahead is removed and a new one starts on the new clone.
+
+A writer prepared while the research runs (``ultrawork.runtime.prompts``) sets up the same
+way, but starts its sandbox ahead only once its run's research agents hold theirs, and only
+if a slot of the sandbox cap is free then: a writer waiting for its findings never holds a
+slot the research it waits for needs.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from typing import Any
 
 from ultrawork.agents.outcome import AgentOutcome
 from ultrawork.agents.profiles import BUILTIN_AGENT, AgentProfile
+from ultrawork.runtime.caps import CapFull, SandboxSlot
 from ultrawork.runtime.logs import get_logger
+from ultrawork.runtime.prompts import prompt_for_writer, research_seated, seated, waiting, write_in_place
 from ultrawork.runtime.together import together
-from ultrawork.sandbox.access import agent_sandbox_spec
+from ultrawork.sandbox.access import INBOX, agent_sandbox_spec
 from ultrawork.sandbox.spec import SandboxSpec
 from ultrawork.tasks.sandboxes import SandboxHandle, cleanup_sandbox, run_step, start_sandbox
 from ultrawork.tasks.workspaces import commit_work, create_workspace, finalize_plan, publish_branch
@@ -100,13 +107,37 @@ class AgentEnvironment:
                                   limits=p.limits, exec_timeout=p.timeout, agent_files=self.files, grant=grant)
 
     async def _start_ahead(self, ws) -> None:
+        slot = None
+        if waiting(self.run_id, self.role):          # prepared during the research: once the research is
+            await research_seated(self.run_id)       # seated, and only with a slot free at once
+            try:
+                slot = await asyncio.to_thread(SandboxSlot.take, f"{self.run_id}/{self.role}", False)
+            except CapFull:
+                get_logger().info("%s: no sandbox slot free while the research runs; its sandbox starts "
+                                  "when its prompt arrives", self.role)
+                return
         try:
             spec = await asyncio.to_thread(self._spec, ws)
         except OSError:            # that clone is already being discarded by a failed setup
+            if slot is not None:
+                slot.release()
             return
         self._granted = ws
         self.handle = SandboxHandle(spec)
+        self.handle.slot = slot
         self._ahead = asyncio.ensure_future(start_sandbox(self.handle))
+
+    async def prompt_arrives(self) -> None:
+        """A writer prepared during the research: its prompt (the findings) replaces the placeholder
+        in the file its sandbox has mounted, before its first step."""
+        prompt = await prompt_for_writer(self.run_id, self.role)
+        if prompt is None:
+            return
+        self.started = time.time()      # its time counts from its prompt, as a writer's always did
+        self.files["prompt.md"] = prompt
+        if self.ws is not None:
+            inbox = self.ws.run.path / INBOX / self.ws.role / "prompt.md"
+            await asyncio.to_thread(write_in_place, inbox, prompt)
 
     def _prepare(self, new: bool) -> SandboxSpec:
         """What is left to do (git and file work, off the event loop the sibling agents share)."""
@@ -130,10 +161,13 @@ class AgentEnvironment:
 
     # -- sandbox -> deploy agent -> execute loop ------------------------------------------
     async def start_sandbox(self) -> None:
-        if self._ahead is not None:
-            await self._ahead
-        elif self.steps:
-            await start_sandbox(self.handle)
+        try:
+            if self._ahead is not None:
+                await self._ahead
+            elif self.steps:
+                await start_sandbox(self.handle)
+        finally:
+            seated(self.run_id, self.role)      # a research agent: the writers may take free slots now
 
     async def run_step(self, argv: list[str]) -> dict:
         return await run_step(self.handle, self.ws, argv, self.profile.timeout)
