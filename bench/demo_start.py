@@ -82,6 +82,14 @@ def first_step_subject(home: Path) -> str | None:
     return None
 
 
+def copy_with_times(stream, path: Path, t0: float) -> None:
+    """The demo's output, each line stamped with the seconds since the start (where the time goes)."""
+    with open(path, "w") as log:
+        for line in iter(stream.readline, b""):
+            log.write(f"{time.monotonic() - t0:7.3f} {line.decode(errors='replace')}")
+            log.flush()
+
+
 def leftovers(home: Path, tag: str) -> list[str]:
     """What a stopped demo of ``home`` left: containers, processes, mounts."""
     found = []
@@ -123,9 +131,10 @@ def one_run(timeout: float, keep_logs: Path | None, index: int) -> dict:
     t0 = time.monotonic()
     docker = DockerMarks(tag, t0)
     docker.start()
-    with open(log_path, "wb") as log:
-        demo = subprocess.Popen(["bash", str(ROOT / "scripts" / "demo.sh")], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    demo = subprocess.Popen(["bash", str(ROOT / "scripts" / "demo.sh")], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    logger = threading.Thread(target=copy_with_times, args=(demo.stdout, log_path, t0), daemon=True)
+    logger.start()
     result: dict = {}
     try:
         while time.monotonic() - t0 < timeout:
@@ -147,6 +156,7 @@ def one_run(timeout: float, keep_logs: Path | None, index: int) -> dict:
                 os.killpg(demo.pid, signal.SIGKILL)
                 demo.wait()
         result["demo_exit"] = demo.returncode
+        logger.join(10)
         time.sleep(0.5)
         docker.stop()
         result.update(docker.marks)
@@ -175,7 +185,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the first step")
-    parser.add_argument("--keep-logs", type=Path, help="copy each run's demo and server log here")
+    parser.add_argument("--keep-logs", type=Path, help="copy each run's demo log (its lines timed) and "
+                                                         "server log here")
     args = parser.parse_args()
     runs = []
     for i in range(args.runs):
