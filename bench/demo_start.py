@@ -14,7 +14,9 @@ sandboxes are reaped, its local Prefect server is stopped, the stopped (resumabl
 capped folders are released, and the run is checked to have left nothing: no container labelled with this home, no process naming the home, no mount
 under it; then the temporary folder is removed. A run that leaves something fails.
 
-Prints JSON: each run's marks (seconds since the start) and the medians.
+Prints JSON: each run's marks (seconds since the start) and the medians; with them, when the demo
+printed its progress lines (the local server starting, the CLI's first line, the run's first line,
+which follows the server's readiness, and the UI address).
 Usage: python bench/demo_start.py [--runs 3] [--timeout 120] [--keep-logs DIR]
 """
 
@@ -88,6 +90,22 @@ def copy_with_times(stream, path: Path, t0: float) -> None:
         for line in iter(stream.readline, b""):
             log.write(f"{time.monotonic() - t0:7.3f} {line.decode(errors='replace')}")
             log.flush()
+
+
+LOG_MARKS = {"server_starting": "starting the local Prefect server", "cli_started": "demo repository:",
+             "run_started": "run ", "ui_shown": "UI: "}
+
+
+def log_marks(path: Path) -> dict:
+    """When the demo printed what shows its progress: the server's start, the CLI's first line, the run's
+    first line (printed once the server answers), the UI address (the flow run exists)."""
+    marks: dict = {}
+    for line in path.read_text(errors="replace").splitlines():
+        seconds, _, text = line.strip().partition(" ")
+        for name, start in LOG_MARKS.items():
+            if text.startswith(start) and name not in marks and (name != "run_started" or " on" in text):
+                marks[name] = float(seconds)
+    return marks
 
 
 def leftovers(home: Path, tag: str) -> list[str]:
@@ -169,6 +187,7 @@ def one_run(timeout: float, keep_logs: Path | None, index: int) -> dict:
         deadline = time.monotonic() + 30        # a gateway's networks and containers go in the background
         while (left := leftovers(home, tag)) and time.monotonic() < deadline:
             time.sleep(0.5)
+        result.update(log_marks(log_path))
         if keep_logs:
             keep_logs.mkdir(parents=True, exist_ok=True)
             shutil.copy(log_path, keep_logs / f"demo-{index}.log")
@@ -193,7 +212,7 @@ def main() -> None:
         runs.append(one_run(args.timeout, args.keep_logs, i))
         print(json.dumps({"run": i, **runs[-1]}), file=sys.stderr, flush=True)
     medians = {k: round(statistics.median(r[k] for r in runs), 3)
-               for k in ("first_step", "first_container", "first_exec") if all(k in r for r in runs)}
+               for k in ("first_step", "first_container", "first_exec", *LOG_MARKS) if all(k in r for r in runs)}
     print(json.dumps({"runs": runs, "median": medians}, indent=2))
 
 
