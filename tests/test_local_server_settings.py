@@ -63,3 +63,14 @@ def test_a_new_home_starts_on_the_migrated_template_and_serves_flows(tmp_path):
         with sqlite3.connect(database) as db:
             assert db.execute("SELECT name FROM sqlite_master WHERE name = 'seeded_from_template'").fetchone()
     assert template.stat().st_size > 0      # the template itself is never served: still there, unchanged
+
+
+def test_the_template_is_named_by_the_version_of_the_prefect_that_serves_it(tmp_path):
+    """The template's name comes from Prefect's metadata (no import of Prefect): it must be the version
+    that is imported, or a new Prefect would be served an old schema."""
+    import prefect
+
+    from ultrawork.local_server.template import prefect_version, template_path
+
+    assert prefect_version() == prefect.__version__
+    assert template_path().name == f"prefect-{prefect.__version__}.db"

@@ -79,3 +79,41 @@ def test_server_status_names_the_server_prefect_api_url_points_at(prefect_api, t
     gone = subprocess.run([EXE, "server", "status"], env={**env, "PREFECT_API_URL": "http://127.0.0.1:9/api"},
                           capture_output=True, text=True, timeout=120)
     assert gone.returncode == 1 and "http://127.0.0.1:9/api (not answering)" in gone.stdout
+
+
+def test_a_server_started_in_the_background_is_the_one_the_next_command_uses(tmp_path):
+    """`python -m ultrawork.local_server.manager --start` (scripts/demo.sh) returns before the server
+    answers; the next command waits for that server (no second one) and finds it warmed up."""
+    home = tmp_path / "home"
+    env = {**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}, "ULTRAWORK_HOME": str(home)}
+    from ultrawork.local_server.template import build
+
+    build()                                     # what provisioning made: without it nothing starts early
+    subprocess.run([sys.executable, "-m", "ultrawork.local_server.manager", "--start"], env=env, timeout=120,
+                   check=True, capture_output=True)
+    record = json.loads((home / "prefect" / "server.json").read_text())
+    try:
+        from ultrawork.local_server.manager import healthy
+
+        assert not healthy(record["url"]), "it returned before the server answers (importing Prefect takes seconds)"
+        assert _alive(record["pid"])
+        ensured = subprocess.run(
+            [sys.executable, "-c", "import time; from ultrawork.local_server.manager import ensure_server, _warm;"
+             " import os; print(ensure_server(start_timeout=120));"
+             " t = time.monotonic(); _warm(os.environ['PREFECT_API_URL'], os.environ['PREFECT_API_AUTH_STRING']);"
+             " print(time.monotonic() - t)"],
+            env=env, capture_output=True, text=True, timeout=180, check=True)
+        url, warm_seconds = ensured.stdout.split()[-2:]
+        assert url == record["url"]
+        assert json.loads((home / "prefect" / "server.json").read_text())["pid"] == record["pid"]
+        status = ultrawork(home, "server", "status")
+        assert status.stdout.count("local server http") == 1 and f"pid {record['pid']}," in status.stdout, \
+            status.stdout
+        assert float(warm_seconds) < 0.5, "the server made its first API request itself"
+        again = subprocess.run([sys.executable, "-m", "ultrawork.local_server.manager", "--start"], env=env,
+                               timeout=120, check=True, capture_output=True, text=True)
+        assert "starting" not in again.stderr     # a live server: nothing started
+    finally:
+        ultrawork(home, "server", "stop", "--force")
+        if _alive(record["pid"]):
+            os.killpg(record["pid"], 9)

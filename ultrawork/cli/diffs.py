@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
 from ultrawork.untrusted import visible
-from ultrawork.workspace.review_diff import AgentDiff, diff_or_error
+
+if TYPE_CHECKING:
+    from ultrawork.workspace.review_diff import AgentDiff
 
 STYLES = (("+++", "bold"), ("---", "bold"), ("diff --git", "bold"), ("@@", "cyan"), ("+", "green"), ("-", "red"))
 
@@ -31,6 +33,8 @@ def findings(run, role: str) -> str:
 
 def agent_report(run, role: str) -> tuple[AgentDiff | None, str]:
     """(the diff, or None when the agent changed nothing; the text to print)."""
+    from ultrawork.workspace.review_diff import diff_or_error   # the workspace and sandbox modules: not on
+                                                                 # every command's start
     diff = diff_or_error(run, role)
     if isinstance(diff, str):
         return None, diff + "\n"

@@ -185,7 +185,9 @@ def start_run(repo: str, task: str, agents: Optional[list[str]], base: str, comm
     from ultrawork.agents.profiles import classify
     from ultrawork.agents.team import WRITER_ROLES, base_role, with_instances
     from ultrawork.cli.request import check_request, new_run_id
-    from ultrawork.local_server.manager import ensure_server
+    import os
+
+    from ultrawork.local_server.manager import ensure_server, start_server
 
     defaults = {"attempts": 1, "auto_select": False}
     extra = {k: v for k, v in (extra or {}).items() if v is not None and not (k in defaults and v == defaults[k])}
@@ -200,7 +202,12 @@ def start_run(repo: str, task: str, agents: Optional[list[str]], base: str, comm
         check_request(task, repo, names, base, commands, profiles=with_instances({}, names))   # frontend-2 ...
     except ValueError as exc:
         fail(str(exc), 2)
-    ensure_server(say=lambda msg: err.print(f"[dim]{msg}[/]"))
+    say = lambda msg: err.print(f"[dim]{msg}[/]")  # noqa: E731
+    if not detach:       # the server starts while this process imports the flow (Prefect: seconds)
+        start_server(say=say)
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")   # as drive() sets it
+        import ultrawork.flows.sisyphus  # noqa: F401
+    ensure_server(say=say)
     from ultrawork.cli.model import model_needed_or_fail
 
     model_needed_or_fail(task, agents, agent_profiles, model_settings, as_json, role_models)

@@ -207,7 +207,7 @@ def _wait_until_healthy(server: dict, home: Path, auth: str, timeout: float, pro
         if healthy(server["url"]):
             _warm(server["url"], auth)
             return
-        time.sleep(0.3)
+        time.sleep(0.05)         # a few local requests a second cost the starting server nothing
     _terminate(server, home, sig=signal.SIGKILL)
     (home / STATE_FILE).unlink(missing_ok=True)
     raise RuntimeError(f"the Prefect server did not answer within {timeout:.0f}s; see {log}")
@@ -247,6 +247,29 @@ def configure_client() -> None:
         from prefect.context import refresh_global_settings_context
 
         refresh_global_settings_context()
+
+
+def start_server(say=lambda msg: None) -> bool:
+    """Start this home's local server when none is live, without waiting for it to answer; whether it did.
+
+    For a command that has other work before it needs the API (imports, provisioning): the
+    server's own start-up (importing Prefect's server, about 4 s) runs meanwhile, and
+    ``ensure_server`` later finds it by its record and waits for it. Nothing is started when
+    ``PREFECT_API_URL`` names a server, or when no migrated template is there yet (a new
+    machine: ``scripts/provision.sh`` makes it first, and ``ensure_server`` starts the server).
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return False
+    home = server_home()
+    if not (home / "prefect.db").exists() and not template.template_path().is_file():
+        return False
+    with HolderLock(home / LOCK_FILE).acquire("starting the local Prefect server", wait=150):
+        _tighten(home)
+        auth = auth_string(home)
+        if _record_is_live(_read_record(home), home) or running_servers(home):
+            return False
+        _start(home, auth, say)
+    return True
 
 
 def ensure_server(start_timeout: float = 90.0, say=lambda msg: None) -> str:
@@ -338,3 +361,11 @@ def stop_server() -> dict:
         stopped = [s["pid"] for s in running_servers(home) if _terminate(s, home)]
         (home / STATE_FILE).unlink(missing_ok=True)
     return {"stopped": stopped, "stale": stale} if stopped or stale else {}
+
+
+if __name__ == "__main__":
+    # ``python -m ultrawork.local_server.manager --start``: start this home's server in the background
+    # (scripts/demo.sh, while it provisions the rest); a command that needs it waits for it.
+    if sys.argv[1:] != ["--start"]:
+        sys.exit("usage: python -m ultrawork.local_server.manager --start")
+    start_server(say=lambda msg: print(msg, file=sys.stderr))

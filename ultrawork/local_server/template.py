@@ -18,11 +18,17 @@ import tempfile
 from pathlib import Path
 
 
-def template_path() -> Path:
-    import prefect
+def prefect_version() -> str:
+    """The installed Prefect's version, read from its distribution's metadata: importing Prefect
+    for it would cost every start about 1.5 s (``prefect.__version__`` is this same string)."""
+    from importlib.metadata import version
 
+    return version("prefect")
+
+
+def template_path() -> Path:
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ultrawork"
-    return cache / f"prefect-{prefect.__version__}.db"
+    return cache / f"prefect-{prefect_version()}.db"
 
 
 def build(timeout: float = 300) -> Path:
