@@ -219,6 +219,16 @@ def reap_gateway_networks(engine: SandboxEngine, all: bool = False) -> list[str]
     return removed
 
 
+def _maker_alive(folder: Path) -> bool:
+    """Whether the process that made a gateway rules folder lives (it writes its owner token there
+    first: a gateway still starting, before any container or network of its run exists)."""
+    try:
+        found = agent_tree.read_bytes(folder, "owner", 256)
+    except (OSError, ValueError):
+        return False
+    return found is not None and bool(found[0]) and owner_alive(found[0].decode(errors="replace").strip())
+
+
 def reap_gateway_dirs(engine: SandboxEngine | None, all: bool = False) -> list[Path]:
     """Remove gateway rules folders (``gateway/runs/<run>-<token>``, holding resolved secrets) of runs
     that are not active and have no live gateway."""
@@ -228,7 +238,7 @@ def reap_gateway_dirs(engine: SandboxEngine | None, all: bool = False) -> list[P
         run_id = folder.name.rsplit("-", 1)[0]
         if folder.is_symlink() or not folder.is_dir():
             continue
-        if not all and (run_is_active(run_id) or _gateway_alive(engine, run_id)):
+        if not all and (run_is_active(run_id) or _maker_alive(folder) or _gateway_alive(engine, run_id)):
             continue
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)

@@ -165,13 +165,14 @@ def test_each_error_class_triggers_its_own_recovery(prefect_api, uw_home, tmp_pa
     librarian_plan = Path(by_role["librarian"].plan_path).read_text()
     assert "ultrawork:final" in librarian_plan
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId, TaskRunFilterName
 
     librarian = {r.id for r in subflow_runs(orchestration(uw_home, run_id)["flow_run_id"]) if r.name == f"{run_id}-librarian"}
     deadline = time.monotonic() + 10   # task runs reach the API within the server's one-second batch
     while True:
         with get_client(sync_client=True) as client:
-            commits = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="commit-work")))
+            commits = client.read_task_runs(task_run_filter=TaskRunFilter(   # this agent's, of the session's many
+                name=TaskRunFilterName(like_="commit-work"), flow_run_id=TaskRunFilterFlowRunId(any_=list(librarian))))
         counts = sorted(t.run_count for t in commits if t.flow_run_id in librarian)
         if counts == [3] or time.monotonic() > deadline:
             break

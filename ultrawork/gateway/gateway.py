@@ -49,6 +49,7 @@ GATEWAY_ALIAS = "gateway"        # the gateway's name on every agent network
 CONFIG_DIR = "/etc/ultrawork-gateway"   # rules and upstream CA, read-only
 RECORD_DIR = "/var/lib/ultrawork-gateway/record"   # the run's record, written by the gateway
 CODE_DIR = "/opt/ultrawork-gateway/addon"
+OWNER_FILE = "owner"                    # the process that made the rules folder (see sandbox/reaper.py)
 SUBNETS_FILE = "agents.json"            # the agents' subnets, written once their networks exist (see addon.py)
 ADDON_FILES = ("launch.py", "addon.py", "policy.py", "record.py", "http1_bounds.py")
 _CODE = Path(__file__).parent
@@ -208,6 +209,7 @@ class EgressGateway:
         folder = _private_dir(folder) / f"{self.run_id}-{self.token}"
         folder.mkdir(mode=0o700)
         self.config_dir = folder
+        self._private_file(OWNER_FILE, owner_token())   # the reaper keeps a folder whose maker lives
         for name, text in (("rules.json", json.dumps(config)), ("upstream-ca.pem", self.rules.upstream_ca or "")):
             self._private_file(name, text)
         if os.geteuid() == 0:
