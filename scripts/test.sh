@@ -7,7 +7,7 @@ set -euo pipefail
 provision_all
 cd "$UW_ROOT"
 set +e
-"$UW_VENV/bin/python" -m pytest -ra "$@"
+"$UW_VENV/bin/python" -m pytest -ra --durations=40 "$@"
 status=$?
 set -e
 if [ "$status" = 5 ]; then
