@@ -525,3 +525,47 @@ def test_a_request_before_the_gateway_knows_the_agents_subnets_gets_no_key(lab, 
         if sandbox is not None:
             engine.cleanup(sandbox)
         gateway.stop()
+
+
+@pytest.mark.docker
+def test_the_gateways_ca_is_made_once_per_home_kept_private_and_no_sandbox_may_mount_it(docker_client, tmp_path,
+                                                                                       monkeypatch):
+    """mitmproxy's CA is made once per home (not at each gateway's start): the gateways of two runs
+    use the same one, its key is readable by the gateway's user alone, a gateway cannot write it, and
+    a sandbox spec that mounts it (or the folder holding it) is refused before anything starts."""
+    import hashlib
+    import stat
+    import subprocess
+
+    from ultrawork.gateway.ca import CA_FILE
+    from ultrawork.sandbox import SandboxPolicy, SandboxSpec, validate_spec
+    from ultrawork.sandbox.errors import SandboxPolicyError
+    from ultrawork.sandbox.spec import Mount
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("ULTRAWORK_HOME", str(home))
+    rules = GatewayRules(agents={"explore": AgentProfile(allow=[HostRule(host="pkgs.model.test", methods=["GET"])],
+                                                         routes=[Route(upstream=PKGS)])})
+    seen = []
+    for _ in range(2):
+        gateway = EgressGateway(f"tgw{secrets.token_hex(4)}", rules, client=docker_client)
+        try:
+            gateway.start()
+            inside = subprocess.run(
+                ["docker", "exec", gateway.container_id, "sh", "-c",
+                 f"cat /tmp/mitmproxy/{CA_FILE}; touch /etc/ultrawork-gateway-ca/x 2>/dev/null && echo WROTE"],
+                capture_output=True).stdout
+        finally:
+            gateway.stop()
+        ca = home / "gateway" / "ca" / CA_FILE
+        assert b"WROTE" not in inside                            # the gateway cannot change its CA
+        assert inside == ca.read_bytes()                          # mitmproxy serves the home's CA, made by no one else
+        seen.append((ca.stat().st_ino, hashlib.sha256(ca.read_bytes()).hexdigest()))
+    assert seen[0] == seen[1]                                     # made once, for both runs
+    assert b"PRIVATE KEY" in ca.read_bytes() and b"BEGIN CERTIFICATE" in ca.read_bytes()
+    assert stat.S_IMODE(ca.stat().st_mode) == 0o600 and stat.S_IMODE(ca.parent.stat().st_mode) == 0o700
+    policy = SandboxPolicy()
+    for source in (ca.parent, home / "gateway"):
+        spec = SandboxSpec(role="explore", run_id="r1", mounts=[Mount(source=source, target="/x")])
+        with pytest.raises(SandboxPolicyError):
+            validate_spec(spec, policy)

@@ -9,7 +9,10 @@ core, block (no clients from public addresses), disable_h2c, the proxy server, t
 script loader (which loads the gateway's addon), next_layer, TLS, Alt-Svc rewriting for
 reverse mode, and errorcheck (a startup error ends the process). Warnings go to stderr.
 
-    python3 launch.py '{"scripts": ["/opt/.../addon.py"], "mode": ["reverse:https://api...@8081"], ...}'
+    python3 launch.py '{"scripts": ["/opt/.../addon.py"], "mode": ["reverse:https://api...@8081"], ...}' [CA_DIR]
+
+With ``CA_DIR`` (the home's CA, mounted read-only; see ``ultrawork.gateway.ca``), its
+``mitmproxy-ca.pem`` is copied into ``confdir`` first, so mitmproxy does not make one.
 """
 
 from __future__ import annotations
@@ -30,6 +33,15 @@ def _addons_package() -> None:
     package.__path__ = [os.path.join(os.path.dirname(mitmproxy.__file__), "addons")]
     package.__package__ = "mitmproxy.addons"
     sys.modules["mitmproxy.addons"] = package
+
+
+def _use_ca(ca_dir: str, confdir: str) -> None:
+    os.makedirs(confdir, mode=0o700, exist_ok=True)
+    with open(os.path.join(ca_dir, "mitmproxy-ca.pem"), "rb") as src:
+        data = src.read()
+    fd = os.open(os.path.join(confdir, "mitmproxy-ca.pem"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as dst:
+        dst.write(data)
 
 
 async def main(settings: dict) -> None:
@@ -56,4 +68,7 @@ async def main(settings: dict) -> None:
 
 if __name__ == "__main__":
     _addons_package()
-    asyncio.run(main(json.loads(sys.argv[1])))
+    options_given = json.loads(sys.argv[1])
+    if len(sys.argv) > 2:
+        _use_ca(sys.argv[2], options_given["confdir"])
+    asyncio.run(main(options_given))
