@@ -19,6 +19,7 @@ import contextvars
 import functools
 import os
 import threading
+import time
 from typing import Callable
 
 from prefect import task
@@ -97,6 +98,7 @@ class SandboxHandle:
         self.recreate_why = self.RECREATED
         self.recoveries: list[str] = []
         self.slot: SandboxSlot | None = None    # of the global sandbox cap, held until cleanup
+        self.first_command_at: float | None = None   # when its first step's command was started (unix time)
 
     def ensure(self, note: Callable[[str], None] | None = None) -> Sandbox:
         self.spec = through_gateway(self.spec, note)   # its gateway network and placeholders; restarted if down
@@ -183,10 +185,15 @@ async def run_step(handle: SandboxHandle, ws, argv: list[str], timeout: float) -
                        max_lines=LOG_LINES, max_bytes=LOG_BYTES, marker=LOG_MARKER)
     egress = EgressLog(lambda text: log.info("[%s egress] %s", role, text))
     following = asyncio.ensure_future(egress.follow(handle.spec))
+
+    def before_execute() -> None:
+        handle.first_command_at = handle.first_command_at or time.time()
+        failpoint("step", role=role, kill=lambda: engine().cleanup(sandbox))
+
     try:
         result = await in_step_pool(
             guarded_execute, engine(), sandbox, argv, ws=ws, timeout=timeout, output_log=output,
-            before_execute=lambda: failpoint("step", role=role, kill=lambda: engine().cleanup(sandbox)))
+            before_execute=before_execute)
         if result.leftovers_killed:
             ws.plan.append_note(f"killed {result.leftovers_killed} process(es) the step left running", kind="sandbox")
         check_mcp(handle.spec)           # its MCP server died mid-step: McpError (restarted, then retried)

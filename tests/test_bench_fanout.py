@@ -24,6 +24,11 @@ def test_fanout_benchmark_runs_and_reports(prefect_api, docker_client, monkeypat
     assert report["baseline"]["wall_seconds"] >= 1.0
     assert report["ultrawork"]["wall_seconds"] >= 1.0
     assert set(report["ultrawork"]["agent_durations"]) == {"explore", "librarian", "oracle", "frontend"}
+    # each agent's setup, from its start (the writer's: its prompt) to its first command: a second or so here
+    setups = report["ultrawork"]["setup_seconds"]
+    assert set(setups) == {"explore", "librarian", "oracle", "frontend"} and all(0 < v < 30 for v in setups.values())
+    assert report["setup_seconds"]["agents"] == 4
+    assert min(setups.values()) <= report["setup_seconds"]["p50"] <= report["setup_seconds"]["p90"] == max(setups.values())
     # the memory of each run (peaks reset before it) and of the whole benchmark
     memory = report["memory"]
     assert len(memory["per_run_peak_total_mb"]) == 1 and memory["target_mb"] == 400

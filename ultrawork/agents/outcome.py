@@ -29,6 +29,7 @@ class AgentOutcome(BaseModel):
     plan_summary: str = ""
     started_at: float = 0.0
     ended_at: float = 0.0
+    setup_seconds: float | None = None  # from its start (a writer prepared ahead: its prompt) to its first command
     round: int = 1                     # 2, 3 ...: the reviewer sent it back (revise) or retried it
     model: str | None = None                      # provider:model of a model agent; None for a command
     usage: dict | None = None                     # a model agent's requests, tokens, tool calls, seconds, cost

@@ -213,7 +213,8 @@ class AgentEnvironment:
             retries=max(0, handle.attempts - len(self.steps)),
             sandboxes_created=handle.created, errors=self.errors, recoveries=recoveries,
             plan_path=str(self.ws.plan_path), plan_summary=plan_excerpt(await asyncio.to_thread(self._plan_text)),
-            started_at=self.started, ended_at=time.time())
+            started_at=self.started, ended_at=time.time(),
+            setup_seconds=round(handle.first_command_at - self.started, 3) if handle.first_command_at else None)
         get_logger().info("%s agent %s: %d commit(s) on %s (%s)", self.role, status, len(self.commits),
                           self.ws.branch, published["sha"][:12])
         return outcome
