@@ -621,10 +621,10 @@ class SandboxEngine:
             return False
 
     def stats(self, sandbox: Sandbox) -> SandboxStats:
-        """Memory, CPU and process counts now (CPU since the previous sample)."""
-        container = self._container(sandbox)
+        """Memory, CPU and process counts now (CPU since the previous sample): one engine call
+        (asked every second of every step, so not preceded by an inspect of the container)."""
         try:
-            raw = container.stats(stream=False, one_shot=True)
+            raw = self.client.api.stats(sandbox.id, stream=False, one_shot=True)
         except docker.errors.NotFound:
             raise ContainerGone(f"sandbox {sandbox.name} no longer exists") from None
         except (docker.errors.APIError, requests.exceptions.RequestException, ValueError) as exc:

@@ -68,8 +68,12 @@ def _check_target(field: str, target: str) -> None:
         raise SandboxPolicyError(field, f"{target!r} would shadow a system directory")
 
 
-def validate_spec(spec: SandboxSpec, policy: SandboxPolicy | None = None) -> None:
-    """Raise :class:`SandboxPolicyError` for the first field of ``spec`` the policy refuses."""
+def validate_spec(spec: SandboxSpec, policy: SandboxPolicy | None = None, *, mounts: bool = True) -> None:
+    """Raise :class:`SandboxPolicyError` for the first field of ``spec`` the policy refuses.
+
+    ``mounts=False`` leaves out pinning the mount sources (resolving and checking every component of
+    each): the engine pins them when it creates the container, and a running container's mounts do not
+    change, so the checks before a slot is taken and before each step skip that part."""
     policy = policy or SandboxPolicy()
     if not ROLE_RE.fullmatch(spec.role):
         raise SandboxPolicyError("role", f"{spec.role!r} must match {ROLE_RE.pattern}")
@@ -118,6 +122,8 @@ def validate_spec(spec: SandboxSpec, policy: SandboxPolicy | None = None) -> Non
             continue
         if key in (LABEL_MANAGED, LABEL_RUN, LABEL_AGENT) or key.startswith("ultrawork."):
             raise SandboxPolicyError(f"labels.{key}", "ultrawork.* labels are set by the engine")
+    if not mounts:
+        return
     # Sources are replaced by their pinned, resolved paths: exactly what was checked is what Docker mounts.
     if spec.workspace is not None:
         spec.workspace = check_mount_source("workspace", spec.workspace, policy)

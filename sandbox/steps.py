@@ -37,8 +37,8 @@ def check_step(engine: SandboxEngine, sandbox: Sandbox, argv: Sequence[str], ws=
     also records a refusal in Plan.md and snapshots the tree for the isolation
     check); without one, the same built-in enforcer runs on its own.
     """
-    def policy_check() -> None:
-        validate_spec(sandbox.spec, engine.policy)
+    def policy_check() -> None:     # its mounts were pinned when the engine created it
+        validate_spec(sandbox.spec, engine.policy, mounts=False)
 
     if ws is not None:
         ws.before_step(argv, policy_check=policy_check, deny_list=deny_list)

@@ -111,7 +111,7 @@ class SandboxHandle:
                 note(self.recreate_why)
             self.recreate_why = self.RECREATED
         if self.sandbox is None:
-            validate_spec(self.spec, eng.policy)
+            validate_spec(self.spec, eng.policy, mounts=False)   # before a slot is taken; create pins the mounts
             if self.slot is None:
                 self.slot = SandboxSlot.take(f"{self.spec.run_id}/{self.spec.role}")
             record_role_sandbox(self.spec)         # the ceiling of what an MCP server of this agent may create
