@@ -85,12 +85,13 @@ def commit_worktree(clone: AgentClone, branch: str, identity: Identity, message:
     index = scratch / f"index-{uuid.uuid4().hex}"
     env = {"GIT_INDEX_FILE": str(index)}
     try:
-        head = _clone_git(clone, ["rev-parse", "--verify", "HEAD^{commit}"]).stdout.strip()
+        # both in one process; "--": the two are revisions, whatever files the work tree holds
+        head, head_tree = _clone_git(clone, ["rev-parse", "HEAD^{commit}", "HEAD^{tree}", "--"]).stdout.split()[:2]
         _clone_git(clone, ["read-tree", head], env=env)
         _clone_git(clone, ["add", "--all", "--", ".", *(exclude or [])], env=env)
         tree = _clone_git(clone, ["write-tree"], env=env).stdout.strip()
         new = None
-        if tree != _clone_git(clone, ["rev-parse", "--verify", f"{head}^{{tree}}"]).stdout.strip():
+        if tree != head_tree:
             new = _clone_git(clone, ["commit-tree", tree, "-p", head, "-m", message],
                              identity=identity).stdout.strip()
             _clone_git(clone, ["update-ref", "-m", "ultrawork: host commit", f"refs/heads/{branch}", new, head])
