@@ -218,6 +218,7 @@ HOST_ONLY = {
     "ultrawork/workspace/isolation.py:host_anchor_paths": "host git directories",
     "ultrawork/workspace/isolation.py:git_metadata_snapshot": "the host-owned git directory",
     "ultrawork/gateway/gateway.py": "the gateway's config folder, host-owned",
+    "ultrawork/gateway/ca.py": "the home's gateway CA folder, host-owned, mounted read-only into gateways only",
     "ultrawork/local_server": "the local server's home",
     "ultrawork/cli/runs.py": "runs/, host-owned",
     "ultrawork/model_agent/in_sandbox.py": "runs inside the sandbox",

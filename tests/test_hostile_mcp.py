@@ -63,7 +63,8 @@ def _writable_workspace(engine, run_id: str, folder: Path):
 
 
 def _bind_sources(client, run: str) -> list[str]:
-    found = client.containers.list(all=True, filters={"label": ["ultrawork.managed=true", f"ultrawork.run={run}"]})
+    found = client.containers.list(all=True, filters={"label": ["ultrawork.managed=true", f"ultrawork.run={run}"]},
+                                  ignore_removed=True)   # one removed between the list and its inspect is gone
     return [m["Source"] for c in found for m in c.attrs.get("Mounts") or [] if m.get("Type") == "bind"]
 
 

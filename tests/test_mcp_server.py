@@ -63,7 +63,8 @@ class McpClient:
 
 
 def containers(client, run: str) -> list:
-    return client.containers.list(all=True, filters={"label": ["ultrawork.managed=true", f"ultrawork.run={run}"]})
+    return client.containers.list(all=True, filters={"label": ["ultrawork.managed=true", f"ultrawork.run={run}"]},
+                                  ignore_removed=True)   # one removed between the list and its inspect is gone
 
 
 def remove_run(client, run: str) -> None:
