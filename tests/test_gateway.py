@@ -553,7 +553,7 @@ def test_the_gateways_ca_is_made_once_per_home_kept_private_and_no_sandbox_may_m
             gateway.start()
             inside = subprocess.run(
                 ["docker", "exec", gateway.container_id, "sh", "-c",
-                 f"cat /tmp/mitmproxy/{CA_FILE}; touch /etc/ultrawork-gateway-ca/x 2>/dev/null && echo WROTE"],
+                 f"cat /tmp/mitmproxy/{CA_FILE}; touch /etc/ultrawork-gateway/{CA_FILE} 2>/dev/null && echo WROTE"],
                 capture_output=True).stdout
         finally:
             gateway.stop()

@@ -3,13 +3,14 @@
 mitmproxy makes a CA (a 2048-bit RSA key and its certificate) in its ``confdir`` when it finds
 none: about 0.12 s of CPU in every gateway's start, while the run's agents are being set up. It is
 made once instead, on the host, as mitmproxy makes it (same key size, name and extensions), into
-``$ULTRAWORK_HOME/gateway/ca`` (folder 0700, key 0600, the gateway's user). Each gateway mounts that
-folder read-only, and its launcher copies the CA into mitmproxy's ``confdir`` in the container's
+``$ULTRAWORK_HOME/gateway/ca`` (folder 0700, key 0600, the gateway's user). Each gateway gets a copy
+in its private, read-only mounted rules folder (which holds the run's keys too, and is removed when
+the gateway stops), and its launcher copies it into mitmproxy's ``confdir`` in the container's
 private ``/tmp`` before mitmproxy starts.
 
 Nothing trusts this CA: sandboxes reach their routes over plain HTTP to the gateway, and a TLS
 tunnel through the forward proxy is checked for its name, never opened. Its key is in the home's
-private folder and the gateways' read-only mounts only; no sandbox mount may hold it (a sandbox's
+private folder and the gateways' private rules folders only; no sandbox mount may hold it (a sandbox's
 mounts are checked against the workspace roots, which the home's gateway folder is not under).
 """
 

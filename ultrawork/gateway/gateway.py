@@ -39,7 +39,7 @@ from ultrawork.sandbox.spec import (
 
 from .errors import GatewayError, GatewayRulesError
 from .host import host_addresses
-from .ca import home_ca
+from .ca import CA_FILE, home_ca
 from .image import GATEWAY_UID, build_gateway_image
 from .record import RECORD_FILE, UNKNOWN, RecordReader
 from .rules import (  # noqa: F401 - GatewayRules and check_rules are part of this module's interface
@@ -48,7 +48,6 @@ from .rules import (  # noqa: F401 - GatewayRules and check_rules are part of th
 
 GATEWAY_ALIAS = "gateway"        # the gateway's name on every agent network
 CONFIG_DIR = "/etc/ultrawork-gateway"   # rules and upstream CA, read-only
-CA_DIR = "/etc/ultrawork-gateway-ca"    # the home's gateway CA, made once (see ca.py), read-only
 RECORD_DIR = "/var/lib/ultrawork-gateway/record"   # the run's record, written by the gateway
 CODE_DIR = "/opt/ultrawork-gateway/addon"
 OWNER_FILE = "owner"                    # the process that made the rules folder (see sandbox/reaper.py)
@@ -111,7 +110,6 @@ class EgressGateway:
         self.networks: dict[str, str] = {}       # agent -> network name
         self.container_id: str | None = None
         self.config_dir: Path | None = None
-        self.ca_dir: Path | None = None
 
     # -- engine ---------------------------------------------------------------
     @property
@@ -144,7 +142,6 @@ class EgressGateway:
                     for agent, profile in self.rules.agents.items()}   # a missing secret: nothing started yet
         try:
             self.image = self.image or build_gateway_image()
-            self.ca_dir = home_ca()
             if self.upstream_network is None:
                 self._make_networks([None])
             self._write_config(resolved)
@@ -216,6 +213,8 @@ class EgressGateway:
         self._private_file(OWNER_FILE, owner_token())   # the reaper keeps a folder whose maker lives
         for name, text in (("rules.json", json.dumps(config)), ("upstream-ca.pem", self.rules.upstream_ca or "")):
             self._private_file(name, text)
+        # the home's gateway CA (made once, see ca.py), beside the rules: one mount less than a folder of its own
+        self._private_file(CA_FILE, (home_ca() / CA_FILE).read_text())
         if os.geteuid() == 0:
             os.chown(folder, owner, owner)   # mounted as a folder: its own owner must be able to enter it
 
@@ -243,7 +242,7 @@ class EgressGateway:
                              for upstream, port in sorted(self.ports.items(), key=lambda kv: kv[1])] or ["regular"]}
         if self.rules.upstream_ca:
             settings["ssl_verify_upstream_trusted_ca"] = f"{CONFIG_DIR}/upstream-ca.pem"
-        return ["python3", f"{CODE_DIR}/launch.py", json.dumps(settings), CA_DIR]
+        return ["python3", f"{CODE_DIR}/launch.py", json.dumps(settings), CONFIG_DIR]
 
     def _create_container(self, start: bool) -> None:
         """The gateway's container on the upstream network (started when ``start``)."""
@@ -258,7 +257,6 @@ class EgressGateway:
                 network_mode=self.upstream_network, cap_drop=["ALL"], security_opt=["no-new-privileges:true"],
                 read_only=True, tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size=64m,uid={owner},gid={owner},mode=0700"},
                 volumes={str(self.config_dir): {"bind": CONFIG_DIR, "mode": "ro"},
-                         str(self.ca_dir): {"bind": CA_DIR, "mode": "ro"},
                          str(self.record_dir): {"bind": RECORD_DIR, "mode": "rw"},
                          **{str(_CODE / name): {"bind": f"{CODE_DIR}/{name}", "mode": "ro"} for name in ADDON_FILES}},
                 pids_limit=self.pids, mem_limit=memory, memswap_limit=memory, nano_cpus=int(1e9), init=True,

@@ -11,7 +11,7 @@ reverse mode, and errorcheck (a startup error ends the process). Warnings go to 
 
     python3 launch.py '{"scripts": ["/opt/.../addon.py"], "mode": ["reverse:https://api...@8081"], ...}' [CA_DIR]
 
-With ``CA_DIR`` (the home's CA, mounted read-only; see ``ultrawork.gateway.ca``), its
+With ``CA_DIR`` (a read-only folder holding the home's CA; see ``ultrawork.gateway.ca``), its
 ``mitmproxy-ca.pem`` is copied into ``confdir`` first, so mitmproxy does not make one.
 """
 
